@@ -110,7 +110,7 @@ def _record_to_example(record: Any, base: pathlib.Path) -> Example:
     raise ValueError("; ".join(problems))
   image_path = pathlib.Path(image.strip()).expanduser()
   if not image_path.is_absolute():
-    image_path = base / image_path
+    image_path = (base / image_path).resolve()
   return Example(image_path=image_path, prompt=prompt.strip(),
                  source_prompt=source_prompt, class_id=class_id)
 

@@ -1,0 +1,345 @@
+"""Tests for lr_jax.images: loading (modes, EXIF, errors), resizing, compositing."""
+import pathlib
+import struct
+import zlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from lr_jax import images
+from lr_jax.images import ImageError
+
+
+def _save(img: Image.Image, path: pathlib.Path, **kwargs) -> pathlib.Path:
+  img.save(path, **kwargs)
+  return path
+
+
+# ---------------------------------------------------------------- modes
+
+
+def test_rgb_png_is_exact(tmp_path):
+  data = np.random.default_rng(0).integers(0, 256, (70, 90, 3), np.uint8)
+  path = _save(Image.fromarray(data), tmp_path / "rgb.png")
+  loaded = images.load_image(path)
+  assert loaded.pixels.dtype == np.float32
+  assert loaded.pixels.shape == (70, 90, 3)
+  np.testing.assert_array_equal(loaded.pixels, data.astype(np.float32) / 255)
+  assert loaded.original_mode == "RGB"
+  assert loaded.notes == []
+  assert loaded.path == path
+
+
+def test_grayscale_is_replicated(tmp_path):
+  data = np.arange(64 * 80, dtype=np.uint32).reshape(64, 80) % 256
+  path = _save(Image.fromarray(data.astype(np.uint8)), tmp_path / "g.png")
+  loaded = images.load_image(path)
+  expected = np.repeat((data / 255.0)[..., None], 3, axis=-1)
+  np.testing.assert_allclose(loaded.pixels, expected, atol=1e-6)
+  assert loaded.original_mode == "L"
+  assert any("grayscale" in n for n in loaded.notes)
+
+
+def test_one_bit(tmp_path):
+  img = Image.new("1", (64, 64), 0)
+  img.putpixel((5, 7), 1)  # (x, y)
+  loaded = images.load_image(_save(img, tmp_path / "b.png"))
+  assert loaded.original_mode == "1"
+  assert loaded.pixels.sum() == 3.0
+  np.testing.assert_array_equal(loaded.pixels[7, 5], [1, 1, 1])
+  assert loaded.notes
+
+
+def test_palette_and_palette_transparency(tmp_path):
+  img = Image.new("P", (64, 64), 0)
+  palette = [0] * 768
+  palette[0:6] = [10, 20, 30, 200, 100, 50]
+  img.putpalette(palette)
+  img.paste(1, (0, 0, 32, 64))
+  loaded = images.load_image(_save(img, tmp_path / "p.png"))
+  np.testing.assert_allclose(loaded.pixels[0, 0], np.array([200, 100, 50]) / 255,
+                             atol=1e-6)
+  np.testing.assert_allclose(loaded.pixels[0, 40], np.array([10, 20, 30]) / 255,
+                             atol=1e-6)
+  assert any("palette" in n for n in loaded.notes)
+  # Palette entry 0 transparent: composited over white.
+  loaded = images.load_image(
+      _save(img, tmp_path / "pt.png", transparency=0))
+  np.testing.assert_allclose(loaded.pixels[0, 40], [1, 1, 1], atol=1e-6)
+  np.testing.assert_allclose(loaded.pixels[0, 0], np.array([200, 100, 50]) / 255,
+                             atol=1e-6)
+  assert any("white" in n for n in loaded.notes)
+
+
+def test_rgba_is_composited_over_white(tmp_path):
+  data = np.zeros((64, 64, 4), np.uint8)
+  data[:, :32] = [255, 0, 0, 128]   # half-transparent red
+  data[:, 32:] = [0, 0, 255, 0]     # fully transparent blue
+  loaded = images.load_image(_save(Image.fromarray(data), tmp_path / "a.png"))
+  a = 128 / 255
+  np.testing.assert_allclose(loaded.pixels[0, 0], [1, 1 - a, 1 - a], atol=1e-6)
+  np.testing.assert_allclose(loaded.pixels[0, 40], [1, 1, 1], atol=1e-6)
+  assert loaded.original_mode == "RGBA"
+  assert any("white" in n for n in loaded.notes)
+
+
+def test_la_is_composited_over_white(tmp_path):
+  data = np.zeros((64, 64, 2), np.uint8)
+  data[:, :32] = [100, 255]
+  data[:, 32:] = [0, 0]
+  img = Image.fromarray(data)
+  assert img.mode == "LA"
+  loaded = images.load_image(_save(img, tmp_path / "la.png"))
+  np.testing.assert_allclose(loaded.pixels[0, 0], [100 / 255] * 3, atol=1e-6)
+  np.testing.assert_allclose(loaded.pixels[0, 40], [1, 1, 1], atol=1e-6)
+
+
+def test_16bit_png_scaled_not_clipped(tmp_path):
+  data = np.zeros((64, 64), np.uint16)
+  data[0, 0], data[0, 1], data[0, 2], data[0, 3] = 65535, 32768, 1000, 255
+  img = Image.fromarray(data)
+  assert img.mode == "I;16"
+  loaded = images.load_image(_save(img, tmp_path / "g16.png"))
+  px = loaded.pixels[0, :4, 0]
+  np.testing.assert_allclose(px, [1.0, 32768 / 65535, 1000 / 65535, 255 / 65535],
+                             rtol=1e-6)
+  assert abs(px[1] - 0.5) < 1e-4
+  np.testing.assert_array_equal(loaded.pixels[0, :4, 0], loaded.pixels[0, :4, 2])
+  assert any("16-bit" in n for n in loaded.notes)
+
+
+def test_16bit_big_endian_and_int32_tiff(tmp_path):
+  data = np.full((64, 64), 300, np.uint16)
+  data[5, 6] = 65535
+  img = Image.fromarray(data.astype(">u2"))
+  assert img.mode == "I;16B"
+  loaded = images.load_image(_save(img, tmp_path / "be.tif"))
+  assert loaded.pixels[5, 6, 1] == 1.0
+  np.testing.assert_allclose(loaded.pixels[0, 0], [300 / 65535] * 3, rtol=1e-6)
+  img = Image.fromarray(data.astype(np.int32))
+  assert img.mode == "I"
+  loaded = images.load_image(_save(img, tmp_path / "i32.tif"))
+  assert loaded.pixels[5, 6, 0] == 1.0
+  np.testing.assert_allclose(loaded.pixels[0, 0], [300 / 65535] * 3, rtol=1e-6)
+
+
+def test_float_tiff(tmp_path):
+  data = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+  loaded = images.load_image(_save(Image.fromarray(data), tmp_path / "f.tif"))
+  np.testing.assert_allclose(loaded.pixels[..., 1], data, atol=1e-7)
+  # Outside [0, 1]: rescaled min-max with a note.
+  loaded = images.load_image(
+      _save(Image.fromarray(data * 4 - 2), tmp_path / "f2.tif"))
+  np.testing.assert_allclose(loaded.pixels[..., 0], data, atol=1e-6)
+  assert any("min-max" in n for n in loaded.notes)
+
+
+def test_cmyk(tmp_path):
+  c, m, y, k = 100, 0, 255, 50
+  img = Image.new("CMYK", (64, 64), (c, m, y, k))
+  loaded = images.load_image(_save(img, tmp_path / "c.tif"))
+  expected = [(1 - v / 255) * (1 - k / 255) for v in (c, m, y)]
+  np.testing.assert_allclose(loaded.pixels[3, 3], expected, atol=1.5 / 255)
+  assert any("CMYK" in n for n in loaded.notes)
+
+
+@pytest.mark.parametrize("orientation,rot_k", [(6, -1), (3, 2), (8, 1)])
+def test_exif_orientation_applied(tmp_path, orientation, rot_k):
+  data = np.zeros((64, 96, 3), np.uint8)
+  data[:32, :48] = [255, 0, 0]
+  data[:32, 48:] = [0, 255, 0]
+  data[32:, :48] = [0, 0, 255]
+  data[32:, 48:] = [255, 255, 255]
+  exif = Image.Exif()
+  exif[0x0112] = orientation
+  path = _save(Image.fromarray(data), tmp_path / "e.jpg", exif=exif,
+               quality=95)
+  loaded = images.load_image(path)
+  expected = np.rot90(data, k=rot_k).astype(np.float32) / 255
+  assert loaded.pixels.shape == expected.shape
+  assert np.abs(loaded.pixels - expected).mean() < 0.02
+  assert any("EXIF" in n for n in loaded.notes)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_missing_file(tmp_path):
+  with pytest.raises(ImageError, match="does not exist") as e:
+    images.load_image(tmp_path / "nope.png")
+  assert "nope.png" in str(e.value)
+
+
+def test_folder_is_not_an_image(tmp_path):
+  with pytest.raises(ImageError, match="not a regular file"):
+    images.load_image(tmp_path)
+
+
+def test_text_file_named_png(tmp_path):
+  path = tmp_path / "notes.png"
+  path.write_text("this is not an image\n")
+  with pytest.raises(ImageError, match="not a recognised image") as e:
+    images.load_image(path)
+  assert "notes.png" in str(e.value)
+
+
+def test_truncated_png(tmp_path):
+  data = np.random.default_rng(1).integers(0, 256, (100, 100, 3), np.uint8)
+  path = _save(Image.fromarray(data), tmp_path / "t.png")
+  raw = path.read_bytes()
+  path.write_bytes(raw[: len(raw) // 2])
+  with pytest.raises(ImageError, match="truncated or corrupt") as e:
+    images.load_image(path)
+  assert "t.png" in str(e.value)
+
+
+def test_too_small(tmp_path):
+  path = _save(Image.new("RGB", (40, 40)), tmp_path / "small.png")
+  with pytest.raises(ImageError) as e:
+    images.load_image(path)
+  msg = str(e.value)
+  assert "40x40" in msg and "64" in msg and "10000" in msg
+
+
+def test_too_large_is_rejected_from_the_header(tmp_path, monkeypatch):
+  path = _save(Image.new("1", (12000, 64)), tmp_path / "wide.png")
+  decoded = []
+  monkeypatch.setattr(ImageFile.ImageFile, "load",
+                      lambda self: decoded.append(1) or None)
+  with pytest.raises(ImageError) as e:
+    images.load_image(path)
+  msg = str(e.value)
+  assert "12000x64" in msg and "10000" in msg and "wide.png" in msg
+  assert not decoded  # rejected before decoding any pixel
+
+
+def _png_with_claimed_size(path: pathlib.Path, width: int, height: int):
+  """A real small PNG whose IHDR claims another size (CRC fixed up)."""
+  _save(Image.new("L", (8, 8)), path)
+  raw = bytearray(path.read_bytes())
+  assert raw[12:16] == b"IHDR"
+  raw[16:24] = struct.pack(">II", width, height)
+  raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+  path.write_bytes(bytes(raw))
+
+
+def test_decompression_bomb_header(tmp_path):
+  path = tmp_path / "bomb.png"
+  _png_with_claimed_size(path, 30000, 30000)
+  with pytest.raises(ImageError, match="too large") as e:
+    images.load_image(path, max_side=100000)
+  assert "bomb.png" in str(e.value)
+  _png_with_claimed_size(path, 30000, 30)
+  with pytest.raises(ImageError, match="is 30000x30 "):
+    images.load_image(path)
+
+
+# ---------------------------------------------------------------- save/list
+
+
+def test_save_and_list(tmp_path):
+  data = np.random.default_rng(2).integers(0, 256, (65, 70, 3)) / 255.0
+  out = images.save_image(tmp_path / "a" / "b" / "x.png", data)
+  assert out.exists()
+  np.testing.assert_array_equal(np.asarray(Image.open(out)),
+                                np.round(data * 255).astype(np.uint8))
+  images.save_image(tmp_path / "a" / "y.JPG", data)
+  images.save_image(tmp_path / "a" / "g.png", data[..., :1])
+  (tmp_path / "a" / "readme.txt").write_text("x")
+  (tmp_path / "a" / ".hidden.png").write_bytes(b"")
+  listed = images.list_images(tmp_path / "a")
+  assert [p.name for p in listed] == ["g.png", "y.JPG"]
+  assert images.load_image(tmp_path / "a" / "y.JPG").pixels.shape == (65, 70, 3)
+  with pytest.raises(ImageError, match="unsupported extension"):
+    images.save_image(tmp_path / "z.xyz", data)
+  with pytest.raises(ValueError, match="NaN"):
+    images.save_image(tmp_path / "n.png", data * np.nan)
+  with pytest.raises(ImageError, match="not an existing folder"):
+    images.list_images(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- resizing
+
+
+def test_to_model_input_is_antialiased():
+  checker = (np.indices((512, 512)).sum(0) % 2).astype(np.float32)
+  out = images.to_model_input(np.repeat(checker[..., None], 3, -1), size=256)
+  assert out.shape == (256, 256, 3) and out.dtype == np.float32
+  # A 1-pixel checkerboard halved must average out (subsampling gives 0/1).
+  assert np.abs(out[4:-4, 4:-4] - 0.5).max() < 0.02
+
+
+def test_to_model_input_anisotropic_linear_ramp():
+  height, width, size = 150, 600, 64
+  ramp = np.tile(np.arange(width, dtype=np.float32) / (width - 1), (height, 1))
+  out = images.to_model_input(np.stack([ramp] * 3, -1), size=size)
+  # The whole width maps onto `size` columns: column j samples the source at
+  # x = (j + 0.5) * width / size - 0.5, and a cubic filter reproduces a ramp.
+  j = np.arange(size)
+  expected = ((j + 0.5) * width / size - 0.5) / (width - 1)
+  np.testing.assert_allclose(out[size // 2, 4:-4, 0], expected[4:-4], atol=2e-3)
+  np.testing.assert_allclose(out[:, 10, 0], np.full(size, out[0, 10, 0]),
+                             atol=1e-5)  # constant down each column
+
+
+# ---------------------------------------------------------------- composite
+
+
+def test_composite_matches_jax_resize_reference():
+  rng = np.random.default_rng(3)
+  height, width, small = 300, 200, 64
+  original = rng.random((height, width, 3), dtype=np.float32)
+  edited = rng.random((small, small, 3), dtype=np.float32)
+  mask = np.zeros((small, small, 1), np.float32)
+  mask[10:30, 20:40, 0] = rng.random((20, 20))
+  out = images.composite_to_original(original, edited, mask)
+  # Independent reference: jax.image.resize (half-pixel centres) in full.
+  m = np.clip(np.asarray(jax.image.resize(mask, (height, width, 1), "linear")),
+              0, 1)
+  e = np.clip(np.asarray(jax.image.resize(edited, (height, width, 3), "cubic")),
+              0, 1)
+  np.testing.assert_allclose(out, e * m + original * (1 - m), atol=2e-5)
+  outside = m[..., 0] == 0
+  assert outside.mean() > 0.5
+  np.testing.assert_array_equal(out[outside], original[outside])
+
+
+def test_composite_full_resolution_photo():
+  rng = np.random.default_rng(4)
+  height, width, small = 2000, 3000, 256  # a 3000x2000 photo
+  original = rng.random((height, width, 3), dtype=np.float32)
+  edited = np.full((small, small, 3), 0.25, np.float32)
+  mask = np.zeros((small, small), np.float32)
+  mask[64:128, 100:200] = 1.0
+  out = images.composite_to_original(original, edited, mask)
+  assert out.shape == (height, width, 3) and out.dtype == np.float32
+  sy, sx = height / small, width / small
+  # Bilinear upsampling reads input pixels within 1 of the sample point, so
+  # beyond one input pixel (+2 output pixels) of the box the mask is exactly 0.
+  rows_out = np.ones(height, bool)
+  rows_out[int(63 * sy) - 2:int(129 * sy) + 2] = False
+  cols_out = np.ones(width, bool)
+  cols_out[int(99 * sx) - 2:int(201 * sx) + 2] = False
+  outside = rows_out[:, None] | cols_out[None, :]
+  np.testing.assert_array_equal(out[outside], original[outside])
+  inner = out[int(65 * sy) + 2:int(127 * sy) - 2, int(101 * sx) + 2:
+              int(199 * sx) - 2]
+  np.testing.assert_allclose(inner, 0.25, atol=1e-6)
+  # Nothing changes for an all-zero mask.
+  same = images.composite_to_original(original, edited, mask * 0)
+  np.testing.assert_array_equal(same, original)
+
+
+def test_composite_rejects_bad_shapes():
+  original = np.zeros((100, 80, 3), np.float32)
+  with pytest.raises(ValueError, match="mask_small"):
+    images.composite_to_original(original, np.zeros((16, 16, 3)),
+                                 np.zeros((8, 8)))
+  with pytest.raises(ValueError, match="original"):
+    images.composite_to_original(np.zeros((100, 80)), np.zeros((16, 16, 3)),
+                                 np.zeros((16, 16)))
+  with pytest.raises(ValueError, match="finite"):
+    images.composite_to_original(original, np.zeros((16, 16, 3)),
+                                 np.full((16, 16), np.nan))
