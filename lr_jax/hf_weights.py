@@ -1,0 +1,420 @@
+"""Hugging Face CLIP / DINO checkpoints -> Flax parameters (strict, torch-free).
+
+`load_clip` / `load_dino` accept a hub repo id or a local directory holding
+`config.json` and `model.safetensors` (plus tokenizer files for CLIP). Tensors
+are read with `safetensors.numpy`; the converter maps every Flax parameter to
+exactly one HF tensor and fails, listing every problem, on unused tensors,
+missing tensors or wrong shapes. Tensors allowed to go unused (IGNORED_*):
+  * `{text,vision}_model.embeddings.position_ids`: the integer buffer
+    arange(T) that older CLIP hub files store; positions here are implicit.
+  * `pooler.dense.{weight,bias}`: HF ViTModel's tanh pooler, present when a
+    ViTModel is saved with add_pooling_layer=True; DINO features never use it
+    (the facebook/dino-* checkpoints do not contain it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lr_jax.clip import CLIP, CLIPConfig, TextConfig
+from lr_jax.vit import ViT, ViTConfig
+
+HF_CLIP_REPO = "openai/clip-vit-base-patch16"
+HF_DINO_REPO = "facebook/dino-vitb8"
+MODEL_FILES = ("config.json", "model.safetensors")
+CLIP_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                        "special_tokens_map.json")
+IGNORED_CLIP = re.compile(r"^(text_model|vision_model)\.embeddings\.position_ids$")
+IGNORED_DINO = re.compile(r"^(vit\.)?pooler\.dense\.(weight|bias)$")
+TINY_VOCAB_SIZE = 514  # 256 byte symbols, the same with "</w>", then bos, eos.
+
+# HF config defaults (transformers CLIPVisionConfig / CLIPTextConfig / ViTConfig).
+_CLIP_VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                             num_attention_heads=12, num_channels=3, image_size=224, patch_size=32,
+                             hidden_act="quick_gelu", layer_norm_eps=1e-5)
+_CLIP_TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048,
+                           num_hidden_layers=12, num_attention_heads=8, max_position_embeddings=77,
+                           hidden_act="quick_gelu", layer_norm_eps=1e-5, eos_token_id=49407)
+_VIT_DEFAULTS = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                     intermediate_size=3072, hidden_act="gelu", layer_norm_eps=1e-12, image_size=224,
+                     patch_size=16, num_channels=3, qkv_bias=True)
+
+
+class WeightsError(ValueError):
+  """A checkpoint could not be found, read, or mapped onto the Flax model."""
+
+
+@dataclasses.dataclass
+class ClipBundle:
+  model: CLIP
+  params: Any  # the Flax "params" tree: model.apply({"params": params}, ...)
+  tokenizer: Any  # transformers.CLIPTokenizerFast
+  config: CLIPConfig
+
+
+@dataclasses.dataclass
+class DinoBundle:
+  model: ViT
+  params: Any
+  config: ViTConfig
+
+
+# ----------------------------------------------------------------------------
+# Files.
+# ----------------------------------------------------------------------------
+
+def _download_hint(repo_id: str, filenames: Sequence[str]) -> str:
+  return (f"On a machine with network access run\n"
+          f"  huggingface-cli download {repo_id} {' '.join(filenames)} --local-dir DIR\n"
+          f"(or `hf download ...` with the same arguments), copy DIR here and pass DIR "
+          f"(a local directory) instead of the repo id.")
+
+
+def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
+                    optional_filenames: Sequence[str] = ()) -> pathlib.Path:
+  """Returns a directory holding `filenames` (and whichever optional files exist).
+
+  A local directory is used as is; anything else is taken as a hub repo id and
+  fetched with `huggingface_hub.hf_hub_download` (the local cache is used, and
+  HF_HUB_OFFLINE=1 is honoured). Failures raise WeightsError with instructions.
+  """
+  path = pathlib.Path(repo_id_or_dir).expanduser()
+  if path.is_dir():
+    missing = [f for f in filenames if not (path / f).is_file()]
+    if missing:
+      raise WeightsError(f"directory {path} lacks {missing}. " + _download_hint("<repo id>", filenames))
+    return path
+  repo_id = str(repo_id_or_dir)
+  if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id):
+    raise WeightsError(f"{repo_id!r} is neither an existing directory nor a hub repo id. "
+                       + _download_hint("<repo id>", filenames))
+  try:
+    import huggingface_hub  # pylint: disable=import-outside-toplevel
+    local = [pathlib.Path(huggingface_hub.hf_hub_download(repo_id, f)) for f in filenames]
+  except Exception as err:  # offline, unknown repo, network error
+    raise WeightsError(
+        f"could not get {list(filenames)} of Hugging Face repo '{repo_id}' "
+        f"({type(err).__name__}: {str(err)[:300]}). "
+        + _download_hint(repo_id, list(filenames) + list(optional_filenames))) from err
+  for name in optional_filenames:
+    try:
+      huggingface_hub.hf_hub_download(repo_id, name)
+    except Exception:  # optional file: absent or unreachable
+      pass
+  return local[0].parent
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """All tensors of a safetensors file as numpy arrays; unreadable -> WeightsError."""
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  try:
+    return load_file(str(path))
+  except Exception as err:
+    raise WeightsError(f"could not read safetensors file {path} ({type(err).__name__}: {err}); "
+                       f"it may be truncated or corrupt: download it again.") from err
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as err:
+    raise WeightsError(f"could not read config {path}: {err}") from err
+
+
+# ----------------------------------------------------------------------------
+# Configs.
+# ----------------------------------------------------------------------------
+
+def _activation(name: str) -> str:
+  if name not in ("quick_gelu", "gelu"):
+    raise WeightsError(f"unsupported hidden_act {name!r} (supported: quick_gelu, gelu)")
+  return name
+
+
+def clip_config_from_json(data: dict[str, Any]) -> CLIPConfig:
+  """CLIPConfig from an HF CLIP config.json dict (legacy `*_config_dict` keys win, as in HF)."""
+  vis = {**_CLIP_VISION_DEFAULTS, **(data.get("vision_config_dict") or data.get("vision_config") or {})}
+  txt = {**_CLIP_TEXT_DEFAULTS, **(data.get("text_config_dict") or data.get("text_config") or {})}
+  vision = ViTConfig(
+      image_size=vis["image_size"], patch_size=vis["patch_size"], hidden_size=vis["hidden_size"],
+      num_layers=vis["num_hidden_layers"], num_heads=vis["num_attention_heads"],
+      mlp_dim=vis["intermediate_size"], layer_norm_eps=vis["layer_norm_eps"],
+      activation=_activation(vis["hidden_act"]), pre_layernorm=True, final_norm="cls",
+      patch_bias=False, num_channels=vis["num_channels"])
+  text = TextConfig(
+      vocab_size=txt["vocab_size"], max_positions=txt["max_position_embeddings"],
+      hidden_size=txt["hidden_size"], num_layers=txt["num_hidden_layers"],
+      num_heads=txt["num_attention_heads"], mlp_dim=txt["intermediate_size"],
+      layer_norm_eps=txt["layer_norm_eps"], activation=_activation(txt["hidden_act"]),
+      eos_token_id=int(txt["eos_token_id"]))
+  return CLIPConfig(vision=vision, text=text, projection_dim=data.get("projection_dim", 512),
+                    logit_scale_init=data.get("logit_scale_init_value", 2.6592))
+
+
+def dino_config_from_json(data: dict[str, Any], pos_interpolation: str = "hf") -> ViTConfig:
+  """ViTConfig from an HF ViT (DINO) config.json dict."""
+  cfg = {**_VIT_DEFAULTS, **data}
+  if not cfg["qkv_bias"]:
+    raise WeightsError("ViT configs with qkv_bias=false are not supported")
+  return ViTConfig(
+      image_size=cfg["image_size"], patch_size=cfg["patch_size"], hidden_size=cfg["hidden_size"],
+      num_layers=cfg["num_hidden_layers"], num_heads=cfg["num_attention_heads"],
+      mlp_dim=cfg["intermediate_size"], layer_norm_eps=cfg["layer_norm_eps"],
+      activation=_activation(cfg["hidden_act"]), pre_layernorm=False, final_norm="tokens",
+      patch_bias=True, num_channels=cfg["num_channels"], pos_interpolation=pos_interpolation)
+
+
+def tiny_clip_config() -> CLIPConfig:
+  """A tiny random-weight CLIP (32 px, patch 8, width 32) matching `tiny_clip_tokenizer`."""
+  vision = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_layers=2, num_heads=4,
+                     mlp_dim=64, layer_norm_eps=1e-5, activation="quick_gelu", pre_layernorm=True,
+                     final_norm="cls", patch_bias=False)
+  text = TextConfig(vocab_size=TINY_VOCAB_SIZE, max_positions=77, hidden_size=32, num_layers=2,
+                    num_heads=4, mlp_dim=64, layer_norm_eps=1e-5, activation="quick_gelu",
+                    eos_token_id=TINY_VOCAB_SIZE - 1)
+  return CLIPConfig(vision=vision, text=text, projection_dim=16)
+
+
+def tiny_dino_config() -> ViTConfig:
+  """A tiny random-weight DINO-style ViT (32 px native, patch 8, width 32)."""
+  return ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_layers=2, num_heads=4,
+                   mlp_dim=64, layer_norm_eps=1e-12, activation="gelu", pre_layernorm=False,
+                   final_norm="tokens", patch_bias=True)
+
+
+# ----------------------------------------------------------------------------
+# Tokenizers.
+# ----------------------------------------------------------------------------
+
+def _byte_symbols() -> list[str]:
+  """The 256 printable stand-ins of byte-level BPE, in byte order."""
+  keep = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
+  extra = iter(range(256, 512))
+  return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
+
+
+def tiny_clip_tokenizer(model_max_length: int = 77):
+  """An offline CLIP tokenizer with no merges: one token per byte (514 ids, eos = 513)."""
+  from transformers import CLIPTokenizerFast  # pylint: disable=import-outside-toplevel
+  symbols = _byte_symbols()
+  tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+  vocab = {token: i for i, token in enumerate(tokens)}
+  return CLIPTokenizerFast(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def load_clip_tokenizer(directory: pathlib.Path, config: CLIPConfig):
+  """CLIPTokenizerFast from `directory`; the tiny tokenizer when it has none and the vocab fits."""
+  from transformers import CLIPTokenizerFast  # pylint: disable=import-outside-toplevel
+  if (directory / "tokenizer.json").is_file() or (
+      (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()):
+    return CLIPTokenizerFast.from_pretrained(str(directory))
+  if config.text.vocab_size == TINY_VOCAB_SIZE:
+    return tiny_clip_tokenizer(config.text.max_positions)
+  raise WeightsError(f"no tokenizer files (tokenizer.json or vocab.json + merges.txt) in {directory}. "
+                     + _download_hint("<repo id>", CLIP_TOKENIZER_FILES))
+
+
+# ----------------------------------------------------------------------------
+# Strict conversion.
+# ----------------------------------------------------------------------------
+
+def _hf_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  if kind == "linear":
+    return shape[::-1]
+  if kind == "conv":  # Flax (kh, kw, in, out) <- torch (out, in, kh, kw)
+    return (shape[3], shape[2], shape[0], shape[1])
+  if kind == "batch1":  # torch keeps a leading batch axis of 1
+    return (1, 1) + shape if len(shape) == 1 else (1,) + shape
+  return shape
+
+
+def _to_flax(kind: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  if kind == "linear":
+    return array.T
+  if kind == "conv":
+    return array.transpose(2, 3, 1, 0)
+  return array.reshape(shape)
+
+
+def _leaf(path: tuple[str, ...], prefix: str) -> tuple[str, str]:
+  """Dense / LayerNorm / Embed leaf -> (hf suffix, kind)."""
+  name = path[-1]
+  if name == "kernel":
+    return f"{prefix}.weight", "linear"
+  if name == "scale":
+    return f"{prefix}.weight", "same"
+  if name == "embedding":
+    return f"{prefix}.weight", "same"
+  return f"{prefix}.{name}", "same"  # bias
+
+
+_VIT_BLOCK = {"norm1": "layernorm_before", "norm2": "layernorm_after", "fc1": "intermediate.dense",
+              "fc2": "output.dense", "query": "attention.attention.query",
+              "key": "attention.attention.key", "value": "attention.attention.value",
+              "out": "attention.output.dense"}
+_CLIP_BLOCK = {"norm1": "layer_norm1", "norm2": "layer_norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2",
+               "query": "self_attn.q_proj", "key": "self_attn.k_proj", "value": "self_attn.v_proj",
+               "out": "self_attn.out_proj"}
+
+
+def _block(path: tuple[str, ...], hf_prefix: str, table: dict[str, str]) -> tuple[str, str] | None:
+  index = int(path[0].split("_")[1])
+  module = path[-2]
+  if module not in table:
+    return None
+  return _leaf(path, f"{hf_prefix}.{index}.{table[module]}")
+
+
+def _dino_name(path: tuple[str, ...], prefix: str) -> tuple[str, str] | None:
+  head = path[0]
+  if head == "cls_token":
+    return f"{prefix}embeddings.cls_token", "batch1"
+  if head == "pos_embed":
+    return f"{prefix}embeddings.position_embeddings", "batch1"
+  if head == "patch_embed":
+    kind = "conv" if path[-1] == "kernel" else "same"
+    return f"{prefix}embeddings.patch_embeddings.projection.{'weight' if kind == 'conv' else 'bias'}", kind
+  if head == "final_norm":
+    return _leaf(path, f"{prefix}layernorm")
+  if head.startswith("block_"):
+    return _block(path, f"{prefix}encoder.layer", _VIT_BLOCK)
+  return None
+
+
+def _clip_name(path: tuple[str, ...]) -> tuple[str, str] | None:
+  head, rest = path[0], path[1:]
+  if head == "logit_scale":
+    return "logit_scale", "same"
+  if head in ("visual_projection", "text_projection"):
+    return f"{head}.weight", "linear"
+  if head == "vision":
+    emb = "vision_model.embeddings"
+    simple = {"cls_token": (f"{emb}.class_embedding", "same"),
+              "pos_embed": (f"{emb}.position_embedding.weight", "same"),
+              "patch_embed": (f"{emb}.patch_embedding.weight", "conv")}
+    if rest[0] in simple:
+      return simple[rest[0]]
+    if rest[0] in ("pre_norm", "final_norm"):
+      hf = "pre_layrnorm" if rest[0] == "pre_norm" else "post_layernorm"
+      return _leaf(rest, f"vision_model.{hf}")
+    if rest[0].startswith("block_"):
+      return _block(rest, "vision_model.encoder.layers", _CLIP_BLOCK)
+  if head == "text":
+    emb = "text_model.embeddings"
+    if rest[0] == "token_embed":
+      return f"{emb}.token_embedding.weight", "same"
+    if rest[0] == "pos_embed":
+      return f"{emb}.position_embedding.weight", "same"
+    if rest[0] == "final_norm":
+      return _leaf(rest, "text_model.final_layer_norm")
+    if rest[0].startswith("block_"):
+      return _block(rest, "text_model.encoder.layers", _CLIP_BLOCK)
+  return None
+
+
+def convert_state(hf_tensors: dict[str, np.ndarray], abstract_params: Any,
+                  name_fn: Callable[[tuple[str, ...]], tuple[str, str] | None],
+                  ignored: re.Pattern[str], source: str = "checkpoint") -> Any:
+  """Strictly maps HF tensors onto a Flax param tree of the shapes in `abstract_params`."""
+  flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  problems, used, leaves = [], set(), []
+  for key_path, leaf in flat:
+    path = tuple(str(getattr(k, "key", k)) for k in key_path)
+    shape = tuple(leaf.shape)
+    mapped = name_fn(path)
+    if mapped is None:
+      problems.append(f"no HF name known for Flax param {'/'.join(path)}")
+      leaves.append(None)
+      continue
+    hf_name, kind = mapped
+    if hf_name not in hf_tensors:
+      problems.append(f"missing tensor {hf_name} (for Flax {'/'.join(path)}, shape {shape})")
+      leaves.append(None)
+      continue
+    used.add(hf_name)
+    array = hf_tensors[hf_name]
+    if tuple(array.shape) != _hf_shape(kind, shape):
+      problems.append(f"wrong shape for {hf_name}: {tuple(array.shape)}, expected "
+                      f"{_hf_shape(kind, shape)} (Flax {'/'.join(path)} {shape})")
+      leaves.append(None)
+      continue
+    leaves.append(jnp.asarray(_to_flax(kind, np.asarray(array, np.float32), shape)))
+  unused = sorted(k for k in hf_tensors if k not in used and not ignored.match(k))
+  problems += [f"unused tensor {k} {tuple(hf_tensors[k].shape)}" for k in unused]
+  if problems:
+    raise WeightsError(f"{source} does not match the Flax model ({len(problems)} problems):\n  "
+                       + "\n  ".join(problems))
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract_params), leaves)
+
+
+def _clip_dummy_inputs(config: CLIPConfig):
+  size = config.vision.image_size
+  pixels = jnp.zeros((1, size, size, config.vision.num_channels), jnp.float32)
+  ids = jnp.zeros((1, min(8, config.text.max_positions)), jnp.int32)
+  return pixels, ids
+
+
+def _abstract_params(model: Any, *inputs: Any) -> Any:
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs))["params"]
+
+
+def convert_clip(hf_tensors: dict[str, np.ndarray], config: CLIPConfig, source: str = "checkpoint") -> Any:
+  """HF CLIPModel tensors -> Flax params of `CLIP(config)`."""
+  abstract = _abstract_params(CLIP(config), *_clip_dummy_inputs(config))
+  return convert_state(hf_tensors, abstract, _clip_name, IGNORED_CLIP, source)
+
+
+def convert_dino(hf_tensors: dict[str, np.ndarray], config: ViTConfig, source: str = "checkpoint") -> Any:
+  """HF ViTModel tensors (optionally prefixed `vit.`) -> Flax params of `ViT(config)`."""
+  size = config.image_size
+  abstract = _abstract_params(ViT(config), jnp.zeros((1, size, size, config.num_channels)))
+  prefix = "vit." if any(k.startswith("vit.embeddings.") for k in hf_tensors) else ""
+  return convert_state(hf_tensors, abstract, lambda p: _dino_name(p, prefix), IGNORED_DINO, source)
+
+
+# ----------------------------------------------------------------------------
+# Public loaders.
+# ----------------------------------------------------------------------------
+
+def load_clip(repo_or_dir: str | os.PathLike = HF_CLIP_REPO, dtype: Any = jnp.float32) -> ClipBundle:
+  """CLIP model, params, tokenizer and config from a hub repo id or a local directory."""
+  directory = resolve_hf_repo(repo_or_dir, MODEL_FILES, CLIP_TOKENIZER_FILES)
+  config = clip_config_from_json(_read_json(directory / "config.json"))
+  weights = directory / "model.safetensors"
+  params = convert_clip(read_safetensors(weights), config, str(weights))
+  return ClipBundle(CLIP(config, dtype), params, load_clip_tokenizer(directory, config), config)
+
+
+def load_dino(repo_or_dir: str | os.PathLike = HF_DINO_REPO, dtype: Any = jnp.float32,
+              pos_interpolation: str = "hf") -> DinoBundle:
+  """DINO ViT model, params and config from a hub repo id or a local directory."""
+  directory = resolve_hf_repo(repo_or_dir, MODEL_FILES)
+  config = dino_config_from_json(_read_json(directory / "config.json"), pos_interpolation)
+  weights = directory / "model.safetensors"
+  params = convert_dino(read_safetensors(weights), config, str(weights))
+  return DinoBundle(ViT(config, dtype), params, config)
+
+
+def init_clip(config: CLIPConfig, rng: jax.Array, dtype: Any = jnp.float32) -> ClipBundle:
+  """Randomly initialised CLIP; tokenizer is the tiny one when the vocab fits, else None."""
+  model = CLIP(config, dtype)
+  params = model.init(rng, *_clip_dummy_inputs(config))["params"]
+  tokenizer = (tiny_clip_tokenizer(config.text.max_positions)
+               if config.text.vocab_size == TINY_VOCAB_SIZE else None)
+  return ClipBundle(model, params, tokenizer, config)
+
+
+def init_dino(config: ViTConfig, rng: jax.Array, dtype: Any = jnp.float32) -> DinoBundle:
+  """Randomly initialised DINO-style ViT."""
+  model = ViT(config, dtype)
+  size = config.image_size
+  params = model.init(rng, jnp.zeros((1, size, size, config.num_channels)))["params"]
+  return DinoBundle(model, params, config)
