@@ -174,19 +174,21 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def _suggestions(text: str, count: int = 5) -> List[str]:
-  """Closest class names by string similarity (no encoder needed)."""
-  names = class_names()
-  keys = {}
+  """Closest classes by string similarity (no encoder needed).
+
+  Ranks by the fraction of the prompt's words found in a class name or lemma,
+  then by difflib's character similarity.
+  """
+  words = set(text.split())
+  best: Dict[int, float] = {}
   for c in load_classes():
-    for word in (c.name,) + c.lemmas + c.aliases:
-      keys.setdefault(normalize_prompt(word), c.index)
-  close = difflib.get_close_matches(text, list(keys), n=count * 3, cutoff=0.0)
-  out: List[str] = []
-  for key in close:
-    label = f"{keys[key]} {names[keys[key]]}"
-    if label not in out:
-      out.append(label)
-  return out[:count]
+    for key in {normalize_prompt(w) for w in (c.name,) + c.lemmas + c.aliases}:
+      overlap = len(words & set(key.split())) / max(len(words), 1)
+      ratio = difflib.SequenceMatcher(None, text, key).ratio()
+      best[c.index] = max(best.get(c.index, 0.0), overlap + 0.5 * ratio)
+  ranked = sorted(best, key=lambda i: (-best[i], i))[:count]
+  names = class_names()
+  return [f"{i} {names[i]}" for i in ranked]
 
 
 def match_prompt(prompt: str, text_encoder: Optional[TextEncoder] = None,
