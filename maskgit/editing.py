@@ -254,10 +254,12 @@ def edit_images(tokenizer_params: Params,
               token_mask=token_mask, pixel_mask=mask)
 
 
+@functools.lru_cache(maxsize=16)
 def make_editor(config: MaskGITConfig, edit: EditConfig = EditConfig()) -> Callable:
   """Jitted `edit_images(tok_params, tr_params, images, boxes, labels, rngs)`.
 
-  Concrete boxes are validated on the host before the jitted call.
+  Concrete boxes are validated on the host before the jitted call. Editors are
+  cached per (config, edit), so compiled versions are shared.
   """
   jitted = jax.jit(functools.partial(edit_images, config=config, edit=edit))
 

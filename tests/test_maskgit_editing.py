@@ -1,0 +1,221 @@
+"""Batched MaskGIT box editing on the tiny official fixture, and the edit CLI."""
+import flax
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from maskgit import decoding, editing
+from maskgit.configs import get_config
+from maskgit.transformer import Transformer
+
+CFG = get_config("tiny")
+SIDE, SIZE, SCALE = 4, 64, 16  # tokens per side, pixels, pixels per token
+GROW = 1
+# (top, left, height, width) in tokens; different sizes, some crossing the border.
+BOXES = np.array([[[0, 0, 1, 1], [2, 1, 1, 2], [3, 3, 2, 2]],
+                  [[1, 1, 1, 1], [-1, 2, 2, 1], [0, 3, 1, 1]]], np.int32)
+LABELS = np.array([3, 7], np.int32)
+
+
+def _load(directory, name):
+  return flax.serialization.msgpack_restore((directory / name).read_bytes())["params"]
+
+
+def _reference_token_mask(box, grow=GROW):
+  """Numpy slicing reference, as the official demo builds its latent mask."""
+  top, left, height, width = box
+  mask = np.zeros((SIDE, SIDE), bool)
+  mask[max(0, top - grow):max(0, min(SIDE, top + height + grow)),
+       max(0, left - grow):max(0, min(SIDE, left + width + grow))] = True
+  return mask
+
+
+@pytest.fixture(scope="module")
+def setup(fixtures_dir):
+  directory = fixtures_dir / "maskgit_official_tiny"
+  outputs = dict(np.load(directory / "outputs_tiny.npz"))
+  tok = _load(directory, "tokenizer_tiny.msgpack")
+  tr = _load(directory, "transformer_tiny.msgpack")
+  editor = editing.make_editor(CFG, editing.EditConfig())
+  keys = editing.box_keys(jax.random.PRNGKey(11), *BOXES.shape[:2])
+  images = outputs["images"][:2]
+  # One key for the batch: split per box with box_keys inside the editor.
+  result = jax.tree_util.tree_map(
+      np.asarray, editor(tok, tr, images, BOXES, LABELS, jax.random.PRNGKey(11)))
+  return dict(outputs=outputs, tok=tok, tr=tr, editor=editor, keys=keys,
+              images=images, result=result, directory=directory)
+
+
+def test_shapes(setup):
+  r = setup["result"]
+  assert r["images"].shape == r["raw"].shape == (2, 3, SIZE, SIZE, 3)
+  assert r["tokens"].shape == (2, 3, SIDE * SIDE)
+  assert r["token_mask"].shape == (2, 3, SIDE, SIDE)
+  assert r["pixel_mask"].shape == (2, 3, SIZE, SIZE, 1)
+
+
+def test_token_masks_clamped_at_border(setup):
+  for b in range(2):
+    for k in range(3):
+      np.testing.assert_array_equal(setup["result"]["token_mask"][b, k],
+                                    _reference_token_mask(BOXES[b, k]))
+
+
+def test_tokens_outside_boxes_are_the_official_encoding(setup):
+  r, ids = setup["result"], setup["outputs"]["ids"][:2]
+  for b in range(2):
+    for k in range(3):
+      outside = ~_reference_token_mask(BOXES[b, k]).reshape(-1)
+      np.testing.assert_array_equal(r["tokens"][b, k][outside],
+                                    ids[b].reshape(-1)[outside])
+      assert np.all(r["tokens"][b, k] >= 0) and np.all(r["tokens"][b, k] < 64)
+
+
+def test_box_alone_equals_batched(setup):
+  r = setup["result"]
+  for b in range(2):
+    for k in range(3):
+      alone = setup["editor"](setup["tok"], setup["tr"], setup["images"][b:b + 1],
+                              BOXES[b:b + 1, k:k + 1], LABELS[b:b + 1],
+                              setup["keys"][b:b + 1, k:k + 1])
+      np.testing.assert_array_equal(alone["tokens"][0, 0], r["tokens"][b, k])
+      np.testing.assert_allclose(alone["images"][0, 0], r["images"][b, k], atol=1e-4)
+
+
+def test_box_equals_official_decode_of_batch_of_one(setup):
+  """Each box decodes like the (fixture-verified) decoder on a batch of one."""
+  params = setup["tr"]
+  model = Transformer(CFG.transformer)
+  logits_fn = lambda ids: model.apply({"params": params}, ids, deterministic=True)
+  decode = jax.jit(lambda x, key: decoding.decode(
+      x, key, logits_fn, num_iter=12, start_iter=2, choice_temperature=4.5,
+      codebook_size=64))
+  ids = setup["outputs"]["ids"]
+  for b in range(2):
+    for k in range(3):
+      masked = np.where(_reference_token_mask(BOXES[b, k]), -1, ids[b]).reshape(-1)
+      inputs = np.concatenate([[LABELS[b] + 64], masked])[None].astype(np.int32)
+      expected = np.asarray(decode(inputs, setup["keys"][b, k]))[0, 1:]
+      np.testing.assert_array_equal(setup["result"]["tokens"][b, k], expected)
+
+
+def test_feathered_mask_matches_scipy_gaussian(setup):
+  r = setup["result"]
+  sigma = SIZE // 16 - 1
+  for b in range(2):
+    for k in range(3):
+      hard = np.kron(_reference_token_mask(BOXES[b, k]).astype(np.float64),
+                     np.ones((SCALE, SCALE)))
+      soft = ndimage.gaussian_filter(hard, sigma, mode="nearest", truncate=3.0)
+      np.testing.assert_allclose(r["pixel_mask"][b, k, ..., 0], soft, atol=1e-5)
+
+
+def test_composite_keeps_far_pixels_exact(setup):
+  r, images = setup["result"], setup["images"]
+  reach = int(np.ceil(3 * (SIZE // 16 - 1)))
+  for b in range(2):
+    for k in range(3):
+      grown = np.kron(_reference_token_mask(BOXES[b, k]), np.ones((SCALE, SCALE), bool))
+      near = ndimage.binary_dilation(grown, np.ones((3, 3), bool), iterations=reach + 1)
+      far = ~near
+      assert far.any() or grown.all()
+      np.testing.assert_array_equal(r["images"][b, k][far], images[b][far])
+      m = r["pixel_mask"][b, k]
+      np.testing.assert_allclose(r["images"][b, k], r["raw"][b, k] * m + images[b] * (1 - m),
+                                 atol=1e-6)
+  # Inside the boxes the output comes from the decoder.
+  assert np.abs(r["images"] - images[:, None]).max() > 1e-3
+
+
+def test_box_keys_differ_per_box():
+  keys = np.asarray(editing.box_keys(jax.random.PRNGKey(11), 2, 3)).reshape(6, -1)
+  assert len({tuple(k) for k in keys}) == 6
+
+
+@pytest.mark.parametrize("box", [[0, 0, 0, 1], [1, 1, 2, -1], [4, 0, 1, 1], [0, -3, 2, 3]])
+def test_empty_inverted_or_outside_boxes_rejected(setup, box):
+  with pytest.raises(ValueError, match="box"):
+    editing.validate_boxes(np.array([box]), SIDE)
+  boxes = np.array([[box]], np.int32)
+  with pytest.raises(ValueError):
+    setup["editor"](setup["tok"], setup["tr"], setup["images"][:1], boxes, LABELS[:1],
+                    jax.random.PRNGKey(0))
+
+
+def test_inverted_box_under_jit_masks_nothing():
+  mask = jax.jit(lambda b: editing.box_token_mask(b, SIDE, grow=1))(
+      np.array([[1, 1, -2, 2], [1, 1, 2, 0]]))
+  assert not np.asarray(mask).any()
+
+
+def test_pixel_boxes_to_tokens_match_official_demo_when_aligned():
+  side, size = 16, 256
+  for top, left, height, width in [(32, 48, 64, 80), (0, 0, 16, 16), (192, 96, 64, 160)]:
+    tokens = np.asarray(editing.pixel_boxes_to_tokens(
+        np.array([top, left, height, width]), size, side))
+    ours = np.asarray(editing.box_token_mask(tokens, side, grow=1))
+    official = np.zeros((side, side), bool)
+    official[max(0, top // 16 - 1):min(side, height // 16 + top // 16 + 1),
+             max(0, left // 16 - 1):min(side, left // 16 + width // 16 + 1)] = True
+    np.testing.assert_array_equal(ours, official)
+
+
+def test_pixel_boxes_round_outward():
+  box = np.array([10, 20, 30, 5])
+  tokens = np.asarray(editing.pixel_boxes_to_tokens(box, 256, 16))
+  rows = {p // 16 for p in range(10, 40)}
+  cols = {p // 16 for p in range(20, 25)}
+  assert (tokens[0], tokens[2]) == (min(rows), len(rows))
+  assert (tokens[1], tokens[3]) == (min(cols), len(cols))
+
+
+def _write_png(path, size=40):
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 256, (size, size), np.uint8), "L").save(path)
+
+
+def test_cli_edits_image(setup, tmp_path, capsys):
+  from maskgit import edit
+  directory = setup["directory"]
+  source = tmp_path / "in.png"
+  _write_png(source)
+  out = tmp_path / "out.png"
+  code = edit.cli(["edit", f"--image={source}", "--box=10,10,10,12", "--label=4",
+                   f"--out={out}", "--config=tiny",
+                   f"--tokenizer={directory / 'tokenizer_tiny.msgpack'}",
+                   f"--transformer={directory / 'transformer_tiny.msgpack'}"])
+  captured = capsys.readouterr()
+  assert code == 0, captured.err
+  assert "grayscale" in captured.err
+  written = np.asarray(Image.open(out))
+  assert written.shape == (SIZE, SIZE, 3)
+  # Far from the box the output is the (resized, RGB) input.
+  resized = np.asarray(Image.open(source).convert("RGB").resize((SIZE, SIZE), Image.BICUBIC))
+  np.testing.assert_array_equal(written[58:, :], resized[58:, :])  # grown box ends at row 47; blur reach 9
+  assert np.abs(written[:32, :32].astype(int) - resized[:32, :32]).max() > 0
+
+
+def test_cli_unreadable_image(tmp_path, capsys):
+  from maskgit import edit
+  bad = tmp_path / "bad.png"
+  bad.write_bytes(b"not an image")
+  code = edit.cli(["edit", f"--image={bad}", "--box=0,0,8,8", "--label=1",
+                   f"--out={tmp_path / 'o.png'}", "--config=tiny"])
+  err = capsys.readouterr().err
+  assert code == 1
+  assert "cannot read image" in err and "Traceback" not in err
+
+
+def test_cli_missing_checkpoint_explains(tmp_path, capsys):
+  from maskgit import edit
+  source = tmp_path / "in.png"
+  _write_png(source, SIZE)
+  code = edit.cli(["edit", f"--image={source}", "--box=0,0,16,16", "--label=1",
+                   f"--out={tmp_path / 'o.png'}", "--config=tiny",
+                   f"--tokenizer={tmp_path / 'missing_tokenizer'}",
+                   f"--transformer={tmp_path / 'missing_transformer'}"])
+  err = capsys.readouterr().err
+  assert code == 1
+  assert "missing_tokenizer" in err and "Traceback" not in err
