@@ -388,9 +388,10 @@ def load_clip(repo_or_dir: str | os.PathLike = HF_CLIP_REPO, dtype: Any = jnp.fl
   """CLIP model, params, tokenizer and config from a hub repo id or a local directory."""
   directory = resolve_hf_repo(repo_or_dir, MODEL_FILES, CLIP_TOKENIZER_FILES)
   config = clip_config_from_json(_read_json(directory / "config.json"))
+  tokenizer = load_clip_tokenizer(directory, config)
   weights = directory / "model.safetensors"
   params = convert_clip(read_safetensors(weights), config, str(weights))
-  return ClipBundle(CLIP(config, dtype), params, load_clip_tokenizer(directory, config), config)
+  return ClipBundle(CLIP(config, dtype), params, tokenizer, config)
 
 
 def load_dino(repo_or_dir: str | os.PathLike = HF_DINO_REPO, dtype: Any = jnp.float32,
@@ -403,10 +404,29 @@ def load_dino(repo_or_dir: str | os.PathLike = HF_DINO_REPO, dtype: Any = jnp.fl
   return DinoBundle(ViT(config, dtype), params, config)
 
 
+def random_params(abstract_params: Any, rng: jax.Array, std: float = 0.02) -> Any:
+  """Random params for the shapes in `abstract_params` (HF-style init: weights N(0, std),
+  biases 0, LayerNorm scales 1). Drawn with numpy from a seed taken from `rng`: the same
+  key gives the same params, and nothing has to be compiled (eager `model.init`
+  compiles every primitive, which takes tens of seconds on a small CPU)."""
+  seed = np.asarray(jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+                    else rng, np.uint32).ravel().tolist()
+  gen = np.random.default_rng(seed)
+  def draw(key_path, leaf):
+    name = str(getattr(key_path[-1], "key", key_path[-1]))
+    if name == "scale":
+      return jnp.ones(leaf.shape, jnp.float32)
+    if name == "bias":
+      return jnp.zeros(leaf.shape, jnp.float32)
+    return jnp.asarray(gen.normal(0.0, std, leaf.shape).astype(np.float32))
+  return jax.tree_util.tree_map_with_path(draw, abstract_params)
+
+
 def init_clip(config: CLIPConfig, rng: jax.Array, dtype: Any = jnp.float32) -> ClipBundle:
   """Randomly initialised CLIP; tokenizer is the tiny one when the vocab fits, else None."""
   model = CLIP(config, dtype)
-  params = model.init(rng, *_clip_dummy_inputs(config))["params"]
+  params = random_params(_abstract_params(model, *_clip_dummy_inputs(config)), rng)
+  params["logit_scale"] = jnp.asarray(config.logit_scale_init, jnp.float32)
   tokenizer = (tiny_clip_tokenizer(config.text.max_positions)
                if config.text.vocab_size == TINY_VOCAB_SIZE else None)
   return ClipBundle(model, params, tokenizer, config)
@@ -416,5 +436,5 @@ def init_dino(config: ViTConfig, rng: jax.Array, dtype: Any = jnp.float32) -> Di
   """Randomly initialised DINO-style ViT."""
   model = ViT(config, dtype)
   size = config.image_size
-  params = model.init(rng, jnp.zeros((1, size, size, config.num_channels)))["params"]
+  params = random_params(_abstract_params(model, jnp.zeros((1, size, size, config.num_channels))), rng)
   return DinoBundle(model, params, config)

@@ -41,8 +41,8 @@ def dino_bundle(enc_dir):
 
 def test_clip_image_parity(clip_bundle, clip_io):
   b = clip_bundle
-  embeds, tokens = b.model.apply({"params": b.params}, jnp.asarray(clip_io["pixels"]),
-                                 method=CLIP.encode_image)
+  encode = jax.jit(lambda p, x: b.model.apply({"params": p}, x, method=CLIP.encode_image))
+  embeds, tokens = encode(b.params, jnp.asarray(clip_io["pixels"]))
   assert max_err(embeds, clip_io["image_embeds"]) < 1e-5
   assert max_err(tokens, clip_io["vision_last_hidden_state"]) < 1e-5
 
@@ -51,9 +51,11 @@ def test_clip_text_parity(clip_bundle, clip_io):
   b = clip_bundle
   assert b.config.text.eos_token_id == 2  # legacy hub value -> argmax pooling
   ids, mask = jnp.asarray(clip_io["input_ids"]), jnp.asarray(clip_io["attention_mask"])
-  variables = {"params": b.params}
-  embeds = b.model.apply(variables, ids, mask, method=CLIP.encode_text)
-  hidden = b.model.apply(variables, ids, mask, method=CLIP.text_hidden_states)
+  def run(params, ids, mask):
+    variables = {"params": params}
+    return (b.model.apply(variables, ids, mask, method=CLIP.encode_text),
+            b.model.apply(variables, ids, mask, method=CLIP.text_hidden_states))
+  embeds, hidden = jax.jit(run)(b.params, ids, mask)
   assert max_err(embeds, clip_io["text_embeds"]) < 1e-5
   assert max_err(hidden, clip_io["text_last_hidden_state"]) < 1e-5
 
@@ -63,17 +65,17 @@ def test_clip_text_first_eos_pooling(clip_bundle, clip_io):
   eos = int(clip_io["override_eos_token_id"])
   text_cfg = dataclasses.replace(b.config.text, eos_token_id=eos)
   model = CLIP(dataclasses.replace(b.config, text=text_cfg))
-  embeds = model.apply({"params": b.params}, jnp.asarray(clip_io["input_ids"]),
-                       jnp.asarray(clip_io["attention_mask"]), method=CLIP.encode_text)
+  encode = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=CLIP.encode_text))
+  embeds = encode(b.params, jnp.asarray(clip_io["input_ids"]), jnp.asarray(clip_io["attention_mask"]))
   assert max_err(embeds, clip_io["text_embeds_override_eos"]) < 1e-5
   assert max_err(embeds, clip_io["text_embeds"]) > 1e-2  # the pooling choice matters here
 
 
 def test_clip_logits(clip_bundle, clip_io):
   b = clip_bundle
-  image, text, log_scale = b.model.apply({"params": b.params}, jnp.asarray(clip_io["pixels"]),
-                                         jnp.asarray(clip_io["input_ids"]),
-                                         jnp.asarray(clip_io["attention_mask"]))
+  run = jax.jit(lambda p, *args: b.model.apply({"params": p}, *args))
+  image, text, log_scale = run(b.params, jnp.asarray(clip_io["pixels"]),
+                               jnp.asarray(clip_io["input_ids"]), jnp.asarray(clip_io["attention_mask"]))
   image = image / jnp.linalg.norm(image, axis=-1, keepdims=True)
   text = text / jnp.linalg.norm(text, axis=-1, keepdims=True)
   logits = jnp.exp(log_scale) * image @ text.T
@@ -93,17 +95,20 @@ def test_dino_parity(dino_bundle, enc_dir, tag):
   io = np.load(enc_dir / "dino_io.npz")
   b = dino_bundle
   images = jnp.asarray(io[f"{tag}_images"])
-  features, attention = dino_features(b.model, b.params, images)
+  mean = np.array([0.485, 0.456, 0.406], np.float32)
+  std = np.array([0.229, 0.224, 0.225], np.float32)
+
+  def run(params, images):  # one compile: the public helper and the raw module outputs
+    out = b.model.apply({"params": params}, (images - mean) / std)
+    return dino_features(b.model, params, images), out["tokens"], out["cls_attention"]
+  (features, attention), tokens, cls_attention = jax.jit(run)(b.params, images)
   hidden = io[f"{tag}_last_hidden_state"]
   batch, h, w = attention.shape
   assert (h, w) == (images.shape[1] // 8, images.shape[2] // 8)
   assert max_err(features, hidden[:, 1:].reshape(batch, h, w, -1)) < 1e-5
   assert max_err(attention, io[f"{tag}_cls_attention_mean"]) < 1e-6
-  mean = np.array([0.485, 0.456, 0.406], np.float32)
-  std = np.array([0.229, 0.224, 0.225], np.float32)
-  out = b.model.apply({"params": b.params}, (images - mean) / std)
-  assert max_err(out["tokens"], hidden) < 1e-5
-  assert max_err(out["cls_attention"], io[f"{tag}_cls_attention_heads"]) < 1e-6
+  assert max_err(tokens, hidden) < 1e-5
+  assert max_err(cls_attention, io[f"{tag}_cls_attention_heads"]) < 1e-6
 
 
 @pytest.mark.parametrize("name", ["up_4_to_6x5", "down_4_to_3x3", "up_28_to_32"])
@@ -137,14 +142,17 @@ def test_tiny_configs_run_offline():
   clip = hf_weights.init_clip(hf_weights.tiny_clip_config(), jax.random.PRNGKey(0))
   tok = clip.tokenizer(["a lion", "a rooster"], padding="max_length", max_length=12,
                        return_tensors="np")
+  assert clip.tokenizer.decode(tok["input_ids"][1], skip_special_tokens=True) == "a rooster"
+  assert tok["input_ids"].max() < clip.config.text.vocab_size
   size = clip.config.vision.image_size
-  image, text, _ = clip.model.apply({"params": clip.params}, jnp.zeros((2, size, size, 3)),
-                                    jnp.asarray(tok["input_ids"]), jnp.asarray(tok["attention_mask"]))
+  run = lambda p, *args: jax.eval_shape(lambda: clip.model.apply({"params": p}, *args))
+  image, text, _ = run(clip.params, jnp.zeros((2, size, size, 3)), jnp.asarray(tok["input_ids"]),
+                       jnp.asarray(tok["attention_mask"]))
   assert image.shape == text.shape == (2, clip.config.projection_dim)
   dino = hf_weights.init_dino(hf_weights.tiny_dino_config(), jax.random.PRNGKey(1))
-  feats, attn = dino_features(dino.model, dino.params, jnp.full((1, 64, 64, 3), 0.5))
+  feats, attn = jax.eval_shape(lambda: dino_features(dino.model, dino.params,
+                                                     jnp.full((1, 64, 64, 3), 0.5)))
   assert feats.shape == (1, 8, 8, 32) and attn.shape == (1, 8, 8)
-  assert 0.0 < float(attn.sum()) <= 1.0 + 1e-6  # [CLS] also attends to itself
 
 
 def test_bad_image_size_is_a_value_error(dino_bundle):

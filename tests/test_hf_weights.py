@@ -1,0 +1,145 @@
+"""The strict HF -> Flax converter, config reading and hub resolution (offline)."""
+import json
+import shutil
+
+import huggingface_hub
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from lr_jax import hf_weights
+from lr_jax.hf_weights import WeightsError
+
+
+@pytest.fixture()
+def dino_copy(fixtures_dir, tmp_path):
+  target = tmp_path / "dino"
+  shutil.copytree(fixtures_dir / "encoders" / "dino_tiny", target)
+  return target
+
+
+@pytest.fixture()
+def clip_copy(fixtures_dir, tmp_path):
+  target = tmp_path / "clip"
+  shutil.copytree(fixtures_dir / "encoders" / "clip_tiny", target)
+  return target
+
+
+def rewrite(directory, edit):
+  path = directory / "model.safetensors"
+  tensors = load_file(str(path))
+  edit(tensors)
+  save_file(tensors, str(path))
+
+
+def test_configs_read_from_config_json(fixtures_dir):
+  clip = hf_weights.load_clip(fixtures_dir / "encoders" / "clip_tiny").config
+  assert (clip.vision.image_size, clip.vision.patch_size, clip.vision.hidden_size) == (32, 8, 32)
+  assert (clip.text.vocab_size, clip.text.max_positions, clip.projection_dim) == (514, 77, 16)
+  assert clip.vision.activation == clip.text.activation == "quick_gelu"
+  assert clip.text.eos_token_id == 2 and clip.vision.layer_norm_eps == 1e-5
+  dino = hf_weights.load_dino(fixtures_dir / "encoders" / "dino_tiny").config
+  assert (dino.activation, dino.layer_norm_eps, dino.patch_size) == ("gelu", 1e-12, 8)
+
+
+def test_legacy_config_dict_keys_win():
+  data = {"text_config": {"hidden_size": 64}, "text_config_dict": {"hidden_size": 32, "num_attention_heads": 4},
+          "vision_config": {"patch_size": 16}}
+  cfg = hf_weights.clip_config_from_json(data)
+  assert cfg.text.hidden_size == 32 and cfg.vision.patch_size == 16 and cfg.vision.image_size == 224
+
+
+def test_every_problem_is_listed(dino_copy):
+  def edit(t):
+    t["extra.weight"] = np.zeros((3,), np.float32)
+    del t["encoder.layer.1.output.dense.bias"]
+    t["layernorm.weight"] = np.zeros((31,), np.float32)
+  rewrite(dino_copy, edit)
+  with pytest.raises(WeightsError) as err:
+    hf_weights.load_dino(dino_copy)
+  msg = str(err.value)
+  assert "3 problems" in msg
+  assert "unused tensor extra.weight" in msg
+  assert "missing tensor encoder.layer.1.output.dense.bias" in msg
+  assert "wrong shape for layernorm.weight: (31,), expected (32,)" in msg
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.update({"text_model.extra": np.ones((2, 2), np.float32)}), "unused tensor text_model.extra"),
+    (lambda t: t.pop("visual_projection.weight"), "missing tensor visual_projection.weight"),
+    (lambda t: t.update({"text_model.encoder.layers.0.self_attn.q_proj.weight":
+                         np.zeros((32, 16), np.float32)}), "wrong shape"),
+], ids=["extra", "missing", "shape"])
+def test_clip_converter_errors(clip_copy, edit, expected):
+  rewrite(clip_copy, edit)
+  with pytest.raises(WeightsError, match=expected):
+    hf_weights.load_clip(clip_copy)
+
+
+def test_documented_ignores_and_vit_prefix(fixtures_dir, dino_copy, clip_copy):
+  reference = hf_weights.load_dino(fixtures_dir / "encoders" / "dino_tiny").params
+
+  def add_pooler_with_prefix(t):
+    for key in list(t):
+      t["vit." + key] = t.pop(key)
+    t["vit.pooler.dense.weight"] = np.zeros((32, 32), np.float32)
+    t["vit.pooler.dense.bias"] = np.zeros((32,), np.float32)
+  rewrite(dino_copy, add_pooler_with_prefix)
+  params = hf_weights.load_dino(dino_copy).params
+  same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(a, b)), params, reference)
+  assert all(jax.tree_util.tree_leaves(same))
+  rewrite(clip_copy, lambda t: t.update({"text_model.embeddings.position_ids":
+                                         np.arange(77, dtype=np.int64)[None]}))
+  hf_weights.load_clip(clip_copy)
+
+
+def test_linear_weights_are_transposed_and_qkv_mapped(fixtures_dir):
+  directory = fixtures_dir / "encoders" / "dino_tiny"
+  tensors = load_file(str(directory / "model.safetensors"))
+  params = hf_weights.load_dino(directory).params
+  attn = params["block_1"]["attn"]
+  for ours, theirs in [("query", "query"), ("key", "key"), ("value", "value")]:
+    np.testing.assert_array_equal(attn[ours]["kernel"],
+                                  tensors[f"encoder.layer.1.attention.attention.{theirs}.weight"].T)
+  np.testing.assert_array_equal(params["patch_embed"]["kernel"][2, 5, 1],
+                                tensors["embeddings.patch_embeddings.projection.weight"][:, 1, 2, 5])
+
+
+def test_truncated_safetensors(dino_copy):
+  path = dino_copy / "model.safetensors"
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  with pytest.raises(WeightsError, match="truncated or corrupt"):
+    hf_weights.load_dino(dino_copy)
+
+
+def test_missing_directory_gives_instructions(tmp_path):
+  with pytest.raises(WeightsError, match="huggingface-cli download"):
+    hf_weights.load_dino(tmp_path / "does_not_exist")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(WeightsError, match=r"lacks \['config.json', 'model.safetensors'\]"):
+    hf_weights.load_clip(tmp_path / "empty")
+
+
+def test_offline_hub_id_gives_instructions(monkeypatch, tmp_path):
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+  with pytest.raises(WeightsError) as err:
+    hf_weights.load_clip("openai/clip-vit-base-patch16")
+  msg = str(err.value)
+  assert "'openai/clip-vit-base-patch16'" in msg
+  assert "huggingface-cli download openai/clip-vit-base-patch16 config.json model.safetensors" in msg
+  assert "tokenizer.json" in msg and "--local-dir DIR" in msg
+  with pytest.raises(WeightsError, match="facebook/dino-vitb8"):
+    hf_weights.load_dino()
+
+
+def test_missing_tokenizer_for_real_vocab(clip_copy):
+  (clip_copy / "tokenizer.json").unlink()
+  config = json.loads((clip_copy / "config.json").read_text())
+  assert hf_weights.load_clip(clip_copy).tokenizer is not None  # tiny vocab: offline fallback
+  config["text_config"]["vocab_size"] = 515
+  (clip_copy / "config.json").write_text(json.dumps(config))
+  with pytest.raises(WeightsError, match="no tokenizer files"):
+    hf_weights.load_clip(clip_copy)
