@@ -1,0 +1,116 @@
+"""Turns a manifest of (image, prompt) pairs into model-ready arrays: pixels, classes, text embeddings."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+
+import numpy as np
+
+from lr_jax import imagenet
+from lr_jax import images as images_lib
+from lr_jax import manifest as manifest_lib
+from lr_jax.models import Models
+
+
+@dataclasses.dataclass
+class Prepared:
+  """Everything the jitted steps need about a set of examples, as host arrays."""
+  examples: list[manifest_lib.Example]
+  images: np.ndarray            # (N, S, S, 3) float32 at the MaskGIT size
+  labels: np.ndarray            # (N,) int32 ImageNet class ids
+  text_embed: np.ndarray        # (N, P) CLIP text embeddings of the target prompts
+  src_text_embed: np.ndarray    # (N, P) ... of the source prompts
+  matches: list[imagenet.ClassMatch]
+  source_prompts: list[str]
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return dict(images=self.images[indices], labels=self.labels[indices],
+                text_embed=self.text_embed[indices],
+                src_text_embed=self.src_text_embed[indices])
+
+
+def examples_from_config(config) -> list[manifest_lib.Example]:
+  """The examples named by config.data (a manifest, or a folder + one prompt)."""
+  if config.data.manifest:
+    return manifest_lib.read_manifest(config.data.manifest)
+  if config.data.image_dir:
+    if not config.data.prompt:
+      raise ValueError("config.data.image_dir needs config.data.prompt (the edit text)")
+    return manifest_lib.examples_from_folder(config.data.image_dir, config.data.prompt)
+  raise ValueError("No training data: set --config.data.manifest=FILE (JSON/CSV of "
+                   "image, prompt[, source_prompt]) or --config.data.image_dir=DIR "
+                   "with --config.data.prompt=TEXT.")
+
+
+def load_images(examples: list[manifest_lib.Example]) -> list[images_lib.LoadedImage]:
+  """Loads every example's image; all unusable ones are reported in one ImageError."""
+  loaded, problems = [], []
+  for ex in examples:
+    try:
+      loaded.append(images_lib.load_image(ex.image_path))
+    except images_lib.ImageError as e:
+      problems.append(str(e))
+  if problems:
+    raise images_lib.ImageError("Some images cannot be used:\n  " + "\n  ".join(problems))
+  return loaded
+
+
+def prepare(models: Models, frozen, examples: list[manifest_lib.Example],
+            loaded: list[images_lib.LoadedImage] | None = None,
+            min_class_similarity: float = -1.0) -> Prepared:
+  """Loads and resizes every image, matches prompts to classes, embeds the texts.
+
+  All problems with the images are collected and reported together.
+  """
+  size = models.maskgit.image_size
+  loaded = load_images(examples) if loaded is None else loaded
+  for im in loaded:
+    for note in im.notes:
+      logging.warning("%s: %s", im.path, note)
+  pixels = np.stack([images_lib.to_model_input(im.pixels, size) for im in loaded])
+
+  min_sim = min_class_similarity if min_class_similarity > -1 else None
+  matches = [imagenet.match_prompt(ex.prompt, text_encoder=models.text_encoder(frozen),
+                                   class_id=ex.class_id, min_similarity=min_sim)
+             for ex in examples]
+  sources = []
+  need_zero_shot = [i for i, ex in enumerate(examples) if not ex.source_prompt]
+  zero_shot = {}
+  if need_zero_shot:
+    img_emb = models.encode_images(frozen, pixels[need_zero_shot])
+    class_emb = models.class_name_embeddings(frozen)
+    for i, e in zip(need_zero_shot, img_emb):
+      _, name = imagenet.zero_shot_class(e, class_emb)
+      zero_shot[i] = name
+  for i, ex in enumerate(examples):
+    sources.append(ex.source_prompt or zero_shot[i])
+  text_embed = models.encode_texts(frozen, [ex.prompt for ex in examples])
+  src_text_embed = models.encode_texts(frozen, sources)
+  return Prepared(examples=list(examples), images=pixels.astype(np.float32),
+                  labels=np.asarray([models.model_label(m.class_id) for m in matches], np.int32),
+                  text_embed=np.asarray(text_embed, np.float32),
+                  src_text_embed=np.asarray(src_text_embed, np.float32),
+                  matches=matches, source_prompts=sources)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The example order of an epoch: a permutation fixed by (seed, epoch)."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
+  """Indices of a step's batch; epochs are ceil(n / batch_size) steps, the last one
+  filled up from the start of the epoch's order."""
+  steps_per_epoch = -(-n // batch_size)
+  epoch, i = divmod(step, steps_per_epoch)
+  order = epoch_order(seed, epoch, n)
+  idx = np.arange(i * batch_size, (i + 1) * batch_size) % n
+  return order[idx]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+  return -(-n // batch_size)

@@ -1,0 +1,39 @@
+r"""Trains the region generation network.
+
+  python -m lr_jax.train --config configs/maskgit_imagenet256.py --workdir DIR \
+      --config.data.manifest=path/to/manifest.json
+
+Rerunning the same command resumes from the newest checkpoint in DIR.
+"""
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from lr_jax import errors
+from lr_jax import sharding
+from lr_jax import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and pictures go.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  sharding.maybe_initialize_distributed()
+  with errors.friendly_errors():
+    result = trainer.train(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+  last = result.metrics[-1] if result.metrics else {}
+  logging.info("Done: %d steps, last loss %s; see %s", len(result.metrics),
+               last.get("loss"), result.workdir)
+  print(f"trained {len(result.metrics)} steps; workdir {result.workdir}")
+
+
+if __name__ == "__main__":
+  app.run(main)

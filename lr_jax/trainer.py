@@ -1,0 +1,143 @@
+"""The training loop: data, sharding, jitted steps, metrics, checkpoints, resumption."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+
+from lr_jax import checkpointing
+from lr_jax import dataset as data_lib
+from lr_jax import sharding
+from lr_jax import sheets
+from lr_jax import step as step_lib
+from lr_jax.models import Models, build_models
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or infinite; the message names the step and the images."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: step_lib.TrainState
+  metrics: list[dict[str, Any]]
+  prepared: data_lib.Prepared
+  workdir: pathlib.Path
+
+
+def _host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+  out = {}
+  for k, v in jax.device_get(metrics).items():
+    v = np.asarray(v)
+    out[k] = v.tolist() if v.ndim else float(v)
+  return out
+
+
+def _read_metrics(path: pathlib.Path, upto_step: int) -> list[dict[str, Any]]:
+  """Metrics already logged, without steps past `upto_step` (a killed run may have
+  logged steps whose checkpoint was never written)."""
+  if not path.exists():
+    return []
+  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [r for r in rows if r["step"] <= upto_step]
+
+
+def train(config, workdir: str | pathlib.Path, *, models: Models | None = None,
+          frozen: Any = None, examples=None, progress: bool = True,
+          devices: list[Any] | None = None) -> TrainResult:
+  """Trains the RGN per `config`, resuming from the newest checkpoint in `workdir`."""
+  workdir = checkpointing.check_workdir(workdir, config)
+  if models is None:
+    models, frozen = build_models(config)
+  examples = data_lib.examples_from_config(config) if examples is None else examples
+  prepared = data_lib.prepare(models, frozen, examples,
+                             min_class_similarity=config.data.min_class_similarity)
+  n, bs = len(prepared), config.train.batch_size
+  mesh = sharding.make_mesh(devices)
+  sharding.check_batch_size(bs, mesh)
+
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  state = step_lib.init_train_state(models, config, init_rng)
+  manager = checkpointing.make_manager(workdir, config.train.max_to_keep)
+  restored = checkpointing.restore_latest(manager, jax.device_get(state))
+  start = 0
+  if restored is not None:
+    state, start = restored
+    logging.info("Resuming from the checkpoint of step %d in %s", start, workdir)
+
+  total = config.train.epochs * data_lib.steps_per_epoch(n, bs)
+  stop = total if config.train.max_steps < 0 else min(total, config.train.max_steps)
+  frozen = sharding.put_replicated(frozen, mesh)
+  state = sharding.put_replicated(state, mesh)
+  train_step = step_lib.make_train_step(models, config)
+
+  metrics_path = workdir / "metrics.jsonl"
+  history = _read_metrics(metrics_path, start)
+  metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+  bar = tqdm.tqdm(total=stop, initial=start, desc="train", disable=not progress,
+                  unit="step", dynamic_ncols=True)
+  with metrics_path.open("a") as log:
+    for step in range(start, stop):
+      idx = data_lib.batch_indices(config.seed, step, n, bs)
+      batch = sharding.put_batch(prepared.batch(idx), mesh)
+      state, metrics = train_step(state, frozen, batch, train_rng)
+      row = {"step": step + 1, "epoch": step // data_lib.steps_per_epoch(n, bs),
+             **_host_metrics(metrics)}
+      per_image = row.pop("per_image_loss")
+      if not math.isfinite(row["loss"]):
+        bad = [str(prepared.examples[i].image_path)
+               for i, l in zip(idx, per_image) if not math.isfinite(l)] or [
+                   str(prepared.examples[i].image_path) for i in idx]
+        raise NonFiniteLossError(
+            f"Loss is {row['loss']} at step {step + 1}; images: {', '.join(bad)}. "
+            f"The last good checkpoint is in {workdir / 'checkpoints'}.")
+      history.append(row)
+      if (step + 1) % config.train.log_every == 0 or step + 1 == stop:
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+      bar.set_postfix(loss=f"{row['loss']:.4f}")
+      bar.update(1)
+      if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == stop:
+        checkpointing.save(manager, step + 1, jax.device_get(state))
+  bar.close()
+  manager.close()
+  if history:
+    sheets.loss_curve(workdir / "loss_curve.png", history)
+  return TrainResult(jax.device_get(state), history, prepared, workdir)
+
+
+def load_rgn_params(path: str | pathlib.Path, models: Models, config) -> Any:
+  """RGN parameters from a training workdir (its newest checkpoint) or from one of
+  its `checkpoints/<step>` folders."""
+  path = pathlib.Path(path)
+  if path.name.isdigit() and path.parent.name == "checkpoints":
+    workdir, step = path.parent.parent, int(path.name)
+  elif (path / "checkpoints").is_dir():
+    workdir, step = path, None
+  else:
+    raise FileNotFoundError(
+        f"No lr_jax checkpoint at {path}: pass a training --workdir (holding "
+        f"checkpoints/) or one of its checkpoints/<step> folders.")
+  like = jax.device_get(step_lib.init_train_state(models, config, jax.random.PRNGKey(0)))
+  manager = checkpointing.make_manager(workdir)
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{workdir} holds no checkpoint yet")
+    try:
+      state = manager.restore(step, args=checkpointing.ocp.args.StandardRestore(like))
+    except (ValueError, KeyError, TypeError) as e:
+      raise checkpointing.WorkdirError(
+          f"The checkpoint {workdir}/checkpoints/{step} does not fit this config's RGN "
+          f"(anchors, sizes, widths or DINO size differ?): {e}") from e
+  finally:
+    manager.close()
+  return state.params
