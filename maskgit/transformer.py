@@ -9,6 +9,10 @@ embedding plus a per-token bias.
 The mask token id is -1. Like ``jnp.take`` in the official code, it selects the last
 row of the word embedding (``vocab_size - 1``); this module wraps negative ids
 explicitly so the behaviour does not depend on ``jnp.take``'s out-of-bounds mode.
+
+On GPUs, float32 matmuls at JAX's default precision run in TF32 (measured on an H200:
+logits 3e-4 from the official CPU outputs); wrap calls in
+``jax.default_matmul_precision("highest")`` for full float32 (1.5e-7).
 """
 from __future__ import annotations
 
