@@ -33,6 +33,13 @@ def test_forward_is_exact_one_hot():
   jitted = jax.jit(gumbel_softmax_straight_through)(logits, rng, 0.7)
   np.testing.assert_array_equal(np.asarray(jitted), w)
 
+  def loss_with_aux(lg):
+    weights = gumbel_softmax_straight_through(lg, rng, 0.7)
+    return jnp.sum(weights * lg), weights
+
+  _, traced = jax.jit(jax.grad(loss_with_aux, has_aux=True))(logits)
+  np.testing.assert_array_equal(np.asarray(traced), w)
+
 
 @pytest.mark.parametrize("tau", [1.0, 0.5])
 def test_gradient_is_softmax_jvp(tau):
@@ -90,23 +97,29 @@ def test_expected_loss_against_numpy():
                              (_np_softmax(logits) * losses).sum(-1), rtol=1e-5)
 
 
-def _small_rgn():
-  return RegionGenerationNetwork(conv_features=(8, 8), dense_features=16)
+RGN = RegionGenerationNetwork(conv_features=(8, 8), dense_features=16)
+NUM_BOXES, CHANNELS = 7, 4
+_rgn_init = jax.jit(RGN.init)  # compiled once: always called on the same shape
+_rgn_apply = jax.jit(RGN.apply)
+
+
+def _rgn_params(seed):
+  return _rgn_init(jax.random.PRNGKey(seed),
+                   jnp.zeros((1, NUM_BOXES, 7, 7, CHANNELS), jnp.float32))
 
 
 def test_rgn_shape_and_gradient_reaches_every_parameter():
-  k, m, c = 3, 7, 4
+  k, m, c = 3, NUM_BOXES, CHANNELS
   rng = np.random.default_rng(0)
   feats = jnp.asarray(rng.normal(size=(2, k, m, 7, 7, c)), jnp.float32)
-  net = _small_rgn()
-  params = jax.jit(net.init)(jax.random.PRNGKey(1), feats)
-  logits = jax.jit(net.apply)(params, feats)
+  params = _rgn_params(1)
+  logits = _rgn_apply(params, feats)
   assert logits.shape == (2, k, m)
   cands = jnp.asarray(rng.normal(size=(2, k, m, 5, 5, 3)), jnp.float32)
   probe = jnp.asarray(rng.normal(size=(2, k, 5, 5, 3)), jnp.float32)
 
   def loss(p):
-    w = gumbel_softmax_straight_through(net.apply(p, feats), jax.random.PRNGKey(4))
+    w = gumbel_softmax_straight_through(RGN.apply(p, feats), jax.random.PRNGKey(4))
     return jnp.sum(select_candidates(cands, w) * probe)
 
   grads = jax.jit(jax.grad(loss))(params)
@@ -131,12 +144,12 @@ def _np_conv_same(x, kernel, bias):
 def test_rgn_forward_against_numpy():
   """Boxes concatenated along channels as [box 0 | box 1 | ...], then the layers."""
   rng = np.random.default_rng(5)
-  feats = rng.normal(size=(2, 3, 7, 7, 4)).astype(np.float32)  # (K, M, l, l, C)
-  net = _small_rgn()
-  params = jax.jit(net.init)(jax.random.PRNGKey(0), jnp.asarray(feats))
-  got = np.asarray(jax.jit(net.apply)(params, jnp.asarray(feats)))
+  feats = rng.normal(size=(2, NUM_BOXES, 7, 7, CHANNELS)).astype(np.float32)
+  params = _rgn_params(0)
+  got = np.asarray(_rgn_apply(params, jnp.asarray(feats)))
   p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params["params"])
-  x = np.concatenate([feats[:, m] for m in range(3)], axis=-1).astype(np.float64)
+  x = np.concatenate([feats[:, m] for m in range(NUM_BOXES)],
+                     axis=-1).astype(np.float64)
   for name in ("conv_0", "conv_1"):
     x = np.maximum(_np_conv_same(x, p[name]["kernel"], p[name]["bias"]), 0)
   x = x.reshape(x.shape[0], -1)
@@ -172,19 +185,19 @@ def _learning_setup():
 
   table = np.asarray(loss_fn(jnp.asarray(cands)))
   assert tuple(table.argmin(-1)) == BEST  # the setup really has these optima
-  feats = np.random.default_rng(7).normal(size=(len(ANCHORS), len(SIZES), 7, 7, 4))
+  feats = np.random.default_rng(7).normal(
+      size=(len(ANCHORS), len(SIZES), 7, 7, CHANNELS))
   return jnp.asarray(cands), loss_fn, jnp.asarray(feats, jnp.float32)
 
 
 @pytest.mark.parametrize("estimator", ["straight_through", "expected"])
 def test_rgn_learns_best_size_per_anchor(estimator):
   cands, loss_fn, feats = _learning_setup()
-  net = _small_rgn()
   # Init seed 3 picks the wrong size for BOTH anchors. With 400 steps the
   # straight-through run settles on BEST after ~100 steps (64-253 over ten
   # noise keys), the expected-loss run after 32.
-  params = jax.jit(net.init)(jax.random.PRNGKey(3), feats)
-  apply = jax.jit(net.apply)
+  params = _rgn_params(3)
+  apply = RGN.apply
   opt = optax.adam(3e-3)
   opt_state = opt.init(params)
 
@@ -204,11 +217,11 @@ def test_rgn_learns_best_size_per_anchor(estimator):
     keys = jax.random.split(jax.random.PRNGKey(1), STEPS)
     return jax.lax.scan(step, (p, s), keys)
 
-  initial_pick = np.asarray(apply(params, feats).argmax(-1))
+  initial_pick = np.asarray(_rgn_apply(params, feats).argmax(-1))
   assert np.all(initial_pick != np.asarray(BEST)), "seed gives a right pick"
   (params, _), grad_norms = train(params, opt_state)
   assert float(grad_norms[0]) > 0, "zero gradient reaches the RGN"
-  final_pick = np.asarray(apply(params, feats).argmax(-1))
+  final_pick = np.asarray(_rgn_apply(params, feats).argmax(-1))
   initially_wrong = initial_pick != np.asarray(BEST)
   assert np.all(final_pick[initially_wrong] != initial_pick[initially_wrong])
   np.testing.assert_array_equal(final_pick, BEST)

@@ -138,6 +138,15 @@ def test_batched_matches_reference():
     np.testing.assert_allclose(got[b].reshape(want.shape), want, atol=1e-5)
 
 
+def test_vmap_over_anchors_matches_batched():
+  rng = np.random.default_rng(4)
+  feats = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+  boxes = jnp.asarray(rng.uniform(0, 4, size=(2, 3, 2, 4)), jnp.float32)
+  per_anchor = jax.vmap(jax.vmap(roi_align, in_axes=(None, 0)))(feats, boxes)
+  np.testing.assert_allclose(per_anchor, roi_align_batched(feats, boxes),
+                             atol=1e-6)
+
+
 def test_gradient_matches_finite_differences():
   rng = np.random.default_rng(2)
   feat = rng.normal(size=(6, 5, 2))
