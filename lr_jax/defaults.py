@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.learning_rate = 3e-3
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
 
   c.data = ml_collections.ConfigDict()
   c.data.manifest = ""      # JSON/CSV manifest of (image, prompt[, source_prompt])

@@ -39,7 +39,8 @@ class Regions(NamedTuple):
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  return optax.adam(config.optim.learning_rate, b1=config.optim.b1, b2=config.optim.b2)
+  return optax.adam(config.optim.learning_rate, b1=config.optim.b1, b2=config.optim.b2,
+                    eps=config.optim.eps)
 
 
 def init_train_state(models: Models, config, rng: Array) -> TrainState:
@@ -149,13 +150,18 @@ def train_step(state: TrainState, frozen: Any, batch: dict[str, Array], rng: Arr
   (_, metrics), grads = grad_fn(state.params, models, frozen, batch, step_rng, config)
   updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   return TrainState(state.step + 1, params, opt_state), metrics
+
+
+# Config sections that do not change the compiled steps.
+_NOT_COMPILED = ("train", "data", "infer", "seed")
 
 
 def _cached(models: Models, name: str, config, build):
   """One compiled function per (models, config): reruns in a process reuse it."""
-  key = (name, config.to_json_best_effort(sort_keys=True))
+  compiled = {k: v for k, v in config.to_dict().items() if k not in _NOT_COMPILED}
+  key = (name, repr(sorted(compiled.items())))
   cache = models.jit_cache
   if key not in cache:
     cache[key] = build()

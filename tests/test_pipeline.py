@@ -1,0 +1,176 @@
+"""End to end on the tiny config: train, resume, edit, outputs, and the errors users meet."""
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import tiny
+from lr_jax import checkpointing
+from lr_jax import editor
+from lr_jax import imagenet
+from lr_jax import manifest as manifest_lib
+from lr_jax import samples
+from lr_jax import trainer
+from lr_jax.models import build_models
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+  c = tiny.get_config()
+  c.train.epochs = 2
+  c.train.checkpoint_every = 1
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return c
+
+
+@pytest.fixture(scope="module")
+def built():
+  return build_models(tiny_config())
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+  d = tmp_path_factory.mktemp("samples")
+  samples.write_samples(d)
+  # A second, wide image so that compositing back to an odd size is exercised.
+  Image.fromarray((np.random.default_rng(0).random((90, 200, 3)) * 255).astype(np.uint8)
+                  ).save(d / "noise.png")
+  return [manifest_lib.Example(d / "chelsea.png", "a lion", "a photo of a cat", None),
+          manifest_lib.Example(d / "noise.png", "a rooster", None, None)]
+
+
+def _train(built, examples, workdir, **overrides):
+  models, frozen = built
+  return trainer.train(tiny_config(**overrides), workdir, models=models, frozen=frozen,
+                       examples=examples, progress=False)
+
+
+def _params_close(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
+
+
+def test_train_writes_metrics_checkpoints_and_curve(built, examples, tmp_path):
+  result = _train(built, examples, tmp_path)
+  assert len(result.metrics) == 4                         # 2 epochs x 2 images
+  assert [m["step"] for m in result.metrics] == [1, 2, 3, 4]
+  assert all(np.isfinite(m["loss"]) and m["grad_norm"] > 0 for m in result.metrics)
+  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
+                if p.name.isdigit())[-1] == 4
+  # The RGN really moved away from its initialisation.
+  init = trainer.step_lib.init_train_state(built[0], tiny_config(),
+                                           jax.random.split(jax.random.PRNGKey(0))[0])
+  moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
+           for a, b in zip(jax.tree.leaves(init.params), jax.tree.leaves(result.state.params))]
+  assert max(moved) > 1e-4
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(built, examples, tmp_path):
+  full = _train(built, examples, tmp_path / "full")
+  first = _train(built, examples, tmp_path / "cut", **{"train.max_steps": 2})
+  assert first.metrics[-1]["step"] == 2
+  resumed = _train(built, examples, tmp_path / "cut")
+  assert [m["step"] for m in resumed.metrics] == [1, 2, 3, 4]
+  _params_close(full.state.params, resumed.state.params)
+  _params_close(full.state.opt_state, resumed.state.opt_state)
+  np.testing.assert_allclose([m["loss"] for m in full.metrics],
+                             [m["loss"] for m in resumed.metrics], atol=1e-6)
+
+
+def test_workdir_of_another_config_is_refused(built, examples, tmp_path):
+  _train(built, examples, tmp_path, **{"train.max_steps": 1})
+  with pytest.raises(checkpointing.WorkdirError, match="optim.learning_rate"):
+    _train(built, examples, tmp_path, **{"optim.learning_rate": 0.1})
+
+
+def test_nan_loss_names_step_and_image(built, examples, tmp_path):
+  models, frozen = built
+  poisoned = dict(frozen)
+  poisoned["clip"] = jax.tree.map(lambda x: x * np.nan, frozen["clip"])
+  with pytest.raises(trainer.NonFiniteLossError, match=r"step 1.*(chelsea|noise)\.png"):
+    trainer.train(tiny_config(), tmp_path, models=models, frozen=poisoned,
+                  examples=examples, progress=False)
+
+
+def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
+  models, frozen = built
+  result = _train(built, examples, tmp_path / "wd")
+  out = editor.run_edit(tiny_config(), examples, out_dir=tmp_path / "out",
+                        rgn_checkpoint=str(tmp_path / "wd"), models=models, frozen=frozen,
+                        progress=False)
+  assert len(out) == 2
+  chelsea = np.asarray(Image.open(examples[0].image_path), np.float32) / 255
+  first = out[0]
+  assert first.result.shape == chelsea.shape == (300, 451, 3)
+  k = tiny_config().region.num_anchors
+  assert first.outputs["candidates"].shape == (k, 64, 64, 3)
+  assert first.record["class"]["id"] == 291
+  assert len(first.record["scores"]["S"]) == k
+  assert first.record["best_anchor"] == int(np.argmax(first.record["scores"]["S"]))
+  # Only the edited box region changes at the original resolution: wherever the
+  # model-size mask is 0 in a whole 3x3 neighbourhood, the pixel is the input's.
+  mask = first.outputs["masks"][first.record["best_anchor"]][..., 0]
+  padded = np.pad(mask, 1)
+  near = np.max([padded[i:i + 64, j:j + 64] for i in range(3) for j in range(3)], axis=0)
+  rows = (np.arange(300) * 64 // 300)[:, None]
+  cols = (np.arange(451) * 64 // 451)[None, :]
+  untouched = near[rows, cols] == 0
+  np.testing.assert_array_equal(first.result[untouched], chelsea[untouched])
+  assert (first.result != chelsea).any()
+  for kind in ("edited", "sheet", "record"):
+    assert pathlib.Path(first.files[kind]).exists()
+  saved = np.asarray(Image.open(first.files["edited"]))
+  assert saved.shape == (300, 451, 3)
+  record = json.loads(pathlib.Path(first.files["record"]).read_text())
+  assert record["rgn_checkpoint"] == str(tmp_path / "wd")
+  assert record["versions"]["jax"] == jax.__version__
+  assert out[1].result.shape == (90, 200, 3)
+  # Same trained RGN, same seed: the edit is reproducible.
+  again = editor.run_edit(tiny_config(), examples[:1], rgn_checkpoint=str(tmp_path / "wd"),
+                          models=models, frozen=frozen, progress=False)
+  np.testing.assert_array_equal(again[0].result, first.result)
+
+
+def test_refinement_mode_moves_the_rgn(built, examples):
+  models, frozen = built
+  config = tiny_config()
+  params = trainer.step_lib.init_train_state(models, config, jax.random.PRNGKey(0)).params
+  prepared = trainer.data_lib.prepare(models, frozen, examples[:1])
+  refined = editor.refine(params, models, frozen, prepared.batch(np.asarray([0])), config,
+                          steps=2, seed=0)
+  diffs = [np.abs(np.asarray(a) - np.asarray(b)).max()
+           for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(refined))]
+  assert max(diffs) > 0
+
+
+def test_prompt_errors(built, examples, tmp_path):
+  models, frozen = built
+  bad = [manifest_lib.Example(examples[0].image_path, "zzqx blorp", None, None)]
+  with pytest.raises(imagenet.PromptError, match="(?s)closest|similar"):
+    trainer.data_lib.prepare(models, frozen, bad, min_class_similarity=0.9999)
+
+
+def test_missing_weights_offline_name_the_files(tmp_path, monkeypatch):
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("MASKGIT_CACHE_DIR", str(tmp_path / "cache"))
+
+  def no_network(*args, **kwargs):
+    raise OSError("network is off in tests")
+  monkeypatch.setattr("urllib.request.urlopen", no_network)
+  from configs import maskgit_imagenet256
+  from lr_jax import hf_weights
+  with pytest.raises(hf_weights.WeightsError) as e:
+    build_models(maskgit_imagenet256.get_config())
+  text = str(e.value)
+  for needed in ("facebook/dino-vitb16", "openai/clip-vit-base-patch16",
+                 "tokenizer_imagenet256", "model.safetensors"):
+    assert needed in text
