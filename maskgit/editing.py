@@ -95,7 +95,8 @@ def validate_boxes(boxes, tokens_per_side: int) -> None:
     raise BoxError("Boxes contain NaN or infinite values.")
   flat = boxes.reshape(-1, 4)
   for index, (top, left, height, width) in enumerate(flat.tolist()):
-    where = f"box {np.unravel_index(index, boxes.shape[:-1])} {flat[index].tolist()}"
+    position = tuple(int(i) for i in np.unravel_index(index, boxes.shape[:-1]))
+    where = f"box {position} {flat[index].tolist()}"
     if height <= 0 or width <= 0:
       raise BoxError(f"{where} is empty or inverted (height and width must be > 0).")
     if (top >= tokens_per_side or left >= tokens_per_side or top + height <= 0
