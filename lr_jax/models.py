@@ -137,6 +137,27 @@ def build_models(config) -> tuple[Models, dict[str, Any]]:
   return _assemble(config, mg, dino, clip, vqgan, transformer)
 
 
+def build_random_models(config) -> tuple[Models, dict[str, Any]]:
+  """The config's models at their real sizes with random weights (for benchmarks).
+
+  CLIP ViT-B/16 and DINO ViT-B/16 (B/8 if config.dino.repo names a /8 model) as the
+  hub configs define them; no tokenizer, so texts must come as embeddings.
+  """
+  if config.models == "tiny":
+    return build_models(config)
+  mg = maskgit_configs.get_config(config.maskgit.name)
+  rng = jax.random.PRNGKey(config.seed + 1000)
+  patch = 8 if "vitb8" in config.dino.repo or "b8" in config.dino.repo.split("/")[-1] else 16
+  dino = hf_weights.init_dino(hf_weights.dino_config_from_json({"patch_size": patch}),
+                              jax.random.fold_in(rng, 0))
+  clip_cfg = hf_weights.clip_config_from_json(
+      {"vision_config": {"patch_size": 16}, "text_config": {"eos_token_id": 2},
+       "projection_dim": 512})
+  clip = hf_weights.init_clip(clip_cfg, jax.random.fold_in(rng, 1))
+  vqgan, transformer = maskgit_checkpoints.init_params(mg, jax.random.fold_in(rng, 2))
+  return _assemble(config, mg, dino, clip, vqgan, transformer)
+
+
 def _load_official(config, mg):
   """Loads the three pretrained models, reporting every missing one in one error."""
   logging.info("Loading DINO from %s, CLIP from %s, MaskGIT %s", config.dino.repo,

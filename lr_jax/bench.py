@@ -1,0 +1,127 @@
+r"""Benchmark of the training step and of inference, with random weights.
+
+  python -m lr_jax.bench --config configs/tiny.py
+  python -m lr_jax.bench --config configs/maskgit_imagenet256.py --what edit --repeats 2
+
+Prints, per jitted function: first-call compile time, seconds per call, per image and
+per edited image, edits per second, XLA's cost-analysis FLOPs and the FLOP/s they
+imply, and peak memory. Full-size configs use their real model sizes with random
+weights (nothing is downloaded). Note: XLA's cost analysis counts a loop body once,
+so the decoding loop's FLOPs are under-counted by about its trip count.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+
+from lr_jax import step as step_lib
+from lr_jax.models import build_random_models
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.")
+_WHAT = flags.DEFINE_list("what", ["train", "edit"], "What to time: train, edit.")
+_BATCH = flags.DEFINE_integer("batch", 1, "Images per call.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
+_JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", float("nan")))
+
+
+def _peak_memory_gb() -> float:
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2**30
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+
+def _time(fn, args, repeats: int) -> dict[str, float]:
+  t0 = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  jax.block_until_ready(compiled(*args))         # warm-up
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t0)
+  memory = compiled.memory_analysis()
+  return {"compile_s": compile_s, "s_per_call": float(np.median(times)),
+          "xla_flops": _flops(compiled),
+          "temp_gb": getattr(memory, "temp_size_in_bytes", float("nan")) / 2**30}
+
+
+def run(config, what=("train", "edit"), batch: int = 1, repeats: int = 5) -> list[dict]:
+  """Times the jitted train step and/or inference; returns one row per function."""
+  models, frozen = build_random_models(config)
+  rng = np.random.default_rng(0)
+  size = models.maskgit.image_size
+  p = models.clip.config.projection_dim
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  data = {"images": jnp.asarray(rng.random((batch, size, size, 3), np.float32)),
+          "labels": jnp.asarray(rng.integers(0, models.num_classes(), batch), jnp.int32),
+          "text_embed": jnp.asarray(unit(rng.normal(size=(batch, p))), jnp.float32),
+          "src_text_embed": jnp.asarray(unit(rng.normal(size=(batch, p))), jnp.float32)}
+  key = jax.random.PRNGKey(0)
+  state = step_lib.init_train_state(models, config, key)
+  k, m = config.region.num_anchors, len(config.region.sizes)
+  rows = []
+  for name in what:
+    if name == "train":
+      fn = step_lib.make_train_step(models, config, donate=False)
+      stats = _time(fn, (state, frozen, data, key), repeats)
+      edits = batch * k * m
+    elif name == "edit":
+      fn = step_lib.make_infer(models, config)
+      stats = _time(fn, (state.params, frozen, data, key), repeats)
+      edits = batch * k
+    else:
+      raise app.UsageError(f"--what takes train and/or edit, not {name!r}")
+    stats.update(
+        what=name, config=config.maskgit.name, device=str(jax.devices()[0].device_kind),
+        backend=jax.default_backend(), batch=batch, edits_per_call=edits,
+        s_per_image=stats["s_per_call"] / batch, s_per_edit=stats["s_per_call"] / edits,
+        edits_per_s=edits / stats["s_per_call"],
+        xla_tflops_per_s=stats["xla_flops"] / stats["s_per_call"] / 1e12,
+        peak_memory_gb=_peak_memory_gb(), edit_dtype=config.edit.dtype)
+    rows.append(stats)
+  return rows
+
+
+def format_table(rows: list[dict]) -> str:
+  cols = [("what", "{}"), ("config", "{}"), ("device", "{}"), ("batch", "{}"),
+          ("compile_s", "{:.1f}"), ("s_per_call", "{:.4f}"), ("s_per_image", "{:.4f}"),
+          ("s_per_edit", "{:.4f}"), ("edits_per_s", "{:.2f}"), ("xla_flops", "{:.3g}"),
+          ("xla_tflops_per_s", "{:.3f}"), ("peak_memory_gb", "{:.2f}")]
+  lines = [" | ".join(c for c, _ in cols)]
+  for r in rows:
+    lines.append(" | ".join(f.format(r[c]) for c, f in cols))
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  rows = run(_CONFIG.value, _WHAT.value, _BATCH.value, _REPEATS.value)
+  print(format_table(rows))
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)
