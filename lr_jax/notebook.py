@@ -1,0 +1,279 @@
+"""Helpers for the Colab notebooks in colabs/ (also usable from any Jupyter kernel).
+
+Configs: the notebooks clone the project's git repository and `pip install` the clone,
+so the repository's `configs/*.py` files are on disk; `load_config` loads one of them
+by path (no absl flags). It looks in, in order: the `repo_dir` argument, `$LR_JAX_REPO`,
+the checkout that holds the imported `lr_jax` package (a source tree or an editable
+install), and the current folder. Nothing is duplicated in code: without a checkout it
+raises a `ConfigNotFoundError` that says how to get one.
+
+Tiny mode (`setup(tiny=True)`) uses `configs/tiny.py`: small random models, no network.
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import pathlib
+from typing import Any, Iterable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from lr_jax import hf_weights
+from lr_jax import manifest as manifest_lib
+from lr_jax import samples
+from maskgit import checkpoints as maskgit_checkpoints
+from maskgit import configs as maskgit_configs
+
+REPO_ENV_VAR = "LR_JAX_REPO"
+OFFICIAL_CONFIG = "maskgit_imagenet256"
+TINY_CONFIG = "tiny"
+# (skimage image, prompt, source prompt): a small training set that ships with a dependency.
+TRAINING_SET = (
+    ("chelsea", "a lion", "a photo of a cat"),
+    ("chelsea", "a tiger", "a photo of a cat"),
+    ("coffee", "a teapot", "a cup of coffee"),
+)
+
+
+class ConfigNotFoundError(FileNotFoundError):
+  """No configs/<name>.py was found in any of the places searched."""
+
+
+def in_colab() -> bool:
+  """True inside a Google Colab runtime."""
+  try:
+    return importlib.util.find_spec("google.colab") is not None
+  except (ImportError, ValueError):
+    return False
+
+
+def _candidate_repos(repo_dir: str | os.PathLike | None) -> list[pathlib.Path]:
+  candidates = []
+  if repo_dir:
+    candidates.append(pathlib.Path(repo_dir).expanduser())
+  if os.environ.get(REPO_ENV_VAR):
+    candidates.append(pathlib.Path(os.environ[REPO_ENV_VAR]).expanduser())
+  candidates.append(pathlib.Path(__file__).resolve().parents[1])
+  candidates.append(pathlib.Path.cwd())
+  return candidates
+
+
+def find_config_file(name: str, repo_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """Path of `configs/<name>.py` in the first repository checkout that has it."""
+  if not name or "/" in name or name.endswith(".py"):
+    raise ValueError(f"config name must be a bare name such as 'tiny', got {name!r}")
+  searched = []
+  for repo in _candidate_repos(repo_dir):
+    path = repo / "configs" / f"{name}.py"
+    searched.append(str(path))
+    if path.is_file():
+      return path
+  raise ConfigNotFoundError(
+      f"configs/{name}.py not found; looked at:\n  " + "\n  ".join(searched)
+      + f"\nClone the lr_jax repository (the notebooks' install cell does) and pass its "
+        f"folder as repo_dir, or set ${REPO_ENV_VAR} to it.")
+
+
+def load_config(name: str, repo_dir: str | os.PathLike | None = None,
+                arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the repository's `configs/<name>.py`, loaded by path."""
+  path = find_config_file(name, repo_dir)
+  spec = importlib.util.spec_from_file_location(f"lr_jax_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"{path} defines no get_config()")
+  return module.get_config(arg)
+
+
+def describe_devices() -> str:
+  """One line naming JAX's backend and its devices."""
+  devices = jax.devices()
+  kinds = sorted({d.device_kind for d in devices})
+  return f"JAX {jax.__version__}, backend {jax.default_backend()}: {len(devices)} x {', '.join(kinds)}"
+
+
+def setup(tiny: bool, repo_dir: str | os.PathLike | None = None,
+          config_name: str = OFFICIAL_CONFIG) -> ml_collections.ConfigDict:
+  """The notebook's config: `configs/tiny.py` when `tiny`, else `configs/<config_name>.py`.
+
+  Prints the devices and what the config will load.
+  """
+  name = TINY_CONFIG if tiny else config_name
+  config = load_config(name, repo_dir)
+  print(describe_devices())
+  if config.models == "tiny":
+    print(f"config {name}: tiny random models (offline, edits are noise)")
+  else:
+    print(f"config {name}: MaskGIT {config.maskgit.name}, DINO {config.dino.repo}, "
+          f"CLIP {config.clip.repo}")
+  return config
+
+
+def download_weights(config: ml_collections.ConfigDict) -> dict[str, pathlib.Path]:
+  """Downloads (once, with progress bars) every pretrained file `config` needs.
+
+  Returns {"maskgit_tokenizer", "maskgit_transformer", "dino", "clip"} -> local path
+  (the two Hugging Face entries are folders). A tiny config needs nothing: {}.
+  """
+  if config.models == "tiny":
+    print("tiny config: no weights to download")
+    return {}
+  mg = maskgit_configs.get_config(config.maskgit.name)
+  tok_name, tr_name = maskgit_checkpoints.official_checkpoint_names(mg)
+  cache_dir = config.maskgit.cache_dir or None
+  paths = {
+      "maskgit_tokenizer": maskgit_checkpoints.fetch_checkpoint(
+          config.maskgit.tokenizer or tok_name, cache_dir),
+      "maskgit_transformer": maskgit_checkpoints.fetch_checkpoint(
+          config.maskgit.transformer or tr_name, cache_dir),
+      "dino": hf_weights.resolve_hf_repo(config.dino.repo, hf_weights.MODEL_FILES),
+      "clip": hf_weights.resolve_hf_repo(config.clip.repo, hf_weights.MODEL_FILES,
+                                         hf_weights.CLIP_TOKENIZER_FILES),
+  }
+  for kind, path in paths.items():
+    print(f"{kind}: {path}")
+  return paths
+
+
+def sample_examples(directory: str | os.PathLike) -> list[manifest_lib.Example]:
+  """Writes the sample cat and its manifest (lr_jax.samples) and reads it back."""
+  return manifest_lib.read_manifest(samples.write_samples(directory))
+
+
+def write_training_set(directory: str | os.PathLike,
+                       entries: Sequence[tuple[str, str, str]] = TRAINING_SET) -> pathlib.Path:
+  """Writes scikit-image pictures and a manifest of (image, prompt, source_prompt);
+  returns the manifest's path. `entries` name skimage.data images."""
+  import json  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from skimage import data  # pylint: disable=g-import-not-at-top
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  records = []
+  for image, prompt, source in entries:
+    loader = getattr(data, image, None)
+    if loader is None or not callable(loader):
+      raise ValueError(f"skimage.data has no image {image!r}")
+    file = directory / f"{image}.png"
+    if not file.exists():
+      pixels = np.asarray(loader())
+      if pixels.ndim != 3 or pixels.shape[-1] != 3:
+        raise ValueError(f"skimage.data.{image} is not an RGB picture: {pixels.shape}")
+      Image.fromarray(pixels.astype(np.uint8)).save(file)
+    records.append({"image": file.name, "prompt": prompt, "source_prompt": source})
+  path = directory / "manifest.json"
+  path.write_text(json.dumps(records, indent=2))
+  return path
+
+
+def example_for(image: str | os.PathLike, prompt: str,
+                source_prompt: str | None = None) -> list[manifest_lib.Example]:
+  """A one-example list editing `image` into `prompt` (checked like a manifest row)."""
+  path = pathlib.Path(image).expanduser()
+  if not path.is_file():
+    raise manifest_lib.ManifestError(f"image file {path} does not exist")
+  if not isinstance(prompt, str) or not prompt.strip():
+    raise manifest_lib.ManifestError(f"prompt must be a non-empty string, got {prompt!r}")
+  source = source_prompt.strip() if source_prompt and source_prompt.strip() else None
+  return [manifest_lib.Example(path.resolve(), prompt.strip(), source, None)]
+
+
+def upload_image(directory: str | os.PathLike = "uploads",
+                 fallback: str | os.PathLike | None = None, ask: bool = True) -> pathlib.Path:
+  """In Colab (and with `ask`): asks for a file (google.colab.files.upload) and saves
+  it to `directory`. Otherwise returns `fallback`, an image path the user sets."""
+  if ask and in_colab():
+    from google.colab import files  # pylint: disable=g-import-not-at-top
+    uploaded = files.upload()
+    if not uploaded:
+      raise ValueError("no file was uploaded")
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    name, content = next(iter(uploaded.items()))
+    path = directory / pathlib.Path(name).name
+    path.write_bytes(content)
+    if len(uploaded) > 1:
+      print(f"{len(uploaded)} files uploaded; using {path.name}")
+    return path
+  if not fallback:
+    raise ValueError("no upload (not in Colab, or ask=False): set IMAGE_PATH to an image file")
+  path = pathlib.Path(fallback).expanduser()
+  if not path.is_file():
+    raise FileNotFoundError(f"image file {path} does not exist")
+  return path
+
+
+def _display(obj: Any) -> bool:
+  """Displays `obj` with IPython when a kernel is running; False otherwise."""
+  try:
+    from IPython import get_ipython  # pylint: disable=g-import-not-at-top
+    from IPython.display import display  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  if get_ipython() is None:
+    return False
+  display(obj)
+  return True
+
+
+def show(item: str | os.PathLike | np.ndarray | Iterable[Any], width: int | None = None,
+         title: str = "") -> None:
+  """Shows a PNG/JPEG file, an (H, W, 3) array in [0, 1], or a list of them, inline."""
+  if isinstance(item, (list, tuple)):
+    for x in item:
+      show(x, width=width, title=title)
+    return
+  if isinstance(item, (str, os.PathLike)):
+    path = pathlib.Path(item)
+    if not path.is_file():
+      raise FileNotFoundError(f"no picture at {path}")
+    if title:
+      print(title)
+    from IPython.display import Image  # pylint: disable=g-import-not-at-top
+    if not _display(Image(filename=str(path), width=width)):
+      print(f"[picture] {path}")
+    return
+  pixels = np.asarray(item)
+  if pixels.ndim != 3 or pixels.shape[-1] != 3:
+    raise ValueError(f"expected a picture path or an (H, W, 3) array, got shape {pixels.shape}")
+  from PIL import Image as PILImage  # pylint: disable=g-import-not-at-top
+  from IPython.display import Image  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  PILImage.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(
+      buffer, format="PNG")
+  if title:
+    print(title)
+  if not _display(Image(data=buffer.getvalue(), width=width)):
+    print(f"[picture] array {pixels.shape}")
+
+
+def summary(outcome) -> str:
+  """One line about an `editor.EditOutcome`: prompt, MaskGIT class, best anchor, score."""
+  r = outcome.record
+  best = r["best_anchor"]
+  return (f"{pathlib.Path(r['image']).name}: {r['prompt']!r} -> class {r['class']['id']} "
+          f"({r['class']['name']}, {r['class']['method']}), best anchor {best}, "
+          f"S={r['scores']['S'][best]:.4f}")
+
+
+def show_outcomes(outcomes: Sequence[Any], width: int | None = 900) -> None:
+  """Prints each edit's summary and shows its sheet (or, unsaved, its result)."""
+  for outcome in outcomes:
+    print(summary(outcome))
+    sheet = outcome.files.get("sheet")
+    show(sheet if sheet else outcome.result, width=width)
+
+
+def max_param_difference(a: Any, b: Any) -> float:
+  """Largest absolute difference between two parameter trees of the same structure."""
+  leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+  if tree_a != tree_b:
+    raise ValueError(f"parameter trees differ:\n{tree_a}\nvs\n{tree_b}")
+  return max((float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+              for x, y in zip(leaves_a, leaves_b)), default=0.0)
+
