@@ -207,47 +207,45 @@ def upload_image(directory: str | os.PathLike = "uploads",
   return path
 
 
-def _display(obj: Any) -> bool:
-  """Displays `obj` with IPython when a kernel is running; False otherwise."""
+def _display_image(*, filename: str | None = None, data: bytes | None = None,
+                   width: int | None = None) -> bool:
+  """Shows a picture with IPython when a kernel is running; False otherwise."""
   try:
     from IPython import get_ipython  # pylint: disable=g-import-not-at-top
-    from IPython.display import display  # pylint: disable=g-import-not-at-top
+    from IPython.display import Image, display  # pylint: disable=g-import-not-at-top
   except ImportError:
     return False
   if get_ipython() is None:
     return False
-  display(obj)
+  display(Image(filename=filename, data=data, width=width))
   return True
 
 
 def show(item: str | os.PathLike | np.ndarray | Iterable[Any], width: int | None = None,
          title: str = "") -> None:
-  """Shows a PNG/JPEG file, an (H, W, 3) array in [0, 1], or a list of them, inline."""
+  """Shows a PNG/JPEG file, an (H, W, 3) array in [0, 1], or a list of them, inline
+  (outside a notebook kernel it prints what it would show)."""
   if isinstance(item, (list, tuple)):
     for x in item:
       show(x, width=width, title=title)
     return
+  if title:
+    print(title)
   if isinstance(item, (str, os.PathLike)):
     path = pathlib.Path(item)
     if not path.is_file():
       raise FileNotFoundError(f"no picture at {path}")
-    if title:
-      print(title)
-    from IPython.display import Image  # pylint: disable=g-import-not-at-top
-    if not _display(Image(filename=str(path), width=width)):
+    if not _display_image(filename=str(path), width=width):
       print(f"[picture] {path}")
     return
   pixels = np.asarray(item)
   if pixels.ndim != 3 or pixels.shape[-1] != 3:
     raise ValueError(f"expected a picture path or an (H, W, 3) array, got shape {pixels.shape}")
-  from PIL import Image as PILImage  # pylint: disable=g-import-not-at-top
-  from IPython.display import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
   buffer = io.BytesIO()
-  PILImage.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(
+  Image.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(
       buffer, format="PNG")
-  if title:
-    print(title)
-  if not _display(Image(data=buffer.getvalue(), width=width)):
+  if not _display_image(data=buffer.getvalue(), width=width):
     print(f"[picture] array {pixels.shape}")
 
 

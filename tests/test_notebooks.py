@@ -9,6 +9,7 @@ import os
 import pathlib
 
 import nbformat
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -135,3 +136,91 @@ def test_train_notebook_runs_tiny(executed):
   assert len(trained) == 3
   assert all(json.loads(p.read_text())["rgn_checkpoint"] == "runs/rgn_tiny" for p in trained)
   assert _shown_pictures(nb) == 4  # the loss curves and three sheets
+
+
+# -- lr_jax.notebook helpers (fast, no kernel) ----------------------------------------
+
+def test_load_config_by_path_matches_the_repo_file(tmp_path):
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from lr_jax import notebook  # pylint: disable=g-import-not-at-top
+  assert notebook.load_config("tiny").to_dict() == tiny.get_config().to_dict()
+  assert notebook.find_config_file("tiny") == REPO / "configs" / "tiny.py"
+  # An explicit repo_dir wins over the package's own checkout.
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "tiny.py").write_text(
+      "import ml_collections\n"
+      "def get_config(arg=None):\n"
+      "  return ml_collections.ConfigDict({'marker': arg or 'mine'})\n")
+  assert notebook.load_config("tiny", repo_dir=tmp_path).marker == "mine"
+  assert notebook.load_config("tiny", repo_dir=tmp_path, arg="x").marker == "x"
+
+
+def test_load_config_errors(tmp_path):
+  from lr_jax import notebook  # pylint: disable=g-import-not-at-top
+  with pytest.raises(notebook.ConfigNotFoundError, match="no_such_config.py not found"):
+    notebook.load_config("no_such_config", repo_dir=tmp_path)
+  with pytest.raises(ValueError, match="bare name"):
+    notebook.load_config("configs/tiny.py")
+
+
+def test_download_weights_uses_local_files_without_network(tmp_path):
+  from lr_jax import notebook  # pylint: disable=g-import-not-at-top
+  config = notebook.load_config("maskgit_imagenet256")
+  for name in ("tok", "tr"):
+    (tmp_path / name).write_bytes(b"x")
+  for name, files in (("dino", ("config.json", "model.safetensors")),
+                      ("clip", ("config.json", "model.safetensors"))):
+    (tmp_path / name).mkdir()
+    for f in files:
+      (tmp_path / name / f).write_text("{}")
+  config.maskgit.tokenizer, config.maskgit.transformer = str(tmp_path / "tok"), str(tmp_path / "tr")
+  config.dino.repo, config.clip.repo = str(tmp_path / "dino"), str(tmp_path / "clip")
+  paths = notebook.download_weights(config)
+  assert paths == {"maskgit_tokenizer": tmp_path / "tok", "maskgit_transformer": tmp_path / "tr",
+                   "dino": tmp_path / "dino", "clip": tmp_path / "clip"}
+  assert notebook.download_weights(notebook.load_config("tiny")) == {}
+
+
+def test_training_set_and_single_examples(tmp_path):
+  from skimage import data  # pylint: disable=g-import-not-at-top
+  from lr_jax import manifest  # pylint: disable=g-import-not-at-top
+  from lr_jax import notebook  # pylint: disable=g-import-not-at-top
+  examples = manifest.read_manifest(notebook.write_training_set(tmp_path))
+  assert [(e.image_path.name, e.prompt) for e in examples] == [
+      ("chelsea.png", "a lion"), ("chelsea.png", "a tiger"), ("coffee.png", "a teapot")]
+  with Image.open(tmp_path / "coffee.png") as im:
+    assert (np.asarray(im) == data.coffee()).all()
+  with pytest.raises(ValueError, match="no image 'nope'"):
+    notebook.write_training_set(tmp_path, [("nope", "a lion", "x")])
+  [one] = notebook.example_for(tmp_path / "coffee.png", " a teapot ", "")
+  assert one.prompt == "a teapot" and one.source_prompt is None
+  with pytest.raises(manifest.ManifestError, match="does not exist"):
+    notebook.example_for(tmp_path / "missing.png", "a lion")
+  with pytest.raises(manifest.ManifestError, match="non-empty"):
+    notebook.example_for(tmp_path / "coffee.png", "  ")
+
+
+def test_upload_image_outside_colab(tmp_path, capsys):
+  from lr_jax import notebook  # pylint: disable=g-import-not-at-top
+  picture = tmp_path / "p.png"
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(picture)
+  assert notebook.upload_image(tmp_path / "up", fallback=picture) == picture
+  with pytest.raises(FileNotFoundError):
+    notebook.upload_image(tmp_path / "up", fallback=tmp_path / "missing.png")
+  with pytest.raises(ValueError, match="IMAGE_PATH"):
+    notebook.upload_image(tmp_path / "up")
+  notebook.show(picture)  # no IPython kernel here: prints instead of displaying
+  notebook.show(np.zeros((4, 5, 3)))
+  assert "[picture]" in capsys.readouterr().out
+  with pytest.raises(ValueError, match="H, W, 3"):
+    notebook.show(np.zeros((4, 5)))
+
+
+def test_max_param_difference():
+  from lr_jax import notebook  # pylint: disable=g-import-not-at-top
+  a = {"w": np.array([1.0, 2.0]), "b": {"c": np.array(3.0)}}
+  b = {"w": np.array([1.0, 2.5]), "b": {"c": np.array(2.0)}}
+  assert notebook.max_param_difference(a, b) == 1.0
+  assert notebook.max_param_difference(a, a) == 0.0
+  with pytest.raises(ValueError, match="trees differ"):
+    notebook.max_param_difference(a, {"w": a["w"]})
