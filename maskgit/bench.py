@@ -35,6 +35,7 @@ flags.DEFINE_enum("attention", "auto", ["auto", "xla", "cudnn"],
 flags.DEFINE_boolean("separate", True, "Also time K separate batch-1 calls.")
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 flags.DEFINE_integer("seed", 0, "Seed of the random weights, image and keys.")
+flags.DEFINE_boolean("unroll", False, "Unroll the decoding loop.")
 
 
 def bench_boxes(num_boxes: int, side: int, seed: int) -> np.ndarray:
@@ -75,7 +76,7 @@ def _attention(choice: str, dtype: str) -> str | None:
 
 def run_benchmark(config_name: str, ks: Sequence[int], dtypes: Sequence[str],
                   repeats: int, attention: str = "auto", separate: bool = True,
-                  seed: int = 0) -> list[dict[str, Any]]:
+                  seed: int = 0, unroll: bool = False) -> list[dict[str, Any]]:
   """Runs the measurements; returns one row per (dtype, K)."""
   config = configs.get_config(config_name)
   tok_params, tr_params = checkpoints.init_params(config, jax.random.PRNGKey(seed))
@@ -86,7 +87,7 @@ def run_benchmark(config_name: str, ks: Sequence[int], dtypes: Sequence[str],
   rows, reference = [], {}
   for dtype in dtypes:
     implementation = _attention(attention, dtype)
-    edit = editing.EditConfig(dtype=dtype, attention=implementation)
+    edit = editing.EditConfig(dtype=dtype, attention=implementation, unroll=unroll)
     editor = editing.make_editor(config, edit)
     for k in ks:
       boxes = bench_boxes(k, side, seed + k)
@@ -101,7 +102,7 @@ def run_benchmark(config_name: str, ks: Sequence[int], dtypes: Sequence[str],
         print(f"warning: {implementation} attention failed ({type(e).__name__}: "
               f"{str(e)[:200]}); falling back to XLA attention", file=sys.stderr)
         implementation = None
-        edit = editing.EditConfig(dtype=dtype, attention=None)
+        edit = editing.EditConfig(dtype=dtype, attention=None, unroll=unroll)
         editor = editing.make_editor(config, edit)
         start = time.perf_counter()
         first = jax.block_until_ready(call())
@@ -170,7 +171,7 @@ def main(argv: Sequence[str]) -> None:
         f"config {FLAGS.config}; repeats {FLAGS.repeats}", flush=True)
   print(HEADER, flush=True)
   rows = run_benchmark(FLAGS.config, ks, dtypes, FLAGS.repeats, FLAGS.attention,
-                       FLAGS.separate, FLAGS.seed)
+                       FLAGS.separate, FLAGS.seed, FLAGS.unroll)
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
       json.dump(dict(device=f"{device.platform} {device.device_kind}",

@@ -96,7 +96,8 @@ def decode(input_ids: jax.Array,
            choice_temperature: float = 4.5,
            codebook_size: int | None = None,
            mask_token_id: int = -1,
-           schedule: str = "cosine") -> jax.Array:
+           schedule: str = "cosine",
+           unroll: int | bool = 1) -> jax.Array:
   """Fills the masked tokens of `input_ids` by MaskGIT parallel decoding.
 
   Args:
@@ -110,6 +111,8 @@ def decode(input_ids: jax.Array,
     codebook_size: if given, logits are restricted to the first entries.
     mask_token_id: id marking masked positions.
     schedule: mask schedule name, see `mask_ratio`.
+    unroll: iterations unrolled into one loop body (True: all). Same numbers;
+      a fully unrolled loop lets XLA schedule and fuse across iterations.
 
   Returns:
     (B, L) int32: the tokens sampled at the last iteration (known tokens
@@ -162,5 +165,6 @@ def decode(input_ids: jax.Array,
 
   if start_iter >= num_iter:
     return ids0
-  _, _, last = jax.lax.fori_loop(start_iter, num_iter, body, (ids0, keys, ids0))
+  _, _, last = jax.lax.fori_loop(start_iter, num_iter, body, (ids0, keys, ids0),
+                                 unroll=unroll)
   return last

@@ -55,6 +55,7 @@ class EditConfig:
   dtype: str = "float32"
   schedule: str = "cosine"
   attention: str | None = None
+  unroll: int | bool = 1
 
   def __post_init__(self):
     if self.dtype not in DTYPES:
@@ -240,7 +241,7 @@ def edit_images(tokenizer_params: Params,
       num_iter=edit.num_iter, start_iter=edit.start_iter,
       choice_temperature=edit.choice_temperature,
       codebook_size=config.codebook_size, mask_token_id=config.mask_token_id,
-      schedule=edit.schedule)
+      schedule=edit.schedule, unroll=edit.unroll)
   tokens = decoded[:, 1:]
 
   pixel_decoder = VQGAN(config.tokenizer, dtype=dtype)

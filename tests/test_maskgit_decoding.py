@@ -92,3 +92,11 @@ def test_bad_arguments(official):
                     num_iter=4)
   with pytest.raises(ValueError, match="batch"):
     decoding.decode(inputs[0], jax.random.PRNGKey(0), logits_fn, num_iter=4)
+
+
+def test_unrolled_loop_matches_official(official):
+  outputs, logits_fn = official
+  got = jax.jit(lambda x, r: decoding.decode(
+      x, r, logits_fn, num_iter=12, start_iter=2, choice_temperature=4.5,
+      codebook_size=CODEBOOK, unroll=True))(outputs["edit_input"], jax.random.PRNGKey(3))
+  np.testing.assert_array_equal(np.asarray(got), outputs["decoded_start2_iters12"])

@@ -1,0 +1,186 @@
+"""Builds colabs/edit.ipynb and colabs/train.ipynb (outputs cleared) with nbformat."""
+import pathlib
+import sys
+
+import nbformat
+from nbformat import v4
+
+ROOT = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "/work/main")
+
+SETTINGS = '''import os
+TINY = False  #@param {type:"boolean"}
+TINY = TINY or os.environ.get("LR_JAX_TINY") == "1"  # the CI test runs the offline tiny path
+REPO_URL = "https://github.com/OWNER/lr_jax"  # PLACEHOLDER: the project's git repository
+REPO_DIR = "lr_jax_repo"  # where the repository is cloned (its configs/ folder is used)
+JAX_EXTRA = ""  #@param ["", "cuda", "tpu"]'''
+
+SETTINGS_MD = '''**Settings.** `TINY` selects `configs/tiny.py`: small random models, no network and no
+weights (for a quick check that everything runs; its edits are noise). Leave it off for the
+real models. Set `REPO_URL` to the project's git repository. `JAX_EXTRA`: pick `cuda` on a GPU
+runtime or `tpu` on a TPU runtime when the install has to upgrade JAX (keeps JAX and its
+accelerator plugin in step); leave it empty to keep the runtime's JAX when it is new enough.'''
+
+INSTALL_MD = '''## 1. Install
+
+The repository is cloned and installed with pip (the same as
+`pip install "lr_jax @ git+REPO_URL"`, but the clone also brings the `configs/` folder that
+`nb.setup` loads by path). Skipped when `lr_jax` is already importable. If pip upgraded JAX or
+NumPy, restart the session (*Runtime → Restart session*) and run from the top again.'''
+
+INSTALL = '''import importlib.util
+PIP_TARGET = f"./{REPO_DIR}[{JAX_EXTRA}]" if JAX_EXTRA else f"./{REPO_DIR}"
+if importlib.util.find_spec("lr_jax") is None:  # not installed yet: clone, then install
+  !git clone -q --depth 1 {REPO_URL} {REPO_DIR}
+  !pip install -q "{PIP_TARGET}"'''
+
+DEVICES_MD = '''## 2. Devices and config
+
+`jax.devices()` lists the accelerators (TPU cores on a TPU runtime, the GPU on a GPU runtime,
+else the CPU). `nb.setup` loads `configs/tiny.py` or `configs/maskgit_imagenet256.py` from the
+clone.'''
+
+DEVICES = '''import jax
+from lr_jax import notebook as nb
+print(jax.devices())
+config = nb.setup(TINY, repo_dir=REPO_DIR)'''
+
+WEIGHTS_MD = '''## 3. Pretrained weights
+
+Downloads, once and with progress bars, the official MaskGIT ImageNet-256 tokenizer and
+transformer (Google Cloud Storage) and DINO and CLIP (Hugging Face hub); later runs read the
+caches. Then all frozen models are loaded (random tiny ones in tiny mode).'''
+
+WEIGHTS = '''weights = nb.download_weights(config)'''
+
+BUILD = '''from lr_jax.models import build_models
+models, frozen = build_models(config)'''
+
+
+def code(src):
+  return v4.new_code_cell(src)
+
+
+def md(src):
+  return v4.new_markdown_cell(src)
+
+
+def common(title_md):
+  return [md(title_md), md(SETTINGS_MD), code(SETTINGS), md(INSTALL_MD), code(INSTALL),
+          md(DEVICES_MD), code(DEVICES), md(WEIGHTS_MD), code(WEIGHTS), code(BUILD)]
+
+
+EDIT = common('''# Text-driven image editing with learnable regions (lr_jax): edit
+
+Edits a photo from a text prompt alone, without a mask: a region generation network (RGN)
+proposes boxes around *K* anchor points, MaskGIT regenerates each box as the ImageNet class the
+prompt names, and CLIP scores pick the best of the *K* candidates (Lin et al., CVPR 2024).
+Runs on a GPU or TPU runtime (*Runtime → Change runtime type*).''') + [
+    md('''## 4. Edit the sample cat
+
+The sample is scikit-image's cat photo, with the paper's prompts "a lion" and "cat face".
+Without a trained RGN (see `train.ipynb`), `refine_steps` fits the RGN to each image for a few
+steps first, the paper's per-image mode (0: boxes from an untrained RGN).'''),
+    code('''from lr_jax import editor
+SAMPLE_REFINE_STEPS = 5  #@param {type:"integer"}
+examples = nb.sample_examples("samples")
+outcomes = editor.run_edit(config, examples, out_dir="edits", models=models, frozen=frozen,
+                           refine_steps=SAMPLE_REFINE_STEPS, seed=0)'''),
+    md('''Each sheet shows the input, DINO's attention with the anchors, all box proposals (the
+chosen one per anchor bold), the result, and below the *K* candidates with their scores (the
+best one highlighted). The edited photos at full resolution and a JSON record of each edit
+are in `edits/`.'''),
+    code('''nb.show_outcomes(outcomes)'''),
+    md('''## 5. Your own image and prompt
+
+Set the prompt (an ImageNet class works best: MaskGIT is class-conditional, the prompt is
+mapped to the nearest class), the refinement steps and the seed. `SOURCE_PROMPT` describes the
+input (empty: CLIP guesses it).'''),
+    code('''PROMPT = "a tiger"  #@param {type:"string"}
+SOURCE_PROMPT = ""  #@param {type:"string"}
+REFINE_STEPS = 5  #@param {type:"integer"}
+SEED = 0  #@param {type:"integer"}'''),
+    md('''In Colab, with `UPLOAD` on, the next cell asks for a picture to upload. Elsewhere (or with
+`UPLOAD` off) it uses `IMAGE_PATH`.'''),
+    code('''UPLOAD = True  #@param {type:"boolean"}
+IMAGE_PATH = "samples/chelsea.png"  #@param {type:"string"}
+image_path = nb.upload_image("uploads", fallback=IMAGE_PATH, ask=UPLOAD)
+nb.show(image_path, width=320)'''),
+    code('''custom = editor.run_edit(config, nb.example_for(image_path, PROMPT, SOURCE_PROMPT),
+                         out_dir="edits_custom", models=models, frozen=frozen,
+                         refine_steps=REFINE_STEPS, seed=SEED)
+nb.show_outcomes(custom)
+nb.show(custom[0].files["edited"], width=480, title="edited, at the input's resolution:")'''),
+]
+
+TRAIN = common('''# Text-driven image editing with learnable regions (lr_jax): train the RGN
+
+Trains the region generation network (RGN) on a few images with prompts, plots the losses,
+restores the RGN from its checkpoint and edits with it (Lin et al., CVPR 2024). Runs on a GPU
+or TPU runtime (*Runtime → Change runtime type*).''') + [
+    md('''## 4. Training images
+
+Three (image, prompt) pairs made from scikit-image's pictures: the cat as "a lion" and
+"a tiger", the coffee cup as "a teapot". `write_training_set` writes the pictures and a
+`manifest.json`; your own data is a manifest of the same form (JSON, JSON lines or CSV with
+`image`, `prompt` and optional `source_prompt`, `class_id`).'''),
+    code('''from lr_jax import manifest
+manifest_path = nb.write_training_set("train_data")
+examples = manifest.read_manifest(manifest_path)
+print(manifest_path.read_text())'''),
+    md('''## 5. Train
+
+`trainer.train` writes `config.json`, `metrics.jsonl`, `loss_curve.png` and orbax checkpoints
+(`checkpoints/<step>`) to `WORKDIR` (on Colab, a Google Drive folder keeps them across sessions).
+The tiny config keeps its own 2 epochs.'''),
+    code('''from lr_jax import trainer
+EPOCHS = 5  #@param {type:"integer"}
+if not TINY:
+  config.train.epochs = EPOCHS
+WORKDIR = "runs/rgn_tiny" if TINY else "runs/rgn"
+result = trainer.train(config, WORKDIR, models=models, frozen=frozen, examples=examples)
+print(f"{len(result.metrics)} steps, last loss {result.metrics[-1]['loss']:.4f}")'''),
+    md('''## 6. Loss curves
+
+`result.metrics` holds one record per step (the total loss, its CLIP, directional and
+structure terms, the gradient norm); `sheets.loss_curve` plots each term.'''),
+    code('''from lr_jax import sheets
+nb.show(sheets.loss_curve("loss_curve.png", result.metrics, title="RGN training"), width=900)'''),
+    md('''## 7. Checkpoints: restore and resume
+
+`trainer.load_rgn_params` restores the RGN from the workdir's newest checkpoint (or from one
+`checkpoints/<step>` folder). Calling `trainer.train` again with the same config resumes from
+the newest checkpoint; here the run is complete, so no step is left.'''),
+    code('''print("checkpoints:", sorted(p.name for p in (result.workdir / "checkpoints").iterdir()))
+rgn_params = trainer.load_rgn_params(WORKDIR, models, config)
+print("largest |restored - trained| =", nb.max_param_difference(rgn_params, result.state.params))'''),
+    code('''resumed = trainer.train(config, WORKDIR, models=models, frozen=frozen, examples=examples)
+print(f"resumed at step {resumed.metrics[-1]['step']}: nothing left to train")'''),
+    md('''## 8. Edit with the trained RGN
+
+`run_edit` with `rgn_checkpoint=WORKDIR` loads the trained RGN; each record names the
+checkpoint it came from.'''),
+    code('''from lr_jax import editor
+outcomes = editor.run_edit(config, examples, out_dir="edits_trained", rgn_checkpoint=WORKDIR,
+                           models=models, frozen=frozen, seed=0)
+nb.show_outcomes(outcomes)'''),
+]
+
+
+def write(name, cells):
+  notebook = v4.new_notebook(cells=cells, metadata={
+      "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+      "language_info": {"name": "python"},
+      "accelerator": "GPU",
+      "colab": {"provenance": [], "toc_visible": True},
+  })
+  for cell in notebook.cells:  # stable ids keep diffs small
+    cell.id = f"{name}-{notebook.cells.index(cell):02d}"
+  nbformat.validate(notebook)
+  path = ROOT / "colabs" / f"{name}.ipynb"
+  path.parent.mkdir(exist_ok=True)
+  nbformat.write(notebook, str(path))
+  print(path)
+
+
+write("edit", EDIT)
+write("train", TRAIN)
