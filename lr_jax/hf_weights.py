@@ -1,7 +1,16 @@
 """Hugging Face CLIP / DINO checkpoints -> Flax parameters (strict, torch-free).
 
 `load_clip` / `load_dino` accept a hub repo id or a local directory holding
-`config.json` and `model.safetensors` (plus tokenizer files for CLIP). Tensors
+`config.json` and `model.safetensors` (plus tokenizer files for CLIP).
+
+The main branches of the default hub repos (facebook/dino-vitb16,
+openai/clip-vit-base-patch16) hold only `pytorch_model.bin` (and TF / Flax
+files); their `model.safetensors` lives in the hub's "Adding `safetensors`
+variant" pull request (refs/pr/N, opened by SFconvertbot). The resolver tries
+the main branch, then the revisions in SAFETENSORS_REVISIONS, then (online) that
+pull request. Offline, the error names the download (and a one-time
+pytorch_model.bin -> model.safetensors conversion, the only step that needs
+torch). Tensors
 are read with `safetensors.numpy`; the converter maps every Flax parameter to
 exactly one HF tensor and fails, listing every problem, on unused tensors,
 missing tensors or wrong shapes. Tensors allowed to go unused (IGNORED_*):
@@ -28,8 +37,17 @@ from lr_jax.clip import CLIP, CLIPConfig, TextConfig
 from lr_jax.vit import ViT, ViTConfig
 
 HF_CLIP_REPO = "openai/clip-vit-base-patch16"
-HF_DINO_REPO = "facebook/dino-vitb8"
+HF_DINO_REPO = "facebook/dino-vitb16"  # the paper's default; "facebook/dino-vitb8" by config
 MODEL_FILES = ("config.json", "model.safetensors")
+WEIGHTS_FILE = "model.safetensors"
+# Hub repos whose main branch lacks model.safetensors -> a revision that has it
+# (facebook/dino-vitb16: SFconvertbot pull request #7, commit a77533c).
+SAFETENSORS_REVISIONS = {"facebook/dino-vitb16": "refs/pr/7"}
+SAFETENSORS_BOT = "SFconvertbot"
+CONVERT_BIN_COMMAND = (
+    "python -c \"import torch; from safetensors.torch import save_file; "
+    "sd = torch.load('DIR/pytorch_model.bin', map_location='cpu', weights_only=True); "
+    "save_file({k: v.contiguous() for k, v in sd.items()}, 'DIR/model.safetensors')\"")
 CLIP_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                         "special_tokens_map.json")
 IGNORED_CLIP = re.compile(r"^(text_model|vision_model)\.embeddings\.position_ids$")
@@ -71,55 +89,135 @@ class DinoBundle:
 # Files.
 # ----------------------------------------------------------------------------
 
-def _download_hint(repo_id: str, filenames: Sequence[str]) -> str:
+def _download_hint(repo_id: str, filenames: Sequence[str], revision: str | None = None) -> str:
+  revision_arg = f" --revision {revision}" if revision else ""
   return (f"On a machine with network access run\n"
-          f"  huggingface-cli download {repo_id} {' '.join(filenames)} --local-dir DIR\n"
+          f"  huggingface-cli download {repo_id} {' '.join(filenames)}{revision_arg} --local-dir DIR\n"
           f"(or `hf download ...` with the same arguments), copy DIR here and pass DIR "
           f"(a local directory) instead of the repo id.")
 
 
+def _conversion_hint() -> str:
+  return ("If a repo offers only pytorch_model.bin (the main branches of facebook/dino-vitb16 and "
+          "openai/clip-vit-base-patch16 do; their model.safetensors is in the hub pull request "
+          "'Adding `safetensors` variant of this model', refs/pr/N), download that pull request's "
+          "revision, or convert once on a machine with torch (lr_jax itself never needs torch):\n"
+          f"  {CONVERT_BIN_COMMAND}")
+
+
+def _bot_revisions(repo_id: str) -> list[str]:
+  """refs/pr/N of the repo's SFconvertbot pull requests (needs the network), newest first."""
+  import huggingface_hub  # pylint: disable=import-outside-toplevel
+  offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+  if huggingface_hub.constants.HF_HUB_OFFLINE or offline_env:
+    return []
+  try:
+    found = huggingface_hub.HfApi().get_repo_discussions(
+        repo_id, author=SAFETENSORS_BOT, discussion_type="pull_request")
+    return [f"refs/pr/{d.num}" for d in found]
+  except Exception:  # offline, rate limit, no such repo: nothing to add
+    return []
+
+
+def _hub_candidates(repo_id: str, filenames: Sequence[str], revision: str | None):
+  """Yields revisions to try: the given one, else main, the known one, the bot's PRs."""
+  if revision is not None:
+    yield revision
+    return
+  yield None
+  known = SAFETENSORS_REVISIONS.get(repo_id)
+  if WEIGHTS_FILE in filenames:
+    if known is not None:
+      yield known
+    for ref in _bot_revisions(repo_id):
+      if ref != known:
+        yield ref
+
+
 def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
-                    optional_filenames: Sequence[str] = ()) -> pathlib.Path:
+                    optional_filenames: Sequence[str] = (),
+                    revision: str | None = None) -> pathlib.Path:
   """Returns a directory holding `filenames` (and whichever optional files exist).
 
   A local directory is used as is; anything else is taken as a hub repo id and
   fetched with `huggingface_hub.hf_hub_download` (the local cache is used, and
-  HF_HUB_OFFLINE=1 is honoured). Failures raise WeightsError with instructions.
+  HF_HUB_OFFLINE=1 is honoured). Without an explicit `revision`, a repo whose
+  main branch lacks model.safetensors is tried at SAFETENSORS_REVISIONS[repo]
+  and at its SFconvertbot pull requests. Failures raise WeightsError with
+  instructions.
   """
   path = pathlib.Path(repo_id_or_dir).expanduser()
   if path.is_dir():
     missing = [f for f in filenames if not (path / f).is_file()]
     if missing:
-      raise WeightsError(f"directory {path} lacks {missing}. " + _download_hint("<repo id>", filenames))
+      hint = _download_hint("<repo id>", filenames)
+      if WEIGHTS_FILE in missing:
+        hint += "\n" + _conversion_hint().replace("DIR", str(path))
+      raise WeightsError(f"directory {path} lacks {missing}. " + hint)
     return path
   repo_id = str(repo_id_or_dir)
   if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id):
     raise WeightsError(f"{repo_id!r} is neither an existing directory nor a hub repo id. "
                        + _download_hint("<repo id>", filenames))
-  try:
-    import huggingface_hub  # pylint: disable=import-outside-toplevel
-    local = [pathlib.Path(huggingface_hub.hf_hub_download(repo_id, f)) for f in filenames]
-  except Exception as err:  # offline, unknown repo, network error
-    raise WeightsError(
-        f"could not get {list(filenames)} of Hugging Face repo '{repo_id}' "
-        f"({type(err).__name__}: {str(err)[:300]}). "
-        + _download_hint(repo_id, list(filenames) + list(optional_filenames))) from err
-  for name in optional_filenames:
+  import huggingface_hub  # pylint: disable=import-outside-toplevel
+  failures = []
+  for candidate in _hub_candidates(repo_id, filenames, revision):
     try:
-      huggingface_hub.hf_hub_download(repo_id, name)
-    except Exception:  # optional file: absent or unreachable
-      pass
-  return local[0].parent
+      local = [pathlib.Path(huggingface_hub.hf_hub_download(repo_id, f, revision=candidate))
+               for f in filenames]
+    except Exception as err:  # offline, unknown repo or file, network error
+      failures.append(f"{candidate or 'main'}: {type(err).__name__}: {str(err)[:200]}")
+      continue
+    for name in optional_filenames:
+      try:
+        huggingface_hub.hf_hub_download(repo_id, name, revision=candidate)
+      except Exception:  # optional file: absent or unreachable
+        pass
+    return local[0].parent
+  hint_revision = revision or SAFETENSORS_REVISIONS.get(repo_id)
+  raise WeightsError(
+      f"could not get {list(filenames)} of Hugging Face repo '{repo_id}' "
+      f"(tried {'; '.join(failures)}). "
+      + _download_hint(repo_id, list(filenames) + list(optional_filenames), hint_revision)
+      + "\n" + _conversion_hint())
+
+
+def _diagnose_safetensors(path: pathlib.Path) -> str:
+  """Why a safetensors file failed to load: a bad header, truncation, or something else."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(8)
+      if len(head) < 8:
+        return "the file is shorter than a safetensors header: it is truncated or not safetensors"
+      size = int.from_bytes(head, "little")
+      if size > 100_000_000:
+        return "its header length is implausible: it is corrupt or not a safetensors file"
+      header = json.loads(f.read(size))
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+              default=0)
+    dtypes = sorted({str(v.get("dtype")) for k, v in header.items() if k != "__metadata__"})
+  except (OSError, ValueError, TypeError, KeyError) as err:
+    return f"its header cannot be parsed ({err}): it is corrupt or not a safetensors file"
+  actual = path.stat().st_size - 8 - size
+  if actual < end:
+    return (f"it is truncated ({actual} data bytes, the header describes {end}): "
+            f"download it again")
+  return (f"the header is intact (tensor dtypes {dtypes}); this installation of safetensors "
+          f"cannot read one of these dtypes: upgrade safetensors / ml_dtypes")
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """All tensors of a safetensors file as numpy arrays; unreadable -> WeightsError."""
+  """All tensors of a safetensors file as numpy arrays; unreadable -> WeightsError.
+
+  bfloat16 / float16 tensors are kept as stored (numpy bfloat16 via ml_dtypes);
+  `convert_state` casts every used tensor to float32.
+  """
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
   try:
     return load_file(str(path))
   except Exception as err:
     raise WeightsError(f"could not read safetensors file {path} ({type(err).__name__}: {err}); "
-                       f"it may be truncated or corrupt: download it again.") from err
+                       f"{_diagnose_safetensors(pathlib.Path(path))}.") from err
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
@@ -159,8 +257,14 @@ def clip_config_from_json(data: dict[str, Any]) -> CLIPConfig:
                     logit_scale_init=data.get("logit_scale_init_value", 2.6592))
 
 
-def dino_config_from_json(data: dict[str, Any], pos_interpolation: str = "hf") -> ViTConfig:
-  """ViTConfig from an HF ViT (DINO) config.json dict."""
+def dino_config_from_json(data: dict[str, Any], pos_interpolation: str = "dino") -> ViTConfig:
+  """ViTConfig from an HF ViT (DINO) config.json dict.
+
+  pos_interpolation "dino" (default) resamples the position embeddings for
+  other input sizes the way facebookresearch/dino does (scale factors with the
+  +0.1 offset), as the method's DINO features are defined; "hf" follows HF
+  ViTModel(interpolate_pos_encoding=True) (resize to the target grid).
+  """
   cfg = {**_VIT_DEFAULTS, **data}
   if not cfg["qkv_bias"]:
     raise WeightsError("ViT configs with qkv_bias=false are not supported")
@@ -187,7 +291,7 @@ def tiny_dino_config() -> ViTConfig:
   """A tiny random-weight DINO-style ViT (32 px native, patch 8, width 32)."""
   return ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_layers=2, num_heads=4,
                    mlp_dim=64, layer_norm_eps=1e-12, activation="gelu", pre_layernorm=False,
-                   final_norm="tokens", patch_bias=True)
+                   final_norm="tokens", patch_bias=True, pos_interpolation="dino")
 
 
 # ----------------------------------------------------------------------------
@@ -384,9 +488,10 @@ def convert_dino(hf_tensors: dict[str, np.ndarray], config: ViTConfig, source: s
 # Public loaders.
 # ----------------------------------------------------------------------------
 
-def load_clip(repo_or_dir: str | os.PathLike = HF_CLIP_REPO, dtype: Any = jnp.float32) -> ClipBundle:
+def load_clip(repo_or_dir: str | os.PathLike = HF_CLIP_REPO, dtype: Any = jnp.float32,
+              revision: str | None = None) -> ClipBundle:
   """CLIP model, params, tokenizer and config from a hub repo id or a local directory."""
-  directory = resolve_hf_repo(repo_or_dir, MODEL_FILES, CLIP_TOKENIZER_FILES)
+  directory = resolve_hf_repo(repo_or_dir, MODEL_FILES, CLIP_TOKENIZER_FILES, revision)
   config = clip_config_from_json(_read_json(directory / "config.json"))
   tokenizer = load_clip_tokenizer(directory, config)
   weights = directory / "model.safetensors"
@@ -395,9 +500,13 @@ def load_clip(repo_or_dir: str | os.PathLike = HF_CLIP_REPO, dtype: Any = jnp.fl
 
 
 def load_dino(repo_or_dir: str | os.PathLike = HF_DINO_REPO, dtype: Any = jnp.float32,
-              pos_interpolation: str = "hf") -> DinoBundle:
-  """DINO ViT model, params and config from a hub repo id or a local directory."""
-  directory = resolve_hf_repo(repo_or_dir, MODEL_FILES)
+              pos_interpolation: str = "dino", revision: str | None = None) -> DinoBundle:
+  """DINO ViT model, params and config from a hub repo id or a local directory.
+
+  Position embeddings are interpolated like facebookresearch/dino by default
+  (see `dino_config_from_json`); 256x256 inputs to a B/16 give a 16x16 grid.
+  """
+  directory = resolve_hf_repo(repo_or_dir, MODEL_FILES, revision=revision)
   config = dino_config_from_json(_read_json(directory / "config.json"), pos_interpolation)
   weights = directory / "model.safetensors"
   params = convert_dino(read_safetensors(weights), config, str(weights))

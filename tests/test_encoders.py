@@ -36,7 +36,8 @@ def clip_io(enc_dir):
 
 @pytest.fixture(scope="module")
 def dino_bundle(enc_dir):
-  return hf_weights.load_dino(enc_dir / "dino_tiny")
+  # The fixtures come from HF ViTModel(interpolate_pos_encoding=True): HF's resampling.
+  return hf_weights.load_dino(enc_dir / "dino_tiny", pos_interpolation="hf")
 
 
 def test_clip_image_parity(clip_bundle, clip_io):
@@ -130,6 +131,28 @@ def test_dino_mode_pos_interpolation_matches_torch(enc_dir, name):
   got = interpolate_pos_embed(jnp.asarray(pos), (h, w), mode="dino")
   assert max_err(got[0], cls_row[0]) == 0.0
   assert max_err(got[1:].reshape(h, w, channels).transpose(2, 0, 1), grid_out) < 1e-5
+
+
+def test_load_dino_defaults_to_dino_style_interpolation(enc_dir, dino_bundle):
+  """By default position embeddings are resampled like facebookresearch/dino.
+
+  Reference: the same weights, with the position embeddings replaced by their
+  DINO-mode resampling (checked against torch in the test above), run as a
+  model whose native size is the input size (no interpolation inside)."""
+  bundle = hf_weights.load_dino(enc_dir / "dino_tiny")
+  assert bundle.config.pos_interpolation == "dino"
+  assert hf_weights.load_dino.__defaults__[0] == "facebook/dino-vitb16"
+  images = jnp.asarray(np.load(enc_dir / "dino_io.npz")["nonsquare_images"][:, :40, :40])
+  params = bundle.params  # 4x4 native grid; the input gives 5x5
+  ref_model = ViT(dataclasses.replace(bundle.config, image_size=40))
+  ref_params = {**params, "pos_embed": interpolate_pos_embed(params["pos_embed"], (5, 5), "dino")}
+  run = jax.jit(lambda p, rp, x: (dino_features(bundle.model, p, x),
+                                  dino_features(ref_model, rp, x),
+                                  dino_features(dino_bundle.model, p, x)))
+  (feats, attn), (ref_feats, ref_attn), (_, hf_attn) = run(params, ref_params, images)
+  assert attn.shape == (2, 5, 5)
+  assert max_err(feats, ref_feats) < 1e-5 and max_err(attn, ref_attn) < 1e-6
+  assert max_err(attn, hf_attn) > 1e-4  # HF's resampling differs: the test can tell them apart
 
 
 def test_bicubic_rows_sum_to_one_and_identity():

@@ -109,8 +109,34 @@ def test_linear_weights_are_transposed_and_qkv_mapped(fixtures_dir):
 def test_truncated_safetensors(dino_copy):
   path = dino_copy / "model.safetensors"
   path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-  with pytest.raises(WeightsError, match="truncated or corrupt"):
+  with pytest.raises(WeightsError, match="it is truncated"):
     hf_weights.load_dino(dino_copy)
+
+
+def test_unreadable_dtype_is_not_called_truncated(dino_copy, monkeypatch):
+  import safetensors.numpy
+
+  def refuse(path):
+    raise TypeError("data type 'bfloat16' not understood")
+  monkeypatch.setattr(safetensors.numpy, "load_file", refuse)
+  with pytest.raises(WeightsError) as err:
+    hf_weights.load_dino(dino_copy)
+  assert "truncated" not in str(err.value) and "header is intact" in str(err.value)
+  assert "F32" in str(err.value)
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+def test_half_precision_checkpoints_load_as_float32(fixtures_dir, dino_copy, dtype_name):
+  import ml_dtypes
+  dtype = ml_dtypes.bfloat16 if dtype_name == "bfloat16" else np.float16
+  rewrite(dino_copy, lambda t: t.update({k: v.astype(dtype) for k, v in t.items()}))
+  raw = load_file(str(dino_copy / "model.safetensors"))
+  assert raw["layernorm.weight"].dtype == dtype
+  params = hf_weights.load_dino(dino_copy).params
+  attn = params["block_1"]["attn"]["query"]["kernel"]
+  assert attn.dtype == np.float32
+  np.testing.assert_array_equal(
+      attn, raw["encoder.layer.1.attention.attention.query.weight"].astype(np.float32).T)
 
 
 def test_missing_directory_gives_instructions(tmp_path):
@@ -131,8 +157,73 @@ def test_offline_hub_id_gives_instructions(monkeypatch, tmp_path):
   assert "'openai/clip-vit-base-patch16'" in msg
   assert "huggingface-cli download openai/clip-vit-base-patch16 config.json model.safetensors" in msg
   assert "tokenizer.json" in msg and "--local-dir DIR" in msg
-  with pytest.raises(WeightsError, match="facebook/dino-vitb8"):
-    hf_weights.load_dino()
+  with pytest.raises(WeightsError) as err:
+    hf_weights.load_dino()  # the paper's default: DINO ViT-B/16
+  msg = str(err.value)
+  assert "'facebook/dino-vitb16'" in msg
+  # Its main branch has no model.safetensors: point at the hub PR that has it,
+  # and at the one-time conversion of pytorch_model.bin.
+  assert ("huggingface-cli download facebook/dino-vitb16 config.json model.safetensors "
+          "--revision refs/pr/7" in msg)
+  assert "pytorch_model.bin" in msg and "save_file" in msg
+
+
+class FakeHub:
+  """hf_hub_download stand-in: `files` maps revision (None = main) -> available names."""
+
+  def __init__(self, root, files, source_dir):
+    self.root, self.files, self.source_dir, self.calls = root, files, source_dir, []
+
+  def download(self, repo_id, filename, revision=None, **kwargs):
+    self.calls.append((repo_id, filename, revision))
+    if filename not in self.files.get(revision, ()):
+      raise huggingface_hub.errors.EntryNotFoundError(f"{filename} not at {revision}")
+    target = self.root / str(revision).replace("/", "_") / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(self.source_dir / filename, target)
+    return str(target)
+
+
+def test_hub_main_without_safetensors_uses_known_revision(fixtures_dir, tmp_path, monkeypatch):
+  source = fixtures_dir / "encoders" / "dino_tiny"
+  hub = FakeHub(tmp_path, {None: {"config.json"},
+                           "refs/pr/7": {"config.json", "model.safetensors"}}, source)
+  monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.download)
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no PR lookup
+  bundle = hf_weights.load_dino()
+  assert ("facebook/dino-vitb16", "model.safetensors", None) in hub.calls
+  assert ("facebook/dino-vitb16", "model.safetensors", "refs/pr/7") in hub.calls
+  assert bundle.config.patch_size == 8  # the fixture's config, read from the PR revision
+
+
+def test_hub_safetensors_from_converter_bot_pull_request(fixtures_dir, tmp_path, monkeypatch):
+  source = fixtures_dir / "encoders" / "clip_tiny"
+  tokenizer = set(hf_weights.CLIP_TOKENIZER_FILES) & {p.name for p in source.iterdir()}
+  hub = FakeHub(tmp_path, {None: {"config.json"} | tokenizer,
+                           "refs/pr/21": {"config.json", "model.safetensors"} | tokenizer}, source)
+  monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.download)
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  asked = []
+
+  class FakeApi:
+    def get_repo_discussions(self, repo_id, author=None, discussion_type=None):
+      asked.append((repo_id, author, discussion_type))
+      return iter([type("D", (), {"num": 21})()])
+  monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+  bundle = hf_weights.load_clip()
+  assert asked == [("openai/clip-vit-base-patch16", "SFconvertbot", "pull_request")]
+  assert ("openai/clip-vit-base-patch16", "model.safetensors", "refs/pr/21") in hub.calls
+  assert bundle.tokenizer is not None and bundle.config.projection_dim == 16
+
+
+def test_local_directory_with_only_pytorch_bin_explains_conversion(dino_copy):
+  (dino_copy / "model.safetensors").rename(dino_copy / "pytorch_model.bin")
+  with pytest.raises(WeightsError) as err:
+    hf_weights.load_dino(dino_copy)
+  msg = str(err.value)
+  assert "lacks ['model.safetensors']" in msg
+  assert f"torch.load('{dino_copy}/pytorch_model.bin'" in msg
 
 
 def test_missing_tokenizer_for_real_vocab(clip_copy):
