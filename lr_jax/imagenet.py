@@ -226,7 +226,7 @@ def match_prompt(prompt: str, text_encoder: Optional[TextEncoder] = None,
   found = _name_match(text)
   if found is not None:
     method, ids = found
-    if len(ids) > 1 and (text_encoder is not None or class_embeds is not None):
+    if len(ids) > 1 and text_encoder is not None:  # the prompt itself must be embedded
       ranked = _rank_by_clip(prompt, text_encoder, class_embeds)
       order = {cid: rank for rank, (cid, _, _) in enumerate(ranked)}
       ids = sorted(ids, key=lambda cid: order[cid])

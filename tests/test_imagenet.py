@@ -8,9 +8,12 @@ from lr_jax import imagenet
 from lr_jax.imagenet import PromptError, match_prompt
 
 # Well-known ImageNet-1k ids (standard sorted-wnid order).
-ANCHORS = {0: ("n01440764", "tench"), 7: ("n01514668", "cock"),
-           281: ("n02123045", "tabby"), 285: ("n02124075", "Egyptian cat"),
-           291: ("n02129165", "lion"), 999: ("n15075141", "toilet tissue")}
+ANCHORS = {0: ("n01440764", "tench"), 1: ("n01443537", "goldfish"), 7: ("n01514668", "cock"),
+           207: ("n02099601", "golden retriever"), 281: ("n02123045", "tabby"),
+           285: ("n02124075", "Egyptian cat"), 291: ("n02129165", "lion"),
+           340: ("n02391049", "zebra"), 409: ("n02708093", "analog clock"),
+           430: ("n02802426", "basketball"), 817: ("n04285008", "sports car"),
+           948: ("n07742313", "Granny Smith"), 999: ("n15075141", "toilet tissue")}
 
 
 def test_table_has_1000_unique_rows_and_anchors():
@@ -82,6 +85,14 @@ def test_ambiguous_synonym_lists_all_candidates():
   assert match.method == "synonym"
   assert {cid for cid, _, _ in match.top5} == {134, 517}
   assert match.class_id == 134
+
+
+def test_ambiguous_synonym_with_class_embeddings_but_no_encoder():
+  # Precomputed class embeddings cannot embed the prompt: keep the name match.
+  embeds = np.eye(1000, dtype=np.float32)
+  match = match_prompt("a crane", class_embeds=embeds)
+  assert match.method == "synonym" and match.class_id == 134
+  assert match_prompt("a lion", class_embeds=embeds).class_id == 291
 
 
 class FakeTextEncoder:
