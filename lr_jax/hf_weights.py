@@ -237,6 +237,15 @@ def _activation(name: str) -> str:
   return name
 
 
+def _eos_token_id(value: Any) -> int:
+  """The text config's eos_token_id (a list means its first entry)."""
+  if isinstance(value, (list, tuple)) and value:
+    value = value[0]
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise WeightsError(f"text_config.eos_token_id must be an int, got {value!r}")
+  return value
+
+
 def clip_config_from_json(data: dict[str, Any]) -> CLIPConfig:
   """CLIPConfig from an HF CLIP config.json dict (legacy `*_config_dict` keys win, as in HF)."""
   vis = {**_CLIP_VISION_DEFAULTS, **(data.get("vision_config_dict") or data.get("vision_config") or {})}
@@ -252,7 +261,7 @@ def clip_config_from_json(data: dict[str, Any]) -> CLIPConfig:
       hidden_size=txt["hidden_size"], num_layers=txt["num_hidden_layers"],
       num_heads=txt["num_attention_heads"], mlp_dim=txt["intermediate_size"],
       layer_norm_eps=txt["layer_norm_eps"], activation=_activation(txt["hidden_act"]),
-      eos_token_id=int(txt["eos_token_id"]))
+      eos_token_id=_eos_token_id(txt.get("eos_token_id")))
   return CLIPConfig(vision=vision, text=text, projection_dim=data.get("projection_dim", 512),
                     logit_scale_init=data.get("logit_scale_init_value", 2.6592))
 

@@ -50,6 +50,26 @@ def test_legacy_config_dict_keys_win():
   assert cfg.text.hidden_size == 32 and cfg.vision.patch_size == 16 and cfg.vision.image_size == 224
 
 
+def test_openai_style_config_parsing():
+  """The layout of openai/clip-vit-base-patch16's config.json: full `text_config`
+  with the legacy eos_token_id 2, and sizes repeated in `*_config_dict`."""
+  data = {"projection_dim": 512, "logit_scale_init_value": 2.6592,
+          "text_config": {"eos_token_id": 2, "bos_token_id": 0, "hidden_size": 512,
+                          "vocab_size": 49408},
+          "text_config_dict": None,
+          "vision_config": {"patch_size": 16, "hidden_size": 768, "intermediate_size": 3072},
+          "vision_config_dict": None}
+  cfg = hf_weights.clip_config_from_json(data)
+  assert cfg.text.eos_token_id == 2 and cfg.vision.patch_size == 16
+  assert (cfg.text.hidden_size, cfg.text.num_heads, cfg.text.max_positions) == (512, 8, 77)
+  assert (cfg.vision.hidden_size, cfg.vision.num_layers, cfg.vision.image_size) == (768, 12, 224)
+  data["text_config"]["eos_token_id"] = [49407]
+  assert hf_weights.clip_config_from_json(data).text.eos_token_id == 49407
+  data["text_config"]["eos_token_id"] = None
+  with pytest.raises(WeightsError, match="eos_token_id"):
+    hf_weights.clip_config_from_json(data)
+
+
 def test_every_problem_is_listed(dino_copy):
   def edit(t):
     t["extra.weight"] = np.zeros((3,), np.float32)
