@@ -169,8 +169,14 @@ def _augment_views_jit(images, rng, num_views, crop_scale, size, flip, normalize
 
 
 def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = _EPS) -> jnp.ndarray:
-  """x / ||x||, with a finite value and gradient at x = 0."""
-  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=axis, keepdims=True) + eps * eps)
+  """x / ||x||, with a finite value and gradient at x = 0.
+
+  Computed in (at least) float32 and cast back: eps^2 = 1e-16 underflows in
+  float16, which would turn a zero vector into NaN.
+  """
+  wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  unit = wide * jax.lax.rsqrt(jnp.sum(wide * wide, axis=axis, keepdims=True) + eps * eps)
+  return unit.astype(x.dtype)
 
 
 def cosine_similarity(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:

@@ -80,6 +80,21 @@ def test_directional_loss_finite_gradient_when_edit_equals_source():
   assert np.all(np.isfinite(grad))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+def test_normalization_is_finite_at_zero_in_low_precision(dtype):
+  zero = jnp.zeros((2, 4), dtype)
+  assert np.all(np.isfinite(np.asarray(losses.l2_normalize(zero), np.float32)))
+  sim = losses.cosine_similarity(zero, jnp.ones((2, 4), dtype))
+  np.testing.assert_array_equal(np.asarray(sim, np.float32), [0.0, 0.0])
+  if dtype != jnp.float16:  # the gradient at 0 is ~1/eps = 1e8: beyond float16's range
+    grad = jax.grad(lambda x: losses.cosine_similarity(x, jnp.ones((2, 4), dtype))
+                    .astype(jnp.float32).sum())(zero)
+    assert grad.dtype == dtype and np.all(np.isfinite(np.asarray(grad, np.float32)))
+  x = jnp.asarray([[3.0, 4.0]], dtype)
+  np.testing.assert_allclose(np.asarray(losses.l2_normalize(x), np.float32), [[0.6, 0.8]],
+                             rtol=1e-2)
+
+
 def test_structure_loss_numpy_zero_and_scale_invariance():
   rng = np.random.default_rng(2)
   edit = rng.normal(size=(3, 1 + 9, 12)).astype(np.float32)
