@@ -3,10 +3,11 @@
 `load_clip` / `load_dino` accept a hub repo id or a local directory holding
 `config.json` and `model.safetensors` (plus tokenizer files for CLIP).
 
-The main branches of the default hub repos (facebook/dino-vitb16,
-openai/clip-vit-base-patch16) hold only `pytorch_model.bin` (and TF / Flax
-files); their `model.safetensors` lives in the hub's "Adding `safetensors`
-variant" pull request (refs/pr/N, opened by SFconvertbot). The resolver tries
+The main branch of facebook/dino-vitb16 holds only `pytorch_model.bin` (and a
+TF file); its `model.safetensors` lives in the hub's "Adding `safetensors`
+variant of this model" pull request (refs/pr/7, opened by SFconvertbot). The
+hub listings suggest the same for openai/clip-vit-base-patch16 (PR number
+unknown here). The resolver tries
 the main branch, then the revisions in SAFETENSORS_REVISIONS, then (online) that
 pull request. Offline, the error names the download (and a one-time
 pytorch_model.bin -> model.safetensors conversion, the only step that needs
@@ -98,10 +99,11 @@ def _download_hint(repo_id: str, filenames: Sequence[str], revision: str | None 
 
 
 def _conversion_hint() -> str:
-  return ("If a repo offers only pytorch_model.bin (the main branches of facebook/dino-vitb16 and "
-          "openai/clip-vit-base-patch16 do; their model.safetensors is in the hub pull request "
-          "'Adding `safetensors` variant of this model', refs/pr/N), download that pull request's "
-          "revision, or convert once on a machine with torch (lr_jax itself never needs torch):\n"
+  return ("If a repo offers only pytorch_model.bin (the main branch of facebook/dino-vitb16 does, and "
+          "apparently that of openai/clip-vit-base-patch16; their model.safetensors is in the hub "
+          "pull request 'Adding `safetensors` variant of this model', refs/pr/N, see the repo's "
+          "Community tab), download that revision (--revision refs/pr/N), or convert once on a "
+          "machine with torch (lr_jax itself never needs torch):\n"
           f"  {CONVERT_BIN_COMMAND}")
 
 
