@@ -11,7 +11,7 @@ import pathlib
 import sys
 import tempfile
 import urllib.request
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.serialization
 import jax
@@ -77,35 +77,65 @@ def _download(url: str, destination: pathlib.Path) -> None:
     tmp.unlink(missing_ok=True)
 
 
-def fetch_checkpoint(name_or_path: str, cache_dir: Optional[str] = None) -> pathlib.Path:
-  """Local path of a checkpoint: an existing file as is, or a known name (downloaded once).
+DEFAULT_HINT = ("pass cache_dir=<a folder holding the files>, or the checkpoint files' "
+                "paths instead of their names")
 
-  Known names: the keys of ``CHECKPOINT_URLS``. Raises ``CheckpointError`` when the
-  name is unknown or the download fails.
-  """
+
+class _DownloadFailure(Exception):
+  """One failed download (turned into a CheckpointError by ``_download_error``)."""
+
+  def __init__(self, name: str, url: str, destination: pathlib.Path, cause: Exception):
+    super().__init__(name)
+    self.name, self.url, self.destination, self.cause = name, url, destination, cause
+
+
+def _download_error(failures: Sequence[_DownloadFailure],
+                    hint: Optional[str]) -> CheckpointError:
+  """One-line error naming every failed file, its URL and destination, and the fixes."""
+  what = "; ".join(
+      f"could not download checkpoint {f.name!r} from {f.url} to {f.destination} "
+      f"({type(f.cause).__name__}: {f.cause})" for f in failures)
+  many = len(failures) > 1
+  return CheckpointError(
+      f"{what}. Without network access, download "
+      f"{'the files elsewhere and copy them to the paths' if many else 'the file elsewhere and copy it to the path'}"
+      f" above; or set ${CACHE_ENV_VAR} to a folder that holds {'them' if many else 'it'}; "
+      f"or {hint or DEFAULT_HINT}.")
+
+
+def _fetch(name_or_path: str, cache_dir: Optional[str]) -> pathlib.Path:
+  """``fetch_checkpoint`` without the message: raises ``_DownloadFailure``."""
   path = pathlib.Path(str(name_or_path)).expanduser()
   if path.is_file():
     return path
-  if str(name_or_path) not in CHECKPOINT_URLS:
+  name = str(name_or_path)
+  if name not in CHECKPOINT_URLS:
     raise CheckpointError(
-        f"{name_or_path!r} is neither an existing checkpoint file nor a known checkpoint "
+        f"{name!r} is neither an existing checkpoint file nor a known checkpoint "
         f"name; valid names: {', '.join(CHECKPOINT_URLS)}")
-  url = CHECKPOINT_URLS[str(name_or_path)]
   directory = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-  destination = directory / str(name_or_path)
-  if destination.is_file():
-    return destination
-  try:
-    _download(url, destination)
-  except Exception as e:  # URLError, HTTPError, IncompleteRead, OSError, ...
-    raise CheckpointError(
-        f"could not download checkpoint {name_or_path!r} from {url} to {destination} "
-        f"({type(e).__name__}: {e}). Without network access, download the file elsewhere "
-        f"and copy it to {destination}, set ${CACHE_ENV_VAR} (or the cache_dir option, "
-        f"e.g. --config.maskgit.cache_dir) to a folder that holds it, or pass the file's "
-        f"path instead of the name (e.g. --config.maskgit.tokenizer / "
-        f"--config.maskgit.transformer).") from e
+  destination = directory / name
+  if not destination.is_file():
+    try:
+      _download(CHECKPOINT_URLS[name], destination)
+    except Exception as e:  # URLError, HTTPError, IncompleteRead, OSError, ...
+      raise _DownloadFailure(name, CHECKPOINT_URLS[name], destination, e) from e
   return destination
+
+
+def fetch_checkpoint(name_or_path: str, cache_dir: Optional[str] = None,
+                     hint: Optional[str] = None) -> pathlib.Path:
+  """Local path of a checkpoint: an existing file as is, or a known name (downloaded once).
+
+  Known names: the keys of ``CHECKPOINT_URLS``. Raises ``CheckpointError`` when the
+  name is unknown or the download fails. ``hint`` ends the download error with how
+  the caller's user points elsewhere (e.g. the command's own flags); default
+  ``DEFAULT_HINT``.
+  """
+  try:
+    return _fetch(name_or_path, cache_dir)
+  except _DownloadFailure as failure:
+    raise _download_error([failure], hint) from failure.cause
 
 
 def _read_params(path: pathlib.Path) -> dict:
@@ -140,14 +170,16 @@ def _describe_mismatch(path, missing, unexpected, misshaped) -> str:
 
 
 def load_params(name_or_path: str, expected: Params,
-                cache_dir: Optional[str] = None, verbose: bool = True) -> Params:
+                cache_dir: Optional[str] = None, verbose: bool = True,
+                hint: Optional[str] = None) -> Params:
   """Reads a checkpoint and checks it against ``expected`` (a tree of ShapeDtypeStruct).
 
   ``expected`` is ``jax.eval_shape(model.init, ...)["params"]`` (a tree with a single
   top-level ``"params"`` key is unwrapped). Every missing, unexpected or mis-shaped
   tensor is reported in one ``CheckpointError``. Returns the params as float32 arrays.
+  ``hint``: see ``fetch_checkpoint``.
   """
-  path = fetch_checkpoint(name_or_path, cache_dir)
+  path = fetch_checkpoint(name_or_path, cache_dir, hint)
   raw = traverse_util.flatten_dict(_read_params(path), sep="/")
   if isinstance(expected, dict) and set(expected) == {"params"}:
     expected = expected["params"]
@@ -207,13 +239,24 @@ def official_checkpoint_names(config: MaskGITConfig) -> Tuple[str, str]:
 
 
 def load_maskgit(config: MaskGITConfig, tokenizer: Optional[str] = None,
-                 transformer: Optional[str] = None,
-                 cache_dir: Optional[str] = None) -> Tuple[Params, Params]:
-  """Loads (tokenizer_params, transformer_params), defaulting to the official files."""
+                 transformer: Optional[str] = None, cache_dir: Optional[str] = None,
+                 hint: Optional[str] = None) -> Tuple[Params, Params]:
+  """Loads (tokenizer_params, transformer_params), defaulting to the official files.
+
+  Both files are fetched before either is read, so one error names every checkpoint
+  that is missing. ``hint``: see ``fetch_checkpoint``.
+  """
   if not tokenizer or not transformer:
     default_tok, default_tr = official_checkpoint_names(config)
     tokenizer = tokenizer or default_tok
     transformer = transformer or default_tr
+  paths, failures = [], []
+  for name in (tokenizer, transformer):
+    try:
+      paths.append(_fetch(name, cache_dir or None))
+    except _DownloadFailure as failure:
+      failures.append(failure)
+  if failures:
+    raise _download_error(failures, hint) from failures[0].cause
   tok_shapes, tr_shapes = param_shapes(config)
-  return (load_params(tokenizer, tok_shapes, cache_dir or None),
-          load_params(transformer, tr_shapes, cache_dir or None))
+  return (load_params(str(paths[0]), tok_shapes), load_params(str(paths[1]), tr_shapes))

@@ -5,7 +5,10 @@ r"""Edit boxes of an image with class-conditional MaskGIT.
 Boxes are top,left,height,width in the input image's pixels (--box_units pixels)
 or in tokens of the model grid (--box_units tokens). The image is converted to
 RGB and resized to the model size; each box is edited independently in one
-batched call, and with several boxes the results go to OUT_0.png, OUT_1.png...
+batched call. Each edit and its feathered mask are resized back to the input's
+resolution and blended into the original image, so pixels outside the mask are
+unchanged. With several boxes the results go to OUT_0.png, OUT_1.png...
+Every failure is one `error: ...` line on stderr and exit status 1.
 """
 
 import pathlib
@@ -30,6 +33,10 @@ flags.DEFINE_string("cache_dir", None, "Checkpoint cache folder.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_integer("grow_tokens", 1, "Tokens added around each box before masking.")
+
+
+CHECKPOINT_HINT = ("pass --cache_dir DIR (a folder holding the files), or the files "
+                   "themselves with --tokenizer FILE and --transformer FILE")
 
 
 class EditCLIError(ValueError):
@@ -93,12 +100,62 @@ def output_paths(out: str, count: int) -> list[pathlib.Path]:
   return [path.with_name(f"{path.stem}_{k}{path.suffix}") for k in range(count)]
 
 
+def _resize(array: np.ndarray, height: int, width: int, resample) -> np.ndarray:
+  """Resizes a float (H, W, C) array channel by channel (PIL float images)."""
+  channels = [np.asarray(Image.fromarray(np.ascontiguousarray(array[..., c], np.float32))
+                         .resize((width, height), resample), np.float32)
+              for c in range(array.shape[-1])]
+  return np.stack(channels, axis=-1)
+
+
+def composite_into(original: np.ndarray, edited: np.ndarray,
+                   mask: np.ndarray) -> np.ndarray:
+  """Blends a model-size edit into the original image at the original's resolution.
+
+  `edited` (S, S, 3) and `mask` (S, S, 1) are resized to the original (H, W, 3)
+  (bicubic / bilinear); returns `edited * m + original * (1 - m)`, and the
+  original's own values wherever m == 0.
+  """
+  height, width = original.shape[:2]
+  if edited.shape[:2] != (height, width):
+    edited = _resize(edited, height, width, Image.BICUBIC)
+    mask = _resize(mask, height, width, Image.BILINEAR)
+  mask = np.clip(mask, 0., 1.)
+  return np.where(mask > 0, edited * mask + original * (1. - mask), original)
+
+
+def _to_uint8(picture: np.ndarray) -> np.ndarray:
+  return np.uint8(np.round(np.clip(picture, 0., 1.) * 255.))
+
+
+def _token_boxes(box_array: np.ndarray, box_units: str, height: int, width: int,
+                 model) -> np.ndarray:
+  """(K, 4) boxes in the input's pixels or in tokens -> (K, 4) int32 token boxes."""
+  from maskgit import editing  # pylint: disable=g-import-not-at-top
+  size, side = model.image_size, model.tokens_per_side
+  if box_units == "tokens":
+    if np.any(box_array != np.round(box_array)):
+      raise EditCLIError("--box_units=tokens needs integer boxes")
+    tokens = box_array.astype(np.int32)
+  else:
+    for top, left, box_h, box_w in box_array.tolist():
+      where = f"box {top:g},{left:g},{box_h:g},{box_w:g}"
+      if box_h <= 0 or box_w <= 0:
+        raise EditCLIError(f"{where} is empty or inverted (height and width must be > 0)")
+      if top >= height or left >= width or top + box_h <= 0 or left + box_w <= 0:
+        raise EditCLIError(f"{where} lies entirely outside the {width}x{height} image")
+    scale = np.array([size / height, size / width, size / height, size / width])
+    tokens = np.asarray(editing.pixel_boxes_to_tokens(box_array * scale, size, side))
+  editing.validate_boxes(tokens, side)
+  return tokens
+
+
 def run(image: str, boxes: Sequence[str], label: int, out: str, *,
         box_units: str = "pixels", config: str = "imagenet256",
         tokenizer: str | None = None, transformer: str | None = None,
         cache_dir: str | None = None, seed: int = 0, dtype: str = "float32",
         grow_tokens: int = 1) -> list[pathlib.Path]:
-  """Edits the boxes of one image and writes the results; returns the paths."""
+  """Edits the boxes of one image and writes the results (input's size); returns the paths."""
   import jax  # pylint: disable=g-import-not-at-top
   from maskgit import checkpoints, configs, editing  # pylint: disable=g-import-not-at-top
 
@@ -108,42 +165,33 @@ def run(image: str, boxes: Sequence[str], label: int, out: str, *,
         f"--label must be a class id in [0, {model.transformer.num_class}), got {label}")
   if not out:
     raise EditCLIError("--out is required")
-  pixels = load_image(image)
-  box_array = parse_boxes(boxes)
-  size, side = model.image_size, model.tokens_per_side
-  height, width = pixels.shape[:2]
-  if box_units == "pixels":
-    scale = np.array([size / height, size / width, size / height, size / width])
-    if np.any(box_array[:, 2:] <= 0):
-      raise EditCLIError(f"boxes must have positive height and width: {boxes}")
-    box_tokens = np.asarray(editing.pixel_boxes_to_tokens(box_array * scale, size, side))
-  else:
-    box_tokens = box_array.astype(np.int32)
-  editing.validate_boxes(box_tokens, side)
+  original = load_image(image)
+  height, width = original.shape[:2]
+  box_tokens = _token_boxes(parse_boxes(boxes), box_units, height, width, model)
+  size = model.image_size
+  pixels = original
   if (height, width) != (size, size):
-    if height != width:
-      _warn(f"{width}x{height} image resized to {size}x{size} (aspect ratio not kept)")
-    pil = Image.fromarray(np.uint8(np.round(pixels * 255.)))
-    pixels = np.asarray(pil.resize((size, size), Image.BICUBIC), np.float32) / 255.
+    note = "" if height == width else " (stretched; the result keeps the input's shape)"
+    _warn(f"{width}x{height} image edited at {size}x{size}{note}")
+    pixels = _resize(original, size, size, Image.BICUBIC).clip(0., 1.)
 
-  tok_params, tr_params = checkpoints.load_maskgit(model, tokenizer, transformer, cache_dir)
-  edit = editing.EditConfig(dtype=dtype, grow_tokens=grow_tokens)
-  editor = editing.make_editor(model, edit)
-  num_boxes = box_tokens.shape[0]
-  keys = editing.box_keys(jax.random.PRNGKey(seed), 1, num_boxes)
+  tok_params, tr_params = checkpoints.load_maskgit(
+      model, tokenizer, transformer, cache_dir, hint=CHECKPOINT_HINT)
+  editor = editing.make_editor(model, editing.EditConfig(dtype=dtype, grow_tokens=grow_tokens))
   result = editor(tok_params, tr_params, pixels[None], box_tokens[None],
-                  np.array([label], np.int32), keys)
-  images = np.asarray(result["images"][0])
-  paths = output_paths(out, num_boxes)
-  for path, picture in zip(paths, images):
+                  np.array([label], np.int32), jax.random.PRNGKey(seed))
+  raw, masks = np.asarray(result["raw"][0]), np.asarray(result["pixel_mask"][0])
+  paths = output_paths(out, len(box_tokens))
+  for path, edited, mask in zip(paths, raw, masks):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.uint8(np.round(np.clip(picture, 0., 1.) * 255.))).save(path)
+    Image.fromarray(_to_uint8(composite_into(original, edited, mask))).save(path)
     print(f"wrote {path}", flush=True)
   return paths
 
 
 def cli(argv: Sequence[str]) -> int:
   """Parses `argv` (program name first), edits, returns the exit code."""
+  app.define_help_flags()
   FLAGS.unparse_flags()
   try:
     rest = FLAGS(list(argv))
@@ -173,8 +221,10 @@ def _run_from_flags(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str]) -> None:
+  """absl entry point (flags already parsed by `app.run`)."""
   sys.exit(_run_from_flags(argv))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Not app.run: its flag errors take two lines and its INFO logging adds noise.
+  sys.exit(cli(sys.argv))

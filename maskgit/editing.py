@@ -74,6 +74,26 @@ class BoxError(ValueError):
   """A box is empty, inverted, malformed or entirely outside the token grid."""
 
 
+class LabelError(ValueError):
+  """A class label is outside the model's [0, num_class) range."""
+
+
+def validate_labels(labels, num_class: int) -> None:
+  """Host-side check of concrete labels; raises LabelError (a ValueError).
+
+  Without it a label >= num_class would silently select the mask token's (or an
+  out-of-range) embedding row, and a negative one an image-code row.
+  """
+  labels = np.asarray(labels)
+  if not np.issubdtype(labels.dtype, np.integer):
+    if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+      raise LabelError(f"Class labels must be integers, got {labels.tolist()}.")
+  bad = labels[(labels < 0) | (labels >= num_class)]
+  if bad.size:
+    raise LabelError(f"Class label(s) {sorted(set(bad.tolist()))} outside [0, {num_class}) "
+                     f"for this model.")
+
+
 def pixel_boxes_to_tokens(boxes_px, image_size: int, tokens_per_side: int) -> jax.Array:
   """Converts (top, left, height, width) pixel boxes to token boxes, rounding outward."""
   boxes_px = jnp.asarray(boxes_px, jnp.float32)
@@ -199,7 +219,7 @@ def edit_images(tokenizer_params: Params,
     tokenizer_params, transformer_params: the `params` trees of the models.
     images: (B, H, W, 3) float in [0, 1], H = W = config.image_size.
     boxes: (B, K, 4) (top, left, height, width) in token units.
-    labels: (B,) or (B, K) ImageNet class ids.
+    labels: (B,) or (B, K) class ids in [0, num_class) (checked when concrete).
     rngs: one key (split per box with `box_keys`) or (B, K) keys.
     config: model sizes; edit: editing settings.
 
@@ -215,6 +235,8 @@ def edit_images(tokenizer_params: Params,
   batch, num_boxes = boxes.shape[:2]
   if _is_concrete(boxes):
     validate_boxes(boxes, side)
+  if _is_concrete(labels):
+    validate_labels(labels, config.transformer.num_class)
   labels = jnp.asarray(labels, jnp.int32)
   if labels.shape not in ((batch,), (batch, num_boxes)):
     raise ValueError(f"labels must be ({batch},) or ({batch}, {num_boxes}), got {labels.shape}.")
@@ -260,14 +282,18 @@ def edit_images(tokenizer_params: Params,
 def make_editor(config: MaskGITConfig, edit: EditConfig = EditConfig()) -> Callable:
   """Jitted `edit_images(tok_params, tr_params, images, boxes, labels, rngs)`.
 
-  Concrete boxes are validated on the host before the jitted call. Editors are
-  cached per (config, edit), so compiled versions are shared.
+  Concrete boxes and labels are validated on the host before the jitted call.
+  Editors are cached per (config, edit), so compiled versions are shared. For
+  repeated bfloat16 calls, pass `cast_params(transformer_params, jnp.bfloat16)`
+  (same results): the cast then happens once instead of inside every call.
   """
   jitted = jax.jit(functools.partial(edit_images, config=config, edit=edit))
 
   def editor(tokenizer_params, transformer_params, images, boxes, labels, rngs):
     if _is_concrete(boxes):
       validate_boxes(boxes, config.tokens_per_side)
+    if _is_concrete(labels):
+      validate_labels(labels, config.transformer.num_class)
     return jitted(tokenizer_params, transformer_params, images, boxes, labels, rngs)
 
   return editor

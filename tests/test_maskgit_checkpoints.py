@@ -168,7 +168,27 @@ def test_offline_download_error_names_url_and_destination(monkeypatch, tmp_path)
   assert checkpoints.CHECKPOINT_URLS["tokenizer_imagenet256"] in message
   assert str(tmp_path / "tokenizer_imagenet256") in message
   assert "MASKGIT_CACHE_DIR" in message
+  # Neutral wording: flags of one command (e.g. --config.maskgit.*) do not exist in others.
+  assert "--" not in message and "\n" not in message
   assert list(tmp_path.iterdir()) == []
+
+
+def test_offline_error_ends_with_callers_hint(monkeypatch, tmp_path):
+  monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+  with pytest.raises(CheckpointError, match=r"or use --weights_dir\.$"):
+    checkpoints.fetch_checkpoint("maskgit_imagenet256", cache_dir=str(tmp_path),
+                                 hint="use --weights_dir")
+
+
+def test_load_maskgit_offline_names_both_files_in_one_line(monkeypatch, tmp_path):
+  monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+  with pytest.raises(CheckpointError) as info:
+    checkpoints.load_maskgit(get_config("imagenet256"), cache_dir=str(tmp_path), hint="HINT")
+  message = str(info.value)
+  for name in ("tokenizer_imagenet256", "maskgit_imagenet256"):
+    assert checkpoints.CHECKPOINT_URLS[name] in message
+    assert str(tmp_path / name) in message
+  assert "\n" not in message and message.endswith("or HINT.")
 
 
 def test_download_into_env_cache_then_reuse(monkeypatch, tmp_path, tiny_files, tiny_shapes):

@@ -1,4 +1,11 @@
 """Batched MaskGIT box editing on the tiny official fixture, and the edit CLI."""
+import pathlib
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
 import flax
 import jax
 import numpy as np
@@ -171,51 +178,156 @@ def test_pixel_boxes_round_outward():
   assert (tokens[1], tokens[3]) == (min(cols), len(cols))
 
 
-def _write_png(path, size=40):
-  rng = np.random.default_rng(0)
-  Image.fromarray(rng.integers(0, 256, (size, size), np.uint8), "L").save(path)
+@pytest.mark.parametrize("labels", [[10], [-1], [[3, 10]]])
+def test_labels_outside_model_classes_rejected(setup, labels):
+  """label + codebook_size would silently hit the mask token's row (or beyond)."""
+  labels = np.array(labels, np.int32)
+  boxes = BOXES[:1, :labels.shape[-1]]
+  with pytest.raises(ValueError, match=r"label.*\[0, 10\)"):
+    setup["editor"](setup["tok"], setup["tr"], setup["images"][:1], boxes, labels,
+                    jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match=r"label.*\[0, 10\)"):
+    editing.edit_images(setup["tok"], setup["tr"], setup["images"][:1], boxes, labels,
+                        jax.random.PRNGKey(0), config=CFG)
 
 
-def test_cli_edits_image(setup, tmp_path, capsys):
+# ---------------------------------------------------------------- the edit CLI
+
+
+def _cli(directory, *args):
   from maskgit import edit
-  directory = setup["directory"]
-  source = tmp_path / "in.png"
-  _write_png(source)
-  out = tmp_path / "out.png"
-  code = edit.cli(["edit", f"--image={source}", "--box=10,10,10,12", "--label=4",
-                   f"--out={out}", "--config=tiny",
+  return edit.cli(["edit", *args, "--config=tiny",
                    f"--tokenizer={directory / 'tokenizer_tiny.msgpack'}",
                    f"--transformer={directory / 'transformer_tiny.msgpack'}"])
-  captured = capsys.readouterr()
-  assert code == 0, captured.err
-  assert "grayscale" in captured.err
+
+
+def _rgb_png(path, height, width):
+  pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8)
+  Image.fromarray(pixels).save(path)
+  return pixels
+
+
+def test_cli_result_keeps_input_resolution(setup, tmp_path, capsys):
+  source, out = tmp_path / "in.png", tmp_path / "out.png"
+  original = _rgb_png(source, 40, 72)
+  code = _cli(setup["directory"], f"--image={source}", "--box=2,2,8,12", "--label=4",
+              f"--out={out}")
+  err = capsys.readouterr().err
+  assert code == 0, err
   written = np.asarray(Image.open(out))
-  assert written.shape == (SIZE, SIZE, 3)
-  # Far from the box the output is the (resized, RGB) input.
-  resized = np.asarray(Image.open(source).convert("RGB").resize((SIZE, SIZE), Image.BICUBIC))
-  np.testing.assert_array_equal(written[58:, :], resized[58:, :])  # grown box ends at row 47; blur reach 9
-  assert np.abs(written[:32, :32].astype(int) - resized[:32, :32]).max() > 0
+  assert written.shape == original.shape
+  # The box maps to token (0, 0), grown to tokens 0-1: model pixels [0, 32), feathered
+  # to < 41 (3 sigma = 9); at 40x72 that is rows < 26, cols < 47, plus the resampling
+  # filter. Beyond, the original pixels are kept exactly.
+  np.testing.assert_array_equal(written[30:], original[30:])
+  np.testing.assert_array_equal(written[:, 52:], original[:, 52:])
+  assert np.abs(written[:16, :16].astype(int) - original[:16, :16]).max() > 20
 
 
-def test_cli_unreadable_image(tmp_path, capsys):
-  from maskgit import edit
-  bad = tmp_path / "bad.png"
-  bad.write_bytes(b"not an image")
-  code = edit.cli(["edit", f"--image={bad}", "--box=0,0,8,8", "--label=1",
-                   f"--out={tmp_path / 'o.png'}", "--config=tiny"])
+def _gray16_png(path):
+  values = np.random.default_rng(1).integers(0, 65536, (40, 40)).astype(np.uint16)
+  Image.fromarray(values).save(path)
+  return np.repeat(np.round(values / 65535. * 255.)[..., None], 3, -1)
+
+
+def _gray_png(path):
+  values = np.random.default_rng(2).integers(0, 256, (40, 40), np.uint8)
+  Image.fromarray(values, "L").save(path)
+  return np.repeat(values[..., None], 3, -1)
+
+
+def _rgba_png(path):
+  values = np.random.default_rng(3).integers(0, 256, (40, 40, 4), np.uint8)
+  Image.fromarray(values, "RGBA").save(path)
+  return values[..., :3]
+
+
+@pytest.mark.parametrize("make,warning", [(_gray_png, "grayscale"), (_rgba_png, "alpha"),
+                                          (_gray16_png, "I;16")])
+def test_cli_converts_other_image_kinds(setup, tmp_path, capsys, make, warning):
+  source, out = tmp_path / "in.png", tmp_path / "out.png"
+  expected = make(source)
+  code = _cli(setup["directory"], f"--image={source}", "--box=0,0,4,4", "--label=1",
+              f"--out={out}")
   err = capsys.readouterr().err
-  assert code == 1
-  assert "cannot read image" in err and "Traceback" not in err
+  assert code == 0, err
+  assert warning in err
+  written = np.asarray(Image.open(out))
+  assert written.shape == (40, 40, 3)
+  # Token (0, 0) grown to [0, 32) model pixels, feathered to < 41 -> < 26 of 40, + filter.
+  np.testing.assert_array_equal(written[30:], expected[30:])
 
 
-def test_cli_missing_checkpoint_explains(tmp_path, capsys):
-  from maskgit import edit
+def _one_error_line(err):
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), err
+  assert "Traceback" not in err
+  return lines[0]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--box=0,0,8,8", "--label=1"], "cannot read image"),           # a text file
+    (["--box=0,0,8,8", "--label=1", "MISSING"], "not found"),
+    (["--box=50,0,8,8", "--label=1"], "outside the 40x40 image"),
+    (["--box=5,5,0,8", "--label=1"], "empty or inverted"),
+    (["--box=0,0,8,8", "--label=10"], r"\[0, 10\), got 10"),
+    (["--box=0,0,8,8", "--label=-3"], "got -3"),
+    (["--box=0,0,8", "--label=1"], "four numbers"),
+    (["--box=0,0,8,8", "--label=x1"], "--label"),
+])
+def test_cli_bad_input_is_one_error_line(setup, tmp_path, capsys, args, expected):
   source = tmp_path / "in.png"
-  _write_png(source, SIZE)
-  code = edit.cli(["edit", f"--image={source}", "--box=0,0,16,16", "--label=1",
-                   f"--out={tmp_path / 'o.png'}", "--config=tiny",
-                   f"--tokenizer={tmp_path / 'missing_tokenizer'}",
-                   f"--transformer={tmp_path / 'missing_transformer'}"])
-  err = capsys.readouterr().err
+  _rgb_png(source, 40, 40)
+  if args[-1] == "MISSING":
+    args, source = args[:-1], tmp_path / "missing.png"
+  elif expected == "cannot read image":
+    source.write_text("not an image")
+  code = _cli(setup["directory"], f"--image={source}", f"--out={tmp_path / 'o.png'}", *args)
+  line = _one_error_line(capsys.readouterr().err)
+  assert code == 1 and re.search(expected, line), line
+  assert not (tmp_path / "o.png").exists()
+
+
+def test_cli_missing_official_checkpoint_explains(setup, tmp_path, capsys, monkeypatch):
+  from maskgit import checkpoints, edit
+
+  def offline(*args, **kwargs):
+    raise urllib.error.URLError("network is unreachable")
+
+  monkeypatch.setattr(urllib.request, "urlopen", offline)
+  cache = tmp_path / "empty_cache"
+  cache.mkdir()
+  monkeypatch.setenv("MASKGIT_CACHE_DIR", str(cache))
+  source = tmp_path / "in.png"
+  _rgb_png(source, 256, 256)
+  code = edit.cli(["edit", f"--image={source}", "--box=0,0,8,8", "--label=291",
+                   f"--out={tmp_path / 'o.png'}"])  # imagenet256: the official files
+  line = _one_error_line(capsys.readouterr().err)
   assert code == 1
-  assert "missing_tokenizer" in err and "Traceback" not in err
+  for name in ("tokenizer_imagenet256", "maskgit_imagenet256"):
+    assert checkpoints.CHECKPOINT_URLS[name] in line and str(cache / name) in line
+  # How to point elsewhere, with flags this command has (not lr_jax's --config.*).
+  assert "--cache_dir" in line and "--tokenizer" in line and "--transformer" in line
+  assert "--config." not in line
+  assert list(cache.iterdir()) == []
+
+
+def test_cli_bad_checkpoint_file(setup, tmp_path, capsys):
+  from maskgit import edit
+  source, bad = tmp_path / "in.png", tmp_path / "tokenizer.msgpack"
+  _rgb_png(source, 64, 64)
+  bad.write_text("not msgpack")
+  code = edit.cli(["edit", f"--image={source}", "--box=0,0,16,16", "--label=1",
+                   f"--out={tmp_path / 'o.png'}", "--config=tiny", f"--tokenizer={bad}",
+                   f"--transformer={setup['directory'] / 'transformer_tiny.msgpack'}"])
+  line = _one_error_line(capsys.readouterr().err)
+  assert code == 1 and "tokenizer.msgpack" in line and "msgpack checkpoint" in line
+
+
+def test_cli_entry_point_flag_error_is_one_line(tmp_path):
+  done = subprocess.run([sys.executable, "-m", "maskgit.edit", "--label=abc"],
+                        capture_output=True, text=True, timeout=120,
+                        cwd=pathlib.Path(__file__).parents[1])
+  assert done.returncode == 1
+  line = _one_error_line(done.stderr)
+  assert "--label" in line
