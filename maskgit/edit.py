@@ -18,7 +18,7 @@ from typing import Sequence
 from absl import app
 from absl import flags
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Input image file.")
@@ -52,6 +52,7 @@ def load_image(path: str) -> np.ndarray:
   try:
     with Image.open(path) as image:
       image.load()
+      image = ImageOps.exif_transpose(image)  # as viewers show it (phone photos)
   except FileNotFoundError:
     raise EditCLIError(f"image file not found: {path}") from None
   except (UnidentifiedImageError, OSError, ValueError) as e:
@@ -165,6 +166,9 @@ def run(image: str, boxes: Sequence[str], label: int, out: str, *,
         f"--label must be a class id in [0, {model.transformer.num_class}), got {label}")
   if not out:
     raise EditCLIError("--out is required")
+  suffix = output_paths(out, 1)[0].suffix.lower()
+  if suffix not in Image.registered_extensions():
+    raise EditCLIError(f"--out {out!r}: unknown image file extension {suffix!r}")
   original = load_image(image)
   height, width = original.shape[:2]
   box_tokens = _token_boxes(parse_boxes(boxes), box_units, height, width, model)
@@ -218,11 +222,6 @@ def _run_from_flags(argv: Sequence[str]) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0
-
-
-def main(argv: Sequence[str]) -> None:
-  """absl entry point (flags already parsed by `app.run`)."""
-  sys.exit(_run_from_flags(argv))
 
 
 if __name__ == "__main__":

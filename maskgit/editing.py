@@ -230,6 +230,8 @@ def edit_images(tokenizer_params: Params,
   side, size = config.tokens_per_side, config.image_size
   if images.ndim != 4 or images.shape[1:] != (size, size, 3):
     raise ValueError(f"images must be (B, {size}, {size}, 3), got {images.shape}.")
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f"images must be floats in [0, 1], got dtype {images.dtype}.")
   if boxes.ndim != 3 or boxes.shape[0] != images.shape[0] or boxes.shape[-1] != 4:
     raise ValueError(f"boxes must be (B, K, 4) with B={images.shape[0]}, got {boxes.shape}.")
   batch, num_boxes = boxes.shape[:2]

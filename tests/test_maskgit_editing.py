@@ -191,7 +191,25 @@ def test_labels_outside_model_classes_rejected(setup, labels):
                         jax.random.PRNGKey(0), config=CFG)
 
 
+def test_integer_images_rejected(setup):
+  """uint8 pixels would be taken as values up to 255 instead of [0, 1]."""
+  with pytest.raises(ValueError, match="floats in"):
+    setup["editor"](setup["tok"], setup["tr"], np.zeros((1, SIZE, SIZE, 3), np.uint8),
+                    BOXES[:1, :1], LABELS[:1], jax.random.PRNGKey(0))
+
+
 # ---------------------------------------------------------------- the edit CLI
+
+
+def test_load_image_applies_exif_orientation(tmp_path):
+  from maskgit import edit
+  pixels = np.random.default_rng(4).integers(0, 256, (10, 20, 3), np.uint8)
+  image = Image.fromarray(pixels)
+  exif = image.getexif()
+  exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+  image.save(tmp_path / "photo.png", exif=exif)
+  loaded = edit.load_image(str(tmp_path / "photo.png"))
+  np.testing.assert_array_equal(np.round(loaded * 255), np.rot90(pixels, k=-1))
 
 
 def _cli(directory, *args):
@@ -274,6 +292,7 @@ def _one_error_line(err):
     (["--box=0,0,8,8", "--label=-3"], "got -3"),
     (["--box=0,0,8", "--label=1"], "four numbers"),
     (["--box=0,0,8,8", "--label=x1"], "--label"),
+    (["--box=0,0,8,8", "--label=1", "--out=o.xyz"], "unknown image file extension"),
 ])
 def test_cli_bad_input_is_one_error_line(setup, tmp_path, capsys, args, expected):
   source = tmp_path / "in.png"
