@@ -4,8 +4,15 @@ Builds small random DINO, CLIP and MaskGIT models (no weights, no network), so t
 full pipeline runs in well under a minute. The edits are noise: this config checks
 plumbing and speed, not quality.
 
+Without data flags it trains on the shipped sample (`data.samples=True`: the
+scikit-image cat photo "chelsea" edited into "a lion" and "cat face", written
+once to ~/.cache/lr_jax/samples or $LR_JAX_SAMPLES_DIR by `lr_jax.samples`);
+`--config.data.manifest=FILE` or `--config.data.image_dir=DIR
+--config.data.prompt=TEXT` take precedence.
+
   python -m lr_jax.train --config configs/tiny.py --workdir /tmp/lr_tiny
-  python -m lr_jax.edit --config configs/tiny.py --image cat.png --prompt "a lion" --out /tmp/out
+  python -m lr_jax.edit --config configs/tiny.py --image cat.png --prompt "a lion" \
+      --out /tmp/out --rgn_checkpoint /tmp/lr_tiny
 """
 import ml_collections
 
@@ -28,4 +35,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.epochs = 2
   c.train.batch_size = 1
   c.train.checkpoint_every = 2
+  c.data.samples = True                   # the shipped sample unless data is given
   return c

@@ -5,6 +5,7 @@ import json
 import pathlib
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -57,7 +58,7 @@ def check_workdir(workdir: str | pathlib.Path,
           f"{workdir} holds a run made with another config; differing settings:\n"
           + "\n".join(lines)
           + "\nUse a new --workdir, or rerun with the saved settings.")
-  else:
+  elif jax.process_index() == 0:   # one writer on a shared filesystem
     saved_path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   return workdir
 
@@ -72,12 +73,15 @@ def make_manager(workdir: str | pathlib.Path, max_to_keep: int = 3) -> ocp.Check
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
+  """Saves `state` (jax.Arrays, also global multi-process ones: orbax writes each
+  replicated array once; every process must call this)."""
   manager.save(step, args=ocp.args.StandardSave(state), force=True)
   manager.wait_until_finished()
 
 
 def restore_latest(manager: ocp.CheckpointManager, like: Any) -> tuple[Any, int] | None:
-  """Restores the newest checkpoint into the structure of `like`, or None if none."""
+  """Restores the newest checkpoint into the structure (and, for jax.Arrays, the
+  shardings) of `like`, or None if there is none."""
   step = manager.latest_step()
   if step is None:
     return None

@@ -39,11 +39,15 @@ def examples_from_config(config) -> list[manifest_lib.Example]:
     return manifest_lib.read_manifest(config.data.manifest)
   if config.data.image_dir:
     if not config.data.prompt:
-      raise ValueError("config.data.image_dir needs config.data.prompt (the edit text)")
+      raise manifest_lib.ManifestError("config.data.image_dir needs config.data.prompt (the edit text)")
     return manifest_lib.examples_from_folder(config.data.image_dir, config.data.prompt)
-  raise ValueError("No training data: set --config.data.manifest=FILE (JSON/CSV of "
-                   "image, prompt[, source_prompt]) or --config.data.image_dir=DIR "
-                   "with --config.data.prompt=TEXT.")
+  if config.data.get("samples", False):
+    from lr_jax import samples  # pylint: disable=g-import-not-at-top
+    return samples.sample_examples()
+  raise manifest_lib.ManifestError(
+      "No training data: set --config.data.manifest=FILE (JSON/CSV of image, "
+      "prompt[, source_prompt]), or --config.data.image_dir=DIR with "
+      "--config.data.prompt=TEXT, or --config.data.samples=True for the shipped sample.")
 
 
 def load_images(examples: list[manifest_lib.Example]) -> list[images_lib.LoadedImage]:

@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.manifest = ""      # JSON/CSV manifest of (image, prompt[, source_prompt])
   c.data.image_dir = ""     # or a folder of images ...
   c.data.prompt = ""        # ... edited with this one prompt
+  # With neither set: True trains on the shipped sample (lr_jax.samples: the
+  # scikit-image cat "chelsea" edited into "a lion" and "cat face").
+  c.data.samples = False
   # A prompt that names no ImageNet class is mapped to the nearest class name by
   # CLIP; below this cosine similarity it is an error instead (<= -1: never).
   c.data.min_class_similarity = -1.0

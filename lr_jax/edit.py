@@ -34,6 +34,9 @@ def _examples() -> list[manifest_lib.Example]:
     return manifest_lib.read_manifest(_MANIFEST.value)
   if not _IMAGE.value or _PROMPT.value is None:
     raise app.UsageError("Give --image and --prompt, or --manifest.")
+  if not _PROMPT.value.strip() and _CLASS_ID.value is None:
+    raise manifest_lib.ManifestError(
+        "--prompt is empty: give the edit text, e.g. --prompt 'a lion' (or --class_id).")
   import pathlib  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(_IMAGE.value)
   if path.is_dir():
@@ -65,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)

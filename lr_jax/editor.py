@@ -90,9 +90,13 @@ def _slug(text: str) -> str:
 def edit_examples(models: Models, frozen, rgn_params, examples: list[manifest_lib.Example],
                   config, *, seed: int = 0, out_dir: str | pathlib.Path | None = None,
                   refine_steps: int = 0, checkpoint: str | None = None,
-                  progress: bool = True) -> list[EditOutcome]:
-  """Edits each example; returns the outcomes and writes them to `out_dir` if given."""
-  loaded = dataset.load_images(examples)
+                  progress: bool = True,
+                  loaded: list[images_lib.LoadedImage] | None = None) -> list[EditOutcome]:
+  """Edits each example; returns the outcomes and writes them to `out_dir` if given.
+
+  Images run one at a time through one compiled `infer` (inputs are resized to the
+  model size first, so different original sizes never recompile)."""
+  loaded = dataset.load_images(examples) if loaded is None else loaded
   prepared = dataset.prepare(models, frozen, examples, loaded=loaded,
                              min_class_similarity=config.data.min_class_similarity)
   infer = step_lib.make_infer(models, config)
@@ -139,6 +143,7 @@ def run_edit(config, examples: list[manifest_lib.Example], *, out_dir=None,
              progress: bool = True) -> list[EditOutcome]:
   """Builds the models (unless given), loads or initialises the RGN, edits the examples."""
   from lr_jax import trainer  # pylint: disable=g-import-not-at-top
+  loaded = dataset.load_images(examples)   # bad images fail before any model loads
   if models is None:
     models, frozen = build_models(config)
   if rgn_checkpoint:
@@ -150,4 +155,4 @@ def run_edit(config, examples: list[manifest_lib.Example], *, out_dir=None,
     rgn_params = step_lib.init_train_state(models, config, jax.random.PRNGKey(config.seed)).params
   return edit_examples(models, frozen, rgn_params, examples, config, seed=seed,
                        out_dir=out_dir, refine_steps=refine_steps, checkpoint=rgn_checkpoint,
-                       progress=progress)
+                       progress=progress, loaded=loaded)

@@ -33,6 +33,21 @@ def write_samples(directory: str | pathlib.Path) -> pathlib.Path:
   return path
 
 
+def sample_examples(directory: str | pathlib.Path | None = None) -> list:
+  """The sample manifest's examples, written once to `directory` (default: a per-user
+  cache folder, $LR_JAX_SAMPLES_DIR or ~/.cache/lr_jax/samples)."""
+  import os  # pylint: disable=g-import-not-at-top
+  from lr_jax import manifest  # pylint: disable=g-import-not-at-top
+  if directory is None:
+    directory = os.environ.get("LR_JAX_SAMPLES_DIR") or (
+        pathlib.Path.home() / ".cache" / "lr_jax" / "samples")
+  directory = pathlib.Path(directory)
+  path = directory / "manifest.json"
+  if not (path.exists() and (directory / "chelsea.png").exists()):
+    path = write_samples(directory)
+  return manifest.read_manifest(path)
+
+
 if __name__ == "__main__":
   if len(sys.argv) != 2:
     sys.exit(__doc__)

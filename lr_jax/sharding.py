@@ -51,8 +51,29 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
 
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
-  """Places a pytree fully replicated on the mesh."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places a pytree fully replicated on the mesh.
+
+  With several processes every process must pass the same values (they do: the
+  frozen weights are loaded and the RGN initialised from the same seed everywhere);
+  each one fills its own devices from its host copy.
+  """
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+  return jax.tree.map(put, tree)
+
+
+def to_host(tree: Any) -> Any:
+  """numpy copies of (possibly multi-process, batch-sharded) global arrays."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def put_batch(tree: Any, mesh: Mesh) -> Any:

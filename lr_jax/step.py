@@ -44,12 +44,16 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def init_train_state(models: Models, config, rng: Array) -> TrainState:
-  """Random RGN parameters and a fresh Adam state."""
+  """Random RGN parameters and a fresh Adam state (one small jitted call: eager
+  `init` would compile every primitive separately, seconds on a small CPU)."""
   k, m = config.region.num_anchors, len(config.region.sizes)
   r, d = config.region.roi_size, models.dino_dim
-  dummy = jnp.zeros((1, k, m, r, r, d), jnp.float32)
-  params = models.rgn.init(rng, dummy)["params"]
-  return TrainState(jnp.zeros((), jnp.int32), params, make_optimizer(config).init(params))
+
+  def init(rng):
+    params = models.rgn.init(rng, jnp.zeros((1, k, m, r, r, d), jnp.float32))["params"]
+    return TrainState(jnp.zeros((), jnp.int32), params, make_optimizer(config).init(params))
+
+  return _cached(models, "init_train_state", config, lambda: jax.jit(init))(rng)
 
 
 def find_regions(models: Models, frozen: Any, images: Array, config) -> Regions:

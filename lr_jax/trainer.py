@@ -34,7 +34,7 @@ class TrainResult:
 
 def _host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
   out = {}
-  for k, v in jax.device_get(metrics).items():
+  for k, v in sharding.to_host(metrics).items():
     v = np.asarray(v)
     out[k] = v.tolist() if v.ndim else float(v)
   return out
@@ -54,20 +54,22 @@ def train(config, workdir: str | pathlib.Path, *, models: Models | None = None,
           devices: list[Any] | None = None) -> TrainResult:
   """Trains the RGN per `config`, resuming from the newest checkpoint in `workdir`."""
   workdir = checkpointing.check_workdir(workdir, config)
+  examples = data_lib.examples_from_config(config) if examples is None else examples
+  loaded = data_lib.load_images(examples)   # bad images fail before any model loads
   if models is None:
     models, frozen = build_models(config)
-  examples = data_lib.examples_from_config(config) if examples is None else examples
-  prepared = data_lib.prepare(models, frozen, examples,
-                             min_class_similarity=config.data.min_class_similarity)
+  prepared = data_lib.prepare(models, frozen, examples, loaded=loaded,
+                              min_class_similarity=config.data.min_class_similarity)
   n, bs = len(prepared), config.train.batch_size
   mesh = sharding.make_mesh(devices)
   sharding.check_batch_size(bs, mesh)
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
-  state = step_lib.init_train_state(models, config, init_rng)
+  state = sharding.put_replicated(step_lib.init_train_state(models, config, init_rng), mesh)
+  frozen = sharding.put_replicated(frozen, mesh)
   manager = checkpointing.make_manager(workdir, config.train.max_to_keep)
-  restored = checkpointing.restore_latest(manager, jax.device_get(state))
+  restored = checkpointing.restore_latest(manager, state)   # same shardings as `state`
   start = 0
   if restored is not None:
     state, start = restored
@@ -75,16 +77,17 @@ def train(config, workdir: str | pathlib.Path, *, models: Models | None = None,
 
   total = config.train.epochs * data_lib.steps_per_epoch(n, bs)
   stop = total if config.train.max_steps < 0 else min(total, config.train.max_steps)
-  frozen = sharding.put_replicated(frozen, mesh)
-  state = sharding.put_replicated(state, mesh)
   train_step = step_lib.make_train_step(models, config)
 
+  main_process = jax.process_index() == 0   # writes the files, shows the bar
   metrics_path = workdir / "metrics.jsonl"
   history = _read_metrics(metrics_path, start)
-  metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
-  bar = tqdm.tqdm(total=stop, initial=start, desc="train", disable=not progress,
+  if main_process:
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+  bar = tqdm.tqdm(total=stop, initial=start, desc="train", disable=not (progress and main_process),
                   unit="step", dynamic_ncols=True)
-  with metrics_path.open("a") as log:
+  log = metrics_path.open("a") if main_process else None
+  try:
     for step in range(start, stop):
       idx = data_lib.batch_indices(config.seed, step, n, bs)
       batch = sharding.put_batch(prepared.batch(idx), mesh)
@@ -92,26 +95,33 @@ def train(config, workdir: str | pathlib.Path, *, models: Models | None = None,
       row = {"step": step + 1, "epoch": step // data_lib.steps_per_epoch(n, bs),
              **_host_metrics(metrics)}
       per_image = row.pop("per_image_loss")
-      if not math.isfinite(row["loss"]):
+      # A NaN gradient with a finite loss would poison the parameters (and the
+      # checkpoint about to be written) one step before the loss shows it.
+      if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
         bad = [str(prepared.examples[i].image_path)
                for i, l in zip(idx, per_image) if not math.isfinite(l)] or [
                    str(prepared.examples[i].image_path) for i in idx]
+        what = ("Loss" if not math.isfinite(row["loss"]) else "Gradient norm")
+        value = row["loss"] if what == "Loss" else row["grad_norm"]
         raise NonFiniteLossError(
-            f"Loss is {row['loss']} at step {step + 1}; images: {', '.join(bad)}. "
+            f"{what} is {value} at step {step + 1}; images: {', '.join(bad)}. "
             f"The last good checkpoint is in {workdir / 'checkpoints'}.")
       history.append(row)
-      if (step + 1) % config.train.log_every == 0 or step + 1 == stop:
+      if log is not None and ((step + 1) % config.train.log_every == 0 or step + 1 == stop):
         log.write(json.dumps(row) + "\n")
         log.flush()
       bar.set_postfix(loss=f"{row['loss']:.4f}")
       bar.update(1)
       if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == stop:
-        checkpointing.save(manager, step + 1, jax.device_get(state))
-  bar.close()
-  manager.close()
-  if history:
+        checkpointing.save(manager, step + 1, state)
+  finally:
+    bar.close()
+    if log is not None:
+      log.close()
+    manager.close()
+  if history and main_process:
     sheets.loss_curve(workdir / "loss_curve.png", history)
-  return TrainResult(jax.device_get(state), history, prepared, workdir)
+  return TrainResult(sharding.to_host(state), history, prepared, workdir)
 
 
 def load_rgn_params(path: str | pathlib.Path, models: Models, config) -> Any:
@@ -119,6 +129,10 @@ def load_rgn_params(path: str | pathlib.Path, models: Models, config) -> Any:
   its `checkpoints/<step>` folders."""
   path = pathlib.Path(path)
   if path.name.isdigit() and path.parent.name == "checkpoints":
+    if not path.is_dir():
+      kept = sorted(p.name for p in path.parent.iterdir() if p.name.isdigit()) \
+          if path.parent.is_dir() else []
+      raise FileNotFoundError(f"No checkpoint {path}; kept steps: {', '.join(kept) or 'none'}")
     workdir, step = path.parent.parent, int(path.name)
   elif (path / "checkpoints").is_dir():
     workdir, step = path, None
@@ -126,7 +140,8 @@ def load_rgn_params(path: str | pathlib.Path, models: Models, config) -> Any:
     raise FileNotFoundError(
         f"No lr_jax checkpoint at {path}: pass a training --workdir (holding "
         f"checkpoints/) or one of its checkpoints/<step> folders.")
-  like = jax.device_get(step_lib.init_train_state(models, config, jax.random.PRNGKey(0)))
+  # Shapes only: nothing to compute or compile before restoring.
+  like = jax.eval_shape(lambda: step_lib.init_train_state(models, config, jax.random.PRNGKey(0)))
   manager = checkpointing.make_manager(workdir)
   try:
     step = manager.latest_step() if step is None else step
