@@ -86,7 +86,7 @@ def parse_boxes(specs: Sequence[str]) -> np.ndarray:
       values = [float(p) for p in parts]
     except ValueError:
       values = []
-    if len(values) != 4:
+    if len(values) != 4 or not np.all(np.isfinite(values)):
       raise EditCLIError(f"--box {spec!r} must be four numbers: top,left,height,width")
     boxes.append(values)
   return np.asarray(boxes, np.float64)
