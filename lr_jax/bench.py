@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
+from lr_jax import errors
 from lr_jax import step as step_lib
 from lr_jax.models import build_random_models
 
@@ -124,4 +125,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=errors.parse_flags)

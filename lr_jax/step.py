@@ -115,20 +115,28 @@ def loss_fn(rgn_params, models: Models, frozen: Any, batch: dict[str, Array], rn
   edits = edit_boxes(models, frozen, images, regions.boxes.reshape(b, k * m, 4),
                      batch["labels"], rng_edit)["images"]
   edits = edits.reshape((b, k, m) + edits.shape[2:])                    # (B,K,M,S,S,3)
-  src_emb, src_tok = jax.lax.stop_gradient(clip_images(models, frozen, images))
   txt, src_txt = batch["text_embed"], batch["src_text_embed"]
   expand = lambda x, n: x.reshape(x.shape[:1] + (1,) * n + x.shape[1:])
   logits = models.rgn.apply({"params": rgn_params}, regions.pooled)    # (B,K,M)
 
+  # The sources go through CLIP in the same call as the edits (one CLIP in the
+  # compiled program instead of two); they get no gradient.
   if config.selection.estimator == "straight_through":
     weights = rgn_lib.gumbel_softmax_straight_through(logits, rng_gumbel, config.selection.tau)
     chosen = rgn_lib.select_candidates(edits, weights)                   # (B,K,S,S,3)
-    emb, tok = clip_images(models, frozen, chosen)
+    both = jnp.concatenate([jax.lax.stop_gradient(images)[:, None], chosen], axis=1)
+    all_emb, all_tok = clip_images(models, frozen, both)                 # (B,1+K,...)
+    src_emb, src_tok = jax.lax.stop_gradient((all_emb[:, 0], all_tok[:, 0]))
+    emb, tok = all_emb[:, 1:], all_tok[:, 1:]
     per_edit, terms = _edit_loss(config, emb, tok, expand(src_emb, 1), expand(src_tok, 1),
                                  expand(txt, 1), expand(src_txt, 1))
     loss = per_edit.mean()
   elif config.selection.estimator == "expected":
-    emb, tok = jax.lax.stop_gradient(clip_images(models, frozen, edits))
+    both = jnp.concatenate([images[:, None], edits.reshape((b, k * m) + edits.shape[3:])], 1)
+    all_emb, all_tok = jax.lax.stop_gradient(clip_images(models, frozen, both))
+    src_emb, src_tok = all_emb[:, 0], all_tok[:, 0]
+    emb = all_emb[:, 1:].reshape((b, k, m) + all_emb.shape[2:])
+    tok = all_tok[:, 1:].reshape((b, k, m) + all_tok.shape[2:])
     per_edit, terms = _edit_loss(config, emb, tok, expand(src_emb, 2), expand(src_tok, 2),
                                  expand(txt, 2), expand(src_txt, 2))   # (B,K,M)
     loss = rgn_lib.expected_loss(per_edit, logits).mean()
@@ -189,8 +197,9 @@ def infer(rgn_params, frozen: Any, batch: dict[str, Array], rng: Array, *,
   chosen = jnp.argmax(logits, axis=-1)                                   # (B,K)
   boxes = jnp.take_along_axis(regions.boxes, chosen[..., None, None], axis=2)[:, :, 0]
   out = edit_boxes(models, frozen, images, boxes, batch["labels"], rng)
-  emb, _ = clip_images(models, frozen, out["images"])                   # (B,K,P)
-  src_emb, _ = clip_images(models, frozen, images)
+  both = jnp.concatenate([images[:, None], out["images"]], axis=1)       # one CLIP call
+  all_emb, _ = clip_images(models, frozen, both)                         # (B,1+K,P)
+  src_emb, emb = all_emb[:, 0], all_emb[:, 1:]
   score = jax.vmap(functools.partial(scoring.quality_score, alpha=config.score.alpha,
                                      beta=config.score.beta))(emb, src_emb, batch["text_embed"])
   return dict(attention=regions.attention, anchors=regions.anchors, proposals=regions.boxes,

@@ -134,6 +134,8 @@ def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
   assert record["rgn_checkpoint"] == str(tmp_path / "wd")
   assert record["versions"]["jax"] == jax.__version__
   assert out[1].result.shape == (90, 200, 3)
+  # Images of different original sizes share one compiled inference.
+  assert trainer.step_lib.make_infer(models, tiny_config())._cache_size() == 1
   # Same trained RGN, same seed: the edit is reproducible.
   again = editor.run_edit(tiny_config(), examples[:1], rgn_checkpoint=str(tmp_path / "wd"),
                           models=models, frozen=frozen, progress=False)
