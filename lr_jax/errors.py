@@ -10,7 +10,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
   from maskgit import checkpoints, editing  # pylint: disable=g-import-not-at-top
   return (checkpoints.CheckpointError, hf_weights.WeightsError, images.ImageError,
           manifest.ManifestError, imagenet.PromptError, checkpointing.WorkdirError,
-          trainer.NonFiniteLossError, editing.BoxError, FileNotFoundError)
+          trainer.NonFiniteLossError, editing.BoxError, editing.LabelError,
+          FileNotFoundError)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from lr_jax.rgn import RegionGenerationNetwork
 from lr_jax.vit import ViT
 from maskgit import checkpoints as maskgit_checkpoints
 from maskgit import configs as maskgit_configs
+from maskgit import editing
 from maskgit.editing import EditConfig
 
 _TEXT_BATCH = 50   # prompts per text-encoder call (fixed, so it compiles once)
@@ -201,7 +202,9 @@ def _load_official(config, mg):
       "clip": lambda: hf_weights.load_clip(config.clip.repo),
       "maskgit": lambda: maskgit_checkpoints.load_maskgit(
           mg, config.maskgit.tokenizer or None, config.maskgit.transformer or None,
-          config.maskgit.cache_dir or None),
+          config.maskgit.cache_dir or None,
+          hint="--config.maskgit.cache_dir=DIR, or --config.maskgit.tokenizer=PATH and "
+               "--config.maskgit.transformer=PATH"),
   }
   for name, load in loaders.items():
     try:
@@ -217,6 +220,10 @@ def _load_official(config, mg):
 def _assemble(config, mg, dino, clip, vqgan, transformer):
   models = Models(dino=dino.model, clip=clip.model, tokenizer=clip.tokenizer, maskgit=mg,
                   edit=_edit_config(config), rgn=_rgn(config))
+  if models.edit.dtype != "float32":
+    # Cast once here, not inside every jitted edit (the cast there is then a no-op).
+    dtype = editing.DTYPES[models.edit.dtype]
+    transformer = editing.cast_params(transformer, dtype)
   frozen = {"dino": dino.params, "clip": clip.params, "vqgan": vqgan,
             "transformer": transformer}
   return models, frozen
