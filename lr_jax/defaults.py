@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.clip = 1.0
   c.loss.dir = 1.0
   c.loss.structure = 1.0
-  c.loss.num_views = 0                         # 0 = no augmented CLIP views
+  c.loss.num_views = 0      # >0: guidance/direction averaged over random crops of each edit
 
   c.score = ml_collections.ConfigDict()
   c.score.alpha = 2.0

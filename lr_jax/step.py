@@ -92,11 +92,29 @@ def clip_images(models: Models, frozen: Any, images: Array) -> tuple[Array, Arra
   return emb.reshape(lead + emb.shape[1:]), tok.reshape(lead + tok.shape[1:])
 
 
-def _edit_loss(config, edit_emb, edit_tok, src_emb, src_tok, txt, src_txt):
-  """Per-edit weighted loss and its terms; source/text arrays broadcast over edits."""
+def augmented_embeds(models: Models, frozen: Any, edits: Array, rng: Array,
+                     num_views: int) -> Array:
+  """CLIP embeddings (V, ...lead, P) of V random resized crops/flips of edits (...lead, S, S, 3)."""
+  lead = edits.shape[:-3]
+  flat = edits.reshape((-1,) + edits.shape[-3:])
+  views = losses_lib.augment_views(flat, rng, num_views, size=models.clip_image_size,
+                                   normalize=False)                    # (V, N, s, s, 3)
+  emb, _ = clip_images(models, frozen, views)
+  return emb.reshape((num_views,) + lead + emb.shape[-1:])
+
+
+def _edit_loss(config, edit_emb, edit_tok, src_emb, src_tok, txt, src_txt, view_emb=None):
+  """Per-edit weighted loss and its terms; source/text arrays broadcast over edits.
+
+  With augmented views (view_emb: (V, ...) embeddings of V crops of each edit) the
+  guidance and directional terms are averaged over the views; the structure term
+  always compares the un-augmented edit with the source.
+  """
+  e = edit_emb if view_emb is None else view_emb
+  reduce = (lambda x: x) if view_emb is None else (lambda x: x.mean(axis=0))
   terms = {
-      "clip": losses_lib.guidance_loss(edit_emb, txt),
-      "dir": losses_lib.directional_loss(edit_emb, src_emb, txt, src_txt),
+      "clip": reduce(losses_lib.guidance_loss(e, txt)),
+      "dir": reduce(losses_lib.directional_loss(e, src_emb, txt, src_txt)),
       "structure": losses_lib.structure_loss(edit_tok, src_tok),
   }
   w = config.loss
@@ -110,7 +128,8 @@ def loss_fn(rgn_params, models: Models, frozen: Any, batch: dict[str, Array], rn
   images = batch["images"]
   b = images.shape[0]
   k, m = config.region.num_anchors, len(config.region.sizes)
-  rng_edit, rng_gumbel = jax.random.split(rng)
+  rng_edit, rng_gumbel, rng_views = jax.random.split(rng, 3)
+  views = config.loss.num_views
   regions = jax.lax.stop_gradient(find_regions(models, frozen, images, config))
   edits = edit_boxes(models, frozen, images, regions.boxes.reshape(b, k * m, 4),
                      batch["labels"], rng_edit)["images"]
@@ -128,8 +147,9 @@ def loss_fn(rgn_params, models: Models, frozen: Any, batch: dict[str, Array], rn
     all_emb, all_tok = clip_images(models, frozen, both)                 # (B,1+K,...)
     src_emb, src_tok = jax.lax.stop_gradient((all_emb[:, 0], all_tok[:, 0]))
     emb, tok = all_emb[:, 1:], all_tok[:, 1:]
+    view_emb = augmented_embeds(models, frozen, chosen, rng_views, views) if views else None
     per_edit, terms = _edit_loss(config, emb, tok, expand(src_emb, 1), expand(src_tok, 1),
-                                 expand(txt, 1), expand(src_txt, 1))
+                                 expand(txt, 1), expand(src_txt, 1), view_emb)
     loss = per_edit.mean()
   elif config.selection.estimator == "expected":
     both = jnp.concatenate([images[:, None], edits.reshape((b, k * m) + edits.shape[3:])], 1)
@@ -137,8 +157,10 @@ def loss_fn(rgn_params, models: Models, frozen: Any, batch: dict[str, Array], rn
     src_emb, src_tok = all_emb[:, 0], all_tok[:, 0]
     emb = all_emb[:, 1:].reshape((b, k, m) + all_emb.shape[2:])
     tok = all_tok[:, 1:].reshape((b, k, m) + all_tok.shape[2:])
+    view_emb = (jax.lax.stop_gradient(augmented_embeds(models, frozen, edits, rng_views, views))
+                if views else None)
     per_edit, terms = _edit_loss(config, emb, tok, expand(src_emb, 2), expand(src_tok, 2),
-                                 expand(txt, 2), expand(src_txt, 2))   # (B,K,M)
+                                 expand(txt, 2), expand(src_txt, 2), view_emb)   # (B,K,M)
     loss = rgn_lib.expected_loss(per_edit, logits).mean()
     weights = jax.nn.softmax(logits, axis=-1)
   else:

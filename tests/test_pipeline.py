@@ -176,3 +176,27 @@ def test_missing_weights_offline_name_the_files(tmp_path, monkeypatch):
   for needed in ("facebook/dino-vitb16", "openai/clip-vit-base-patch16",
                  "tokenizer_imagenet256", "model.safetensors"):
     assert needed in text
+
+
+@pytest.mark.parametrize("estimator,views", [("straight_through", 2), ("expected", 0)])
+def test_estimators_and_augmented_views_give_rgn_gradients(built, examples, estimator, views):
+  models, frozen = built
+  config = tiny_config(**{"selection.estimator": estimator, "loss.num_views": views})
+  state = trainer.step_lib.init_train_state(models, config, jax.random.PRNGKey(0))
+  prepared = trainer.data_lib.prepare(models, frozen, examples[:1])
+  batch = prepared.batch(np.asarray([0]))
+  grad_fn = jax.jit(jax.value_and_grad(
+      lambda p, r: trainer.step_lib.loss_fn(p, models, frozen, batch, r, config),
+      has_aux=True))
+  (loss, metrics), grads = grad_fn(state.params, jax.random.PRNGKey(1))
+  assert np.isfinite(float(loss))
+  assert max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(grads)) > 0
+  if views:
+    # Crops change the guidance term but not the structure term.
+    plain = tiny_config(**{"selection.estimator": estimator})
+    (_, m0), _ = jax.value_and_grad(
+        lambda p, r: trainer.step_lib.loss_fn(p, models, frozen, batch, r, plain),
+        has_aux=True)(state.params, jax.random.PRNGKey(1))
+    assert float(metrics["loss_clip"]) != float(m0["loss_clip"])
+    np.testing.assert_allclose(float(metrics["loss_structure"]),
+                               float(m0["loss_structure"]), rtol=1e-6)
