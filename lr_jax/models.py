@@ -210,7 +210,8 @@ def _load_official(config, mg):
     try:
       loaded[name] = load()
     except (hf_weights.WeightsError, maskgit_checkpoints.CheckpointError) as e:
-      problems.append(f"[{name}] {e}")
+      flag = {"dino": "--config.dino.repo=DIR", "clip": "--config.clip.repo=DIR"}.get(name)
+      problems.append(f"[{name}] {e}" + (f"\nThen run with {flag}." if flag else ""))
   if problems:
     raise hf_weights.WeightsError(
         "Pretrained weights are missing or unusable:\n\n" + "\n\n".join(problems))
