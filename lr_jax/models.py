@@ -130,7 +130,7 @@ def build_models(config) -> tuple[Models, dict[str, Any]]:
     rng = jax.random.PRNGKey(config.seed + 1000)
     dino = hf_weights.init_dino(hf_weights.tiny_dino_config(), jax.random.fold_in(rng, 0))
     clip = hf_weights.init_clip(hf_weights.tiny_clip_config(), jax.random.fold_in(rng, 1))
-    vqgan, transformer = random_maskgit_params(mg, jax.random.fold_in(rng, 2))
+    vqgan, transformer = maskgit_checkpoints.init_params(mg, jax.random.fold_in(rng, 2))
   elif config.models == "official":
     dino, clip, vqgan, transformer = _load_official(config, mg)
   else:
@@ -155,41 +155,8 @@ def build_random_models(config) -> tuple[Models, dict[str, Any]]:
       {"vision_config": {"patch_size": 16}, "text_config": {"eos_token_id": 2},
        "projection_dim": 512})
   clip = hf_weights.init_clip(clip_cfg, jax.random.fold_in(rng, 1))
-  vqgan, transformer = random_maskgit_params(mg, jax.random.fold_in(rng, 2))
+  vqgan, transformer = maskgit_checkpoints.init_params(mg, jax.random.fold_in(rng, 2))
   return _assemble(config, mg, dino, clip, vqgan, transformer)
-
-
-def random_maskgit_params(mg: maskgit_configs.MaskGITConfig,
-                          rng: jax.Array) -> tuple[Any, Any]:
-  """Random (tokenizer, transformer) params drawn with numpy, like the official init.
-
-  `maskgit.checkpoints.init_params` jits the modules' `init`, i.e. the whole VQGAN
-  forward: ~25 s of XLA compilation on a 2-core CPU even for the tiny config. Here
-  only the shapes are traced (`param_shapes`) and the values drawn with numpy:
-  VQGAN kernels and codebook with fan-in variance (the official Flax defaults),
-  transformer weights N(0, initializer_range) (the official truncated normal's
-  scale), biases 0 and norm scales 1. Same key, same params.
-  """
-  tok_shapes, tr_shapes = maskgit_checkpoints.param_shapes(mg)
-  seed = np.asarray(jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
-                    else rng, np.uint32).ravel().tolist()
-  gen = np.random.default_rng(seed)
-
-  def draw(std_of):
-    def leaf(path, x):
-      name = str(getattr(path[-1], "key", path[-1]))
-      if name == "scale":
-        return jnp.ones(x.shape, jnp.float32)
-      if name == "bias":
-        return jnp.zeros(x.shape, jnp.float32)
-      return jnp.asarray(gen.normal(0.0, std_of(x.shape), x.shape).astype(np.float32))
-    return leaf
-
-  fan_in = lambda shape: 1.0 / np.sqrt(max(1, int(np.prod(shape[:-1]))))
-  vqgan = jax.tree_util.tree_map_with_path(draw(fan_in), tok_shapes)
-  std = mg.transformer.initializer_range
-  transformer = jax.tree_util.tree_map_with_path(draw(lambda _: std), tr_shapes)
-  return vqgan, transformer
 
 
 def _load_official(config, mg):

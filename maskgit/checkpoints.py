@@ -222,10 +222,33 @@ def param_shapes(config: MaskGITConfig) -> Tuple[Params, Params]:
 
 
 def init_params(config: MaskGITConfig, rng: jax.Array) -> Tuple[Params, Params]:
-  """Random (tokenizer, transformer) params with the official initialisers."""
-  tok_init, tr_init = _init_fns(config)
-  return (jax.jit(tok_init)(jax.random.fold_in(rng, 0)),
-          jax.jit(tr_init)(jax.random.fold_in(rng, 1)))
+  """Random (tokenizer, transformer) params at the official scales, for benchmarks and
+  tiny runs.
+
+  Only the shapes are traced (`param_shapes`); the values are drawn with numpy: VQGAN
+  kernels and codebook with fan-in variance (Flax's defaults, as the official code),
+  transformer weights N(0, initializer_range), biases 0 and norm scales 1. Jitting
+  the modules' `init` instead would compile the whole VQGAN forward (~25 s on a 2-core
+  CPU even for the tiny config). Same key, same params.
+  """
+  tok_shapes, tr_shapes = param_shapes(config)
+  key = rng if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else jax.random.key_data(rng)
+  gen = np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
+
+  def draw(std_of):
+    def leaf(path, x):
+      name = str(getattr(path[-1], "key", path[-1]))
+      if name == "scale":
+        return jnp.ones(x.shape, jnp.float32)
+      if name == "bias":
+        return jnp.zeros(x.shape, jnp.float32)
+      return jnp.asarray(gen.normal(0.0, std_of(x.shape), x.shape).astype(np.float32))
+    return leaf
+
+  fan_in = lambda shape: 1.0 / np.sqrt(max(1, int(np.prod(shape[:-1]))))
+  std = config.transformer.initializer_range
+  return (jax.tree_util.tree_map_with_path(draw(fan_in), tok_shapes),
+          jax.tree_util.tree_map_with_path(draw(lambda _: std), tr_shapes))
 
 
 def official_checkpoint_names(config: MaskGITConfig) -> Tuple[str, str]:
