@@ -57,15 +57,7 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
   frozen weights are loaded and the RGN initialised from the same seed everywhere);
   each one fills its own devices from its host copy.
   """
-  sharding = replicated(mesh)
-  if jax.process_count() == 1:
-    return jax.device_put(tree, sharding)
-
-  def put(x):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-  return jax.tree.map(put, tree)
+  return _put(tree, replicated(mesh))
 
 
 def to_host(tree: Any) -> Any:
@@ -82,7 +74,12 @@ def put_batch(tree: Any, mesh: Mesh) -> Any:
   With several processes, each process passes the global batch and keeps its part,
   so every host must see the same data order (it does: orders come from the seed).
   """
-  sharding = batch_sharded(mesh)
+  return _put(tree, batch_sharded(mesh))
+
+
+def _put(tree: Any, sharding: NamedSharding) -> Any:
+  """Global arrays from host values every process holds in full; each process fills
+  only its own devices."""
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding)
 
