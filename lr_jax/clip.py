@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lr_jax.vit import ACTIVATIONS, EncoderBlock, ViT, ViTConfig
+from lr_jax.vit import EncoderBlock, ViT, ViTConfig, check_sizes
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -39,10 +39,7 @@ class TextConfig:
   eos_token_id: int
 
   def __post_init__(self):
-    if self.activation not in ACTIVATIONS:
-      raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-    if self.hidden_size % self.num_heads:
-      raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+    check_sizes(self.activation, self.hidden_size, self.num_heads)
 
 
 @dataclasses.dataclass(frozen=True)

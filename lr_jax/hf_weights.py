@@ -36,6 +36,7 @@ import numpy as np
 
 from lr_jax.clip import CLIP, CLIPConfig, TextConfig
 from lr_jax.vit import ViT, ViTConfig
+from maskgit import checkpoints as maskgit_checkpoints
 
 HF_CLIP_REPO = "openai/clip-vit-base-patch16"
 HF_DINO_REPO = "facebook/dino-vitb16"  # the paper's default; "facebook/dino-vitb8" by config
@@ -526,20 +527,9 @@ def load_dino(repo_or_dir: str | os.PathLike = HF_DINO_REPO, dtype: Any = jnp.fl
 
 def random_params(abstract_params: Any, rng: jax.Array, std: float = 0.02) -> Any:
   """Random params for the shapes in `abstract_params` (HF-style init: weights N(0, std),
-  biases 0, LayerNorm scales 1). Drawn with numpy from a seed taken from `rng`: the same
-  key gives the same params, and nothing has to be compiled (eager `model.init`
-  compiles every primitive, which takes tens of seconds on a small CPU)."""
-  seed = np.asarray(jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
-                    else rng, np.uint32).ravel().tolist()
-  gen = np.random.default_rng(seed)
-  def draw(key_path, leaf):
-    name = str(getattr(key_path[-1], "key", key_path[-1]))
-    if name == "scale":
-      return jnp.ones(leaf.shape, jnp.float32)
-    if name == "bias":
-      return jnp.zeros(leaf.shape, jnp.float32)
-    return jnp.asarray(gen.normal(0.0, std, leaf.shape).astype(np.float32))
-  return jax.tree_util.tree_map_with_path(draw, abstract_params)
+  biases 0, LayerNorm scales 1), drawn with numpy: the same key gives the same params and
+  nothing is compiled (eager `model.init` takes tens of seconds on a small CPU)."""
+  return maskgit_checkpoints.draw_params(abstract_params, rng, lambda _: std)
 
 
 def init_clip(config: CLIPConfig, rng: jax.Array, dtype: Any = jnp.float32) -> ClipBundle:

@@ -28,6 +28,7 @@ from maskgit import editing
 from maskgit.editing import EditConfig
 
 _TEXT_BATCH = 50   # prompts per text-encoder call (fixed, so it compiles once)
+_IMAGE_BATCH = 8   # images per zero-shot image-encoder call
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -90,8 +91,13 @@ class Models:
 
   def encode_images(self, frozen: Any, images: np.ndarray) -> np.ndarray:
     """CLIP image embeddings (N, P) of images (N, H, W, 3) in [0, 1]."""
-    return np.concatenate([np.asarray(self._encode_image(frozen["clip"], images[i:i + 1]))
-                           for i in range(len(images))])
+    out = []
+    for i in range(0, len(images), _IMAGE_BATCH):   # fixed batch: compiles once
+      chunk = np.asarray(images[i:i + _IMAGE_BATCH], np.float32)
+      padded = np.concatenate(
+          [chunk, np.zeros((_IMAGE_BATCH - len(chunk),) + chunk.shape[1:], np.float32)])
+      out.append(np.asarray(self._encode_image(frozen["clip"], padded))[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, self.clip.config.projection_dim))
 
   def text_encoder(self, frozen: Any) -> Callable[[Sequence[str]], np.ndarray]:
     """The text encoder as a callable, one object per params (so its caches hit)."""

@@ -54,21 +54,26 @@ class ViTConfig:
   pos_interpolation: str = "hf"
 
   def __post_init__(self):
-    if self.activation not in ACTIVATIONS:
-      raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+    check_sizes(self.activation, self.hidden_size, self.num_heads)
     if self.final_norm not in FINAL_NORMS:
       raise ValueError(f"final_norm must be one of {FINAL_NORMS}, got {self.final_norm!r}")
     if self.pos_interpolation not in POS_INTERPOLATIONS:
       raise ValueError(
           f"pos_interpolation must be one of {POS_INTERPOLATIONS}, got {self.pos_interpolation!r}")
-    if self.hidden_size % self.num_heads:
-      raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
     if self.image_size % self.patch_size:
       raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
 
   @property
   def native_grid(self) -> int:
     return self.image_size // self.patch_size
+
+
+def check_sizes(activation: str, hidden_size: int, num_heads: int) -> None:
+  """Validates what every transformer config here shares."""
+  if activation not in ACTIVATIONS:
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+  if hidden_size % num_heads:
+    raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
 
 
 def activation_fn(name: str):

@@ -11,7 +11,7 @@ import pathlib
 import sys
 import tempfile
 import urllib.request
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.serialization
 import jax
@@ -232,23 +232,32 @@ def init_params(config: MaskGITConfig, rng: jax.Array) -> Tuple[Params, Params]:
   CPU even for the tiny config). Same key, same params.
   """
   tok_shapes, tr_shapes = param_shapes(config)
-  key = rng if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else jax.random.key_data(rng)
-  gen = np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
-
-  def draw(std_of):
-    def leaf(path, x):
-      name = str(getattr(path[-1], "key", path[-1]))
-      if name == "scale":
-        return jnp.ones(x.shape, jnp.float32)
-      if name == "bias":
-        return jnp.zeros(x.shape, jnp.float32)
-      return jnp.asarray(gen.normal(0.0, std_of(x.shape), x.shape).astype(np.float32))
-    return leaf
-
+  tok_rng, tr_rng = jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1)
   fan_in = lambda shape: 1.0 / np.sqrt(max(1, int(np.prod(shape[:-1]))))
   std = config.transformer.initializer_range
-  return (jax.tree_util.tree_map_with_path(draw(fan_in), tok_shapes),
-          jax.tree_util.tree_map_with_path(draw(lambda _: std), tr_shapes))
+  return (draw_params(tok_shapes, tok_rng, fan_in),
+          draw_params(tr_shapes, tr_rng, lambda _: std))
+
+
+def draw_params(abstract: Params, rng: jax.Array,
+                std_of: Callable[[Tuple[int, ...]], float]) -> Params:
+  """Random params for a tree of shapes, drawn with numpy (nothing is compiled).
+
+  Leaves named `scale` are 1, `bias` 0, the rest N(0, std_of(shape)). The numpy
+  generator is seeded from the key's data: the same key gives the same params.
+  """
+  key = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+  gen = np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
+
+  def leaf(path, x):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name == "scale":
+      return jnp.ones(x.shape, jnp.float32)
+    if name == "bias":
+      return jnp.zeros(x.shape, jnp.float32)
+    return jnp.asarray(gen.normal(0.0, std_of(x.shape), x.shape).astype(np.float32))
+
+  return jax.tree_util.tree_map_with_path(leaf, abstract)
 
 
 def official_checkpoint_names(config: MaskGITConfig) -> Tuple[str, str]:
