@@ -24,10 +24,13 @@ missing tensors or wrong shapes. Tensors allowed to go unused (IGNORED_*):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
 import re
+import socket
+import urllib.parse
 from typing import Any, Callable, Sequence
 
 import jax
@@ -108,11 +111,36 @@ def _conversion_hint() -> str:
           f"  {CONVERT_BIN_COMMAND}")
 
 
+def _offline_reason() -> str | None:
+  """Why the hub cannot be asked (HF_HUB_OFFLINE, or the endpoint unreachable), else None."""
+  from huggingface_hub import constants  # pylint: disable=import-outside-toplevel
+  offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+  if constants.HF_HUB_OFFLINE or offline_env:
+    return "HF_HUB_OFFLINE is set"
+  return _unreachable_reason(constants.ENDPOINT)
+
+
+@functools.lru_cache(maxsize=None)
+def _unreachable_reason(endpoint: str, timeout_s: float = 3.) -> str | None:
+  """One quick TCP probe of the hub endpoint per process; None when it answers.
+
+  Without it, huggingface_hub retries every file of every revision for about
+  25 s before it looks in the cache, and an offline run takes minutes to fail.
+  """
+  url = urllib.parse.urlsplit(endpoint)
+  host = url.hostname or endpoint
+  port = url.port or (80 if url.scheme == "http" else 443)
+  try:
+    socket.create_connection((host, port), timeout=timeout_s).close()
+  except OSError as err:
+    return f"{host}:{port} is unreachable ({err.strerror or err})"
+  return None
+
+
 def _bot_revisions(repo_id: str) -> list[str]:
   """refs/pr/N of the repo's SFconvertbot pull requests (needs the network), newest first."""
   import huggingface_hub  # pylint: disable=import-outside-toplevel
-  offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
-  if huggingface_hub.constants.HF_HUB_OFFLINE or offline_env:
+  if _offline_reason() is not None:
     return []
   try:
     found = huggingface_hub.HfApi().get_repo_discussions(
@@ -143,8 +171,9 @@ def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
   """Returns a directory holding `filenames` (and whichever optional files exist).
 
   A local directory is used as is; anything else is taken as a hub repo id and
-  fetched with `huggingface_hub.hf_hub_download` (the local cache is used, and
-  HF_HUB_OFFLINE=1 is honoured). Without an explicit `revision`, a repo whose
+  fetched with `huggingface_hub.hf_hub_download`; with HF_HUB_OFFLINE=1, or when
+  the hub endpoint does not answer a quick probe, only the local cache is
+  searched. Without an explicit `revision`, a repo whose
   main branch lacks model.safetensors is tried at SAFETENSORS_REVISIONS[repo]
   and at its SFconvertbot pull requests. Failures raise WeightsError with
   instructions.
@@ -163,24 +192,28 @@ def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
     raise WeightsError(f"{repo_id!r} is neither an existing directory nor a hub repo id. "
                        + _download_hint("<repo id>", filenames))
   import huggingface_hub  # pylint: disable=import-outside-toplevel
+  offline = _offline_reason()
   failures = []
+  download = functools.partial(huggingface_hub.hf_hub_download,
+                               local_files_only=offline is not None)
   for candidate in _hub_candidates(repo_id, filenames, revision):
     try:
-      local = [pathlib.Path(huggingface_hub.hf_hub_download(repo_id, f, revision=candidate))
-               for f in filenames]
+      local = [pathlib.Path(download(repo_id, f, revision=candidate)) for f in filenames]
     except Exception as err:  # offline, unknown repo or file, network error
-      failures.append(f"{candidate or 'main'}: {type(err).__name__}: {str(err)[:200]}")
+      reason = "" if offline else f": {type(err).__name__}: {str(err)[:200]}"
+      failures.append(f"{candidate or 'main'}{reason}")
       continue
     for name in optional_filenames:
       try:
-        huggingface_hub.hf_hub_download(repo_id, name, revision=candidate)
+        download(repo_id, name, revision=candidate)
       except Exception:  # optional file: absent or unreachable
         pass
     return local[0].parent
   hint_revision = revision or SAFETENSORS_REVISIONS.get(repo_id)
   raise WeightsError(
       f"could not get {list(filenames)} of Hugging Face repo '{repo_id}' "
-      f"(tried {'; '.join(failures)}). "
+      + (f"(hub not asked: {offline}; revisions not in the local cache: "
+         if offline else "(tried ") + f"{'; '.join(failures)}). "
       + _download_hint(repo_id, list(filenames) + list(optional_filenames), hint_revision)
       + "\n" + _conversion_hint())
 

@@ -1,6 +1,7 @@
 """The strict HF -> Flax converter, config reading and hub resolution (offline)."""
 import json
 import shutil
+import socket
 
 import huggingface_hub
 import jax
@@ -224,6 +225,7 @@ def test_hub_safetensors_from_converter_bot_pull_request(fixtures_dir, tmp_path,
   monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.download)
   monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
   monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  monkeypatch.setattr(hf_weights, "_unreachable_reason", lambda endpoint: None)  # "online"
   asked = []
 
   class FakeApi:
@@ -254,3 +256,33 @@ def test_missing_tokenizer_for_real_vocab(clip_copy):
   (clip_copy / "config.json").write_text(json.dumps(config))
   with pytest.raises(WeightsError, match="no tokenizer files"):
     hf_weights.load_clip(clip_copy)
+
+
+def _closed_local_port() -> int:
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]  # closed again on exit: connections are refused
+
+
+def test_unreachable_hub_searches_only_the_cache_and_fails_fast(fixtures_dir, tmp_path,
+                                                                monkeypatch):
+  """No HF_HUB_OFFLINE, but the endpoint refuses: one probe, cache-only lookups, no retries."""
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  endpoint = f"http://127.0.0.1:{_closed_local_port()}"
+  monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+  assert "is unreachable" in hf_weights._unreachable_reason(endpoint)
+  hub = FakeHub(tmp_path, {"refs/pr/7": {"config.json", "model.safetensors"}},
+                fixtures_dir / "encoders" / "dino_tiny")
+  flags = []
+
+  def cache_only(repo_id, filename, revision=None, local_files_only=False):
+    flags.append(local_files_only)
+    return hub.download(repo_id, filename, revision)
+  monkeypatch.setattr(huggingface_hub, "hf_hub_download", cache_only)
+  monkeypatch.setattr(huggingface_hub, "HfApi", None)  # a pull-request lookup would crash
+  bundle = hf_weights.load_dino()  # found "in the cache" at the known revision
+  assert bundle.config.patch_size == 8 and flags and all(flags)
+  hub.files = {}
+  with pytest.raises(WeightsError, match=r"hub not asked: 127\.0\.0\.1:\d+ is unreachable"):
+    hf_weights.load_dino()
