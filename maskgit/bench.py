@@ -8,10 +8,10 @@ image are edited in one call, versus K separate batch-1 calls (ratio), the
 first-call (compile) time, peak memory, and for bfloat16 the agreement with
 float32 for the same keys (fraction of identical tokens, max pixel difference).
 On a CPU keep it small, e.g. --ks 1,4 --repeats 2 (or --config tiny).
+With --breakdown it times the parts of one call instead (see maskgit.breakdown).
 """
 
 import json
-import resource
 import statistics
 import sys
 import time
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maskgit import checkpoints, configs, editing
+from maskgit import bench_setup, breakdown, checkpoints, configs, editing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "imagenet256", "MaskGIT config name.")
@@ -36,42 +36,9 @@ flags.DEFINE_boolean("separate", True, "Also time K separate batch-1 calls.")
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 flags.DEFINE_integer("seed", 0, "Seed of the random weights, image and keys.")
 flags.DEFINE_boolean("unroll", False, "Unroll the decoding loop.")
-
-
-def bench_boxes(num_boxes: int, side: int, seed: int) -> np.ndarray:
-  """(1, K, 4) token boxes of varied sizes inside the grid."""
-  rng = np.random.default_rng(seed)
-  sizes = rng.integers(max(1, side // 8), max(2, side // 2) + 1, (num_boxes, 2))
-  corners = [rng.integers(0, side - s + 1) for s in sizes.reshape(-1)]
-  corners = np.asarray(corners).reshape(num_boxes, 2)
-  return np.concatenate([corners, sizes], axis=1)[None].astype(np.int32)
-
-
-def peak_memory_bytes() -> tuple[int, str]:
-  """Peak device memory where the backend reports it, else process max RSS."""
-  stats = jax.local_devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    return int(stats["peak_bytes_in_use"]), "device peak"
-  rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return int(rss_kib) * 1024, "process max RSS"
-
-
-def _timed(fn, repeats: int) -> list[float]:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return times
-
-
-def _attention(choice: str, dtype: str) -> str | None:
-  if choice == "xla":
-    return None
-  if choice == "cudnn":
-    return "cudnn"
-  on_gpu = jax.default_backend() == "gpu"
-  return "cudnn" if on_gpu and dtype == "bfloat16" else None
+flags.DEFINE_boolean("breakdown", False,
+                     "Instead, time each part of one call (encoder, one transformer pass, "
+                     "decoding loop, pixel decoder) for each K and dtype.")
 
 
 def run_benchmark(config_name: str, ks: Sequence[int], dtypes: Sequence[str],
@@ -88,11 +55,11 @@ def run_benchmark(config_name: str, ks: Sequence[int], dtypes: Sequence[str],
   for dtype in dtypes:
     # Cast once here rather than inside every timed call (same numbers).
     tr_dtype = jax.block_until_ready(editing.cast_params(tr_params, editing.DTYPES[dtype]))
-    implementation = _attention(attention, dtype)
+    implementation = bench_setup.attention_for(attention, dtype)
     edit = editing.EditConfig(dtype=dtype, attention=implementation, unroll=unroll)
     editor = editing.make_editor(config, edit)
     for k in ks:
-      boxes = bench_boxes(k, side, seed + k)
+      boxes = bench_setup.bench_boxes(k, side, seed + k)
       keys = editing.box_keys(key, 1, k)
       call = lambda: editor(tok_params, tr_dtype, image, boxes, labels, keys)
       start = time.perf_counter()
@@ -109,7 +76,7 @@ def run_benchmark(config_name: str, ks: Sequence[int], dtypes: Sequence[str],
         start = time.perf_counter()
         first = jax.block_until_ready(call())
       compile_s = time.perf_counter() - start
-      batched = statistics.median(_timed(call, repeats))
+      batched = statistics.median(bench_setup.timed(call, repeats))
       row = dict(dtype=dtype, k=k, attention=implementation or "xla",
                  first_call_s=compile_s, batched_ms_per_image=1e3 * batched / k,
                  batched_ms_per_call=1e3 * batched)
@@ -118,7 +85,7 @@ def run_benchmark(config_name: str, ks: Sequence[int], dtypes: Sequence[str],
         single = lambda b, kk: editor(tok_params, tr_dtype, image, b, labels, kk)
         jax.block_until_ready(single(*singles[0]))  # compile batch-1
         loop = lambda: [single(b, kk) for b, kk in singles]
-        separate_s = statistics.median(_timed(loop, repeats))
+        separate_s = statistics.median(bench_setup.timed(loop, repeats))
         row.update(separate_ms_per_image=1e3 * separate_s / k,
                    speedup_vs_separate=separate_s / batched)
       tokens = np.asarray(first["tokens"])
@@ -132,7 +99,7 @@ def run_benchmark(config_name: str, ks: Sequence[int], dtypes: Sequence[str],
             identical_tokens=float(np.mean(tokens == ref_tokens)),
             identical_edited_tokens=float(np.mean((tokens == ref_tokens)[masked])),
             max_pixel_diff=float(np.abs(pixels - ref_pixels).max()))
-      peak, kind = peak_memory_bytes()
+      peak, kind = bench_setup.peak_memory_bytes()
       row.update(peak_memory_mib=peak / 2**20, memory_kind=kind)
       rows.append(row)
       print(format_row(row), flush=True)
@@ -171,6 +138,14 @@ def main(argv: Sequence[str]) -> None:
   device = jax.local_devices()[0]
   print(f"device: {device.platform} {device.device_kind}; jax {jax.__version__}; "
         f"config {FLAGS.config}; repeats {FLAGS.repeats}", flush=True)
+  if FLAGS.breakdown:
+    for dtype in dtypes:
+      for k in ks:
+        print(f"== breakdown: {dtype}, K={k}, unroll {FLAGS.unroll}", flush=True)
+        print(breakdown.format_rows(breakdown.run_breakdown(
+            FLAGS.config, k, dtype, FLAGS.repeats, FLAGS.attention, FLAGS.unroll,
+            FLAGS.seed)), flush=True)
+    return
   print(HEADER, flush=True)
   rows = run_benchmark(FLAGS.config, ks, dtypes, FLAGS.repeats, FLAGS.attention,
                        FLAGS.separate, FLAGS.seed, FLAGS.unroll)

@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
-# The GPU benchmarks of one device session, in one call (each part under its own
-# time limit): lr_jax's full-size train step and inference, then MaskGIT batched
-# editing in bfloat16 with three loop/launch variants. Results go to $OUT.
-# The limits (T_LR, T_MG, T_UNROLL seconds) add up to about 9 minutes: a fresh GPU
-# machine spends most of each part building the random weights and compiling.
+# The GPU benchmarks of one device session, in one call of about 9 minutes, most
+# important first, each part under its own time limit (seconds, overridable):
+#   1. MaskGIT batched editing, float32 and bfloat16, K=8 and 28 (the #2 target).
+#   2. The same, bfloat16, part by part (encoder, transformer pass, loop, decoder).
+#   3. bfloat16 with XLA command buffers for while loops, then with the loop unrolled.
+#   4. lr_jax's full-size inference and train step.
+# Results (JSON) go to $OUT. The GPU image lacks ml_collections: carry its wheel,
+#   pip download --no-deps ml_collections==1.1.0 -d .whl
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/lr_jax_bench}; mkdir -p "$OUT"
-if [ -d .whl ]; then  # packages the GPU image lacks (ml_collections), carried as wheels
+if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 quiet() { grep -v -E '^(I|W)[0-9]{4} ' ; }
-timeout "${T_LR:-240}" python3 -m lr_jax.bench --config configs/maskgit_imagenet256.py \
+MG="python3 -m maskgit.bench --config imagenet256 --ks 8,28 --repeats 10 --noseparate"
+echo "== 1. maskgit, float32 and bfloat16"
+timeout "${T_BASE:-150}" $MG --dtype float32,bfloat16 --json "$OUT/mg_base.json" 2>&1 | quiet | tail -6
+echo "== 2. maskgit bfloat16, part by part"
+timeout "${T_PARTS:-100}" $MG --dtype bfloat16 --breakdown 2>&1 | quiet | tail -16
+echo "== 3a. maskgit bfloat16, command buffers for while loops"
+XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL timeout "${T_CMDBUF:-70}" \
+  $MG --dtype bfloat16 --json "$OUT/mg_cmdbuf.json" 2>&1 | quiet | tail -3
+echo "== 3b. maskgit bfloat16, unrolled loop"
+timeout "${T_UNROLL:-110}" $MG --dtype bfloat16 --unroll --json "$OUT/mg_unroll.json" 2>&1 \
+  | quiet | tail -3
+echo "== 4. lr_jax, ImageNet-256 sizes"
+timeout "${T_LR:-120}" python3 -m lr_jax.bench --config configs/maskgit_imagenet256.py \
   --what edit,train --repeats 3 --json "$OUT/lr_bench.json" 2>&1 | quiet | tail -4
-MG="python3 -m maskgit.bench --config imagenet256 --ks 8,28 --dtype bfloat16 --repeats 10 --noseparate"
-echo "== maskgit bf16, loop"; timeout "${T_MG:-80}" $MG --json "$OUT/mg_loop.json" 2>&1 | quiet | tail -3
-echo "== maskgit bf16, loop + command buffers for while loops"
-XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL timeout "${T_MG:-80}" $MG \
-  --json "$OUT/mg_cmdbuf.json" 2>&1 | quiet | tail -3
-echo "== maskgit bf16, unrolled"; timeout "${T_UNROLL:-150}" $MG --unroll --json "$OUT/mg_unroll.json" 2>&1 | quiet | tail -3

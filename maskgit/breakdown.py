@@ -1,0 +1,120 @@
+"""Where the time of one batched edit call goes, part by part.
+
+Run through the benchmark: `python -m maskgit.bench --breakdown --ks 8 --dtype bfloat16`.
+
+Each part of `editing.edit_images` is jitted and timed on its own, with random
+weights, at the batch of one call with K boxes: the tokenizer's encoder (one
+image), one transformer pass, the whole decoding loop, the pixel decoder, and
+the full edit call. XLA's FLOP count of the loop-free parts gives the rate they
+reach (the loop's FLOPs are its passes times one pass). The row "rest" is what
+the full call spends outside the parts (masking, compositing, launches); a
+negative value means the fused call is faster than its parts.
+"""
+
+import statistics
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from maskgit import bench_setup, checkpoints, configs, decoding, editing
+from maskgit.transformer import Transformer
+from maskgit.vqgan import VQGAN
+
+def _flops(jitted: Callable, *args) -> float | None:
+  """XLA's FLOP estimate of one call (loop bodies counted once), if available."""
+  try:
+    cost = jitted.lower(*args).compile().cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+def _median_seconds(fn: Callable, args: Sequence[Any], repeats: int) -> float:
+  jax.block_until_ready(fn(*args))  # compile and warm up
+  return statistics.median(bench_setup.timed(lambda: fn(*args), repeats))
+
+
+def run_breakdown(config_name: str, num_boxes: int, dtype: str, repeats: int,
+                  attention: str = "auto", unroll: bool = False,
+                  seed: int = 0) -> list[dict[str, Any]]:
+  """One row per part: name, ms per call, share of the full call, FLOPs, TFLOP/s."""
+  config = configs.get_config(config_name)
+  tok_params, tr_params = checkpoints.init_params(config, jax.random.PRNGKey(seed))
+  compute = editing.DTYPES[dtype]
+  tr_cast = jax.block_until_ready(editing.cast_params(tr_params, compute))
+  tok_cast = jax.block_until_ready(editing.cast_params(tok_params, compute))
+  implementation = bench_setup.attention_for(attention, dtype)
+  edit = editing.EditConfig(dtype=dtype, attention=implementation, unroll=unroll)
+  side, size = config.tokens_per_side, config.image_size
+
+  image = jax.random.uniform(jax.random.PRNGKey(seed + 1), (1, size, size, 3))
+  boxes = bench_setup.bench_boxes(num_boxes, side, seed + num_boxes)
+  labels = jnp.array([1], jnp.int32)
+  keys = editing.box_keys(jax.random.PRNGKey(seed + 2), 1, num_boxes)
+
+  encoder = VQGAN(config.tokenizer, dtype=jnp.float32)
+  encode = jax.jit(lambda p, x: encoder.apply({"params": p}, x,
+                                              method=VQGAN.encode_to_indices))
+  ids = encode(tok_params, image)
+  token_mask = editing.box_token_mask(jnp.asarray(boxes), side, edit.grow_tokens)
+  masked = jnp.where(token_mask, config.mask_token_id, ids[:, None]).reshape(num_boxes, -1)
+  inputs = jnp.concatenate(
+      [jnp.full((num_boxes, 1), config.class_token(labels)[0]), masked], axis=-1)
+
+  transformer = Transformer(config.transformer, dtype=compute,
+                            attention_implementation=implementation)
+  logits_fn = lambda p, seq: transformer.apply({"params": p}, seq, deterministic=True)
+  one_pass = jax.jit(logits_fn)
+  loop = jax.jit(lambda p, seq, k: decoding.decode(
+      seq, k, lambda s: logits_fn(p, s), num_iter=edit.num_iter,
+      start_iter=edit.start_iter, choice_temperature=edit.choice_temperature,
+      codebook_size=config.codebook_size, mask_token_id=config.mask_token_id,
+      schedule=edit.schedule, unroll=edit.unroll))
+  tokens = loop(tr_cast, inputs, keys[0])[:, 1:].reshape(-1, side, side)
+  pixel_decoder = VQGAN(config.tokenizer, dtype=compute)
+  decode_pixels = jax.jit(lambda p, t: pixel_decoder.apply(
+      {"params": p}, t, method=VQGAN.decode_from_indices))
+  full = jax.jit(lambda tp, rp, im, b, l, k: editing.edit_images(
+      tp, rp, im, b, l, k, config=config, edit=edit))
+
+  passes = edit.num_iter - edit.start_iter
+  pass_flops = _flops(one_pass, tr_cast, inputs)
+  # (name, function, arguments, FLOPs, part of the full call's sum)
+  parts = [
+      ("encode (1 image)", encode, (tok_params, image),
+       _flops(encode, tok_params, image), True),
+      ("  one transformer pass", one_pass, (tr_cast, inputs), pass_flops, False),
+      (f"decoding loop ({passes} passes)", loop, (tr_cast, inputs, keys[0]),
+       passes * pass_flops if pass_flops else None, True),
+      ("pixel decoder", decode_pixels, (tok_cast, tokens),
+       _flops(decode_pixels, tok_cast, tokens), True),
+  ]
+  full_args = (tok_params, tr_cast, image, jnp.asarray(boxes), labels, keys)
+  full_s = _median_seconds(full, full_args, repeats)
+  rows = []
+  summed = 0.
+  for name, fn, args, flops, additive in parts:
+    seconds = _median_seconds(fn, args, repeats)
+    summed += seconds if additive else 0.
+    rows.append(dict(part=name, ms=1e3 * seconds, share=seconds / full_s, flops=flops,
+                     tflops_per_s=flops / seconds / 1e12 if flops else None))
+  rows.append(dict(part="rest", ms=1e3 * (full_s - summed), share=1. - summed / full_s,
+                   flops=None, tflops_per_s=None))
+  rows.append(dict(part=f"full edit call (K={num_boxes})", ms=1e3 * full_s, share=1.,
+                   flops=None, tflops_per_s=None))
+  return rows
+
+
+def format_rows(rows: Sequence[dict[str, Any]]) -> str:
+  """A plain-text table of `run_breakdown` rows."""
+  lines = [f"{'part':<28} {'ms/call':>9} {'share':>6} {'GFLOP':>9} {'TFLOP/s':>8}"]
+  for row in rows:
+    gflop = f"{row['flops'] / 1e9:9.2f}" if row['flops'] else f"{'-':>9}"
+    rate = f"{row['tflops_per_s']:8.2f}" if row["tflops_per_s"] else f"{'-':>8}"
+    lines.append(f"{row['part']:<28} {row['ms']:9.2f} {100 * row['share']:5.1f}% "
+                 f"{gflop} {rate}")
+  return "\n".join(lines)
