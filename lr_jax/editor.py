@@ -50,8 +50,9 @@ def refine(rgn_params, models: Models, frozen, batch, config, steps: int, seed: 
   """The official per-image mode: a few Adam steps of the RGN on this image alone."""
   if steps <= 0:
     return rgn_params
-  state = step_lib.TrainState(
-      np.zeros((), np.int32), rgn_params, step_lib.make_optimizer(config).init(rgn_params))
+  # On the default device, placed as the step's outputs will be: one compile.
+  state = jax.device_put(step_lib.TrainState(
+      np.zeros((), np.int32), rgn_params, step_lib.make_optimizer(config).init(rgn_params)))
   train_step = train_step or step_lib.make_train_step(models, config, donate=False)
   rng = jax.random.PRNGKey(seed)
   for _ in range(steps):

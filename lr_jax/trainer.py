@@ -125,8 +125,8 @@ def train(config, workdir: str | pathlib.Path, *, models: Models | None = None,
 
 
 def load_rgn_params(path: str | pathlib.Path, models: Models, config) -> Any:
-  """RGN parameters from a training workdir (its newest checkpoint) or from one of
-  its `checkpoints/<step>` folders."""
+  """RGN parameters (numpy) from a training workdir (its newest checkpoint) or from
+  one of its `checkpoints/<step>` folders."""
   path = pathlib.Path(path)
   if path.name.isdigit() and path.parent.name == "checkpoints":
     if not path.is_dir():
@@ -155,4 +155,6 @@ def load_rgn_params(path: str | pathlib.Path, models: Models, config) -> Any:
           f"(anchors, sizes, widths or DINO size differ?): {e}") from e
   finally:
     manager.close()
-  return state.params
+  # Host arrays: restored ones carry the training mesh's sharding, and a jitted
+  # step fed those first and its own outputs next would compile twice.
+  return sharding.to_host(state.params)

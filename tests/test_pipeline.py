@@ -154,6 +154,21 @@ def test_refinement_mode_moves_the_rgn(built, examples):
   assert max(diffs) > 0
 
 
+def test_refining_from_a_checkpoint_compiles_the_step_once(examples, tmp_path):
+  """Restored parameters come back as host arrays; refinement then reuses one compile."""
+  fresh = build_models(tiny_config())   # its own jit cache, so compiles can be counted
+  models, frozen = fresh
+  _train(fresh, examples, tmp_path / "wd", **{"train.max_steps": 1})
+  params = trainer.load_rgn_params(tmp_path / "wd", models, tiny_config())
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(params))
+  editor.run_edit(tiny_config(), examples, rgn_checkpoint=str(tmp_path / "wd"),
+                  refine_steps=2, models=models, frozen=frozen, progress=False)
+  # On a CPU training and refining share one jitted step (nothing donated): one
+  # compile for the training mesh's placement, one for 2 images x 2 refine steps.
+  step = trainer.step_lib.make_train_step(models, tiny_config(), donate=False)
+  assert jax.default_backend() == "cpu" and step._cache_size() == 2
+
+
 def test_prompt_errors(built, examples, tmp_path):
   models, frozen = built
   bad = [manifest_lib.Example(examples[0].image_path, "zzqx blorp", None, None)]
