@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from lr_jax import hf_weights
+from lr_jax import hf_files, hf_weights
 from lr_jax.hf_weights import WeightsError
 
 
@@ -225,7 +225,7 @@ def test_hub_safetensors_from_converter_bot_pull_request(fixtures_dir, tmp_path,
   monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.download)
   monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
   monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-  monkeypatch.setattr(hf_weights, "_unreachable_reason", lambda endpoint: None)  # "online"
+  monkeypatch.setattr(hf_files, "_unreachable_reason", lambda endpoint: None)  # "online"
   asked = []
 
   class FakeApi:
@@ -271,7 +271,7 @@ def test_unreachable_hub_searches_only_the_cache_and_fails_fast(fixtures_dir, tm
   monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
   endpoint = f"http://127.0.0.1:{_closed_local_port()}"
   monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
-  assert "is unreachable" in hf_weights._unreachable_reason(endpoint)
+  assert "is unreachable" in hf_files._unreachable_reason(endpoint)
   hub = FakeHub(tmp_path, {"refs/pr/7": {"config.json", "model.safetensors"}},
                 fixtures_dir / "encoders" / "dino_tiny")
   flags = []

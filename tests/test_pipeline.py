@@ -103,7 +103,7 @@ def test_nan_loss_names_step_and_image(built, examples, tmp_path):
 
 def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
   models, frozen = built
-  result = _train(built, examples, tmp_path / "wd")
+  _train(built, examples, tmp_path / "wd")
   out = editor.run_edit(tiny_config(), examples, out_dir=tmp_path / "out",
                         rgn_checkpoint=str(tmp_path / "wd"), models=models, frozen=frozen,
                         progress=False)

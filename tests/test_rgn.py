@@ -1,5 +1,4 @@
 """RGN, straight-through Gumbel-softmax, candidate selection, and a learning test."""
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -1,0 +1,211 @@
+"""Finding and reading Hugging Face checkpoint files (no model code here).
+
+`resolve_hf_repo` turns a hub repo id or a local directory into a directory that
+holds the wanted files. The main branch of facebook/dino-vitb16 holds only
+`pytorch_model.bin` (and a TF file); its `model.safetensors` lives in the hub's
+"Adding `safetensors` variant of this model" pull request (refs/pr/7, opened by
+SFconvertbot), and the hub listings suggest the same for
+openai/clip-vit-base-patch16 (PR number unknown here). So the resolver tries the
+main branch, then the revisions in SAFETENSORS_REVISIONS, then (online) that
+pull request. With HF_HUB_OFFLINE=1, or when the hub does not answer one quick
+probe, only the local cache is searched, so an offline run fails in seconds.
+Failures name the download (and a one-time pytorch_model.bin ->
+model.safetensors conversion, the only step that needs torch).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import re
+import socket
+import urllib.parse
+from typing import Any, Sequence
+
+import numpy as np
+
+MODEL_FILES = ("config.json", "model.safetensors")
+WEIGHTS_FILE = "model.safetensors"
+# Hub repos whose main branch lacks model.safetensors -> a revision that has it
+# (facebook/dino-vitb16: SFconvertbot pull request #7, commit a77533c).
+SAFETENSORS_REVISIONS = {"facebook/dino-vitb16": "refs/pr/7"}
+SAFETENSORS_BOT = "SFconvertbot"
+CONVERT_BIN_COMMAND = (
+    "python -c \"import torch; from safetensors.torch import save_file; "
+    "sd = torch.load('DIR/pytorch_model.bin', map_location='cpu', weights_only=True); "
+    "save_file({k: v.contiguous() for k, v in sd.items()}, 'DIR/model.safetensors')\"")
+
+
+class WeightsError(ValueError):
+  """A checkpoint could not be found, read, or mapped onto the Flax model."""
+
+
+
+def download_hint(repo_id: str, filenames: Sequence[str], revision: str | None = None) -> str:
+  revision_arg = f" --revision {revision}" if revision else ""
+  return (f"On a machine with network access run\n"
+          f"  huggingface-cli download {repo_id} {' '.join(filenames)}{revision_arg} --local-dir DIR\n"
+          f"(or `hf download ...` with the same arguments), copy DIR here and pass DIR "
+          f"(a local directory) instead of the repo id.")
+
+
+def _conversion_hint() -> str:
+  return ("If a repo offers only pytorch_model.bin (the main branch of facebook/dino-vitb16 does, and "
+          "apparently that of openai/clip-vit-base-patch16; their model.safetensors is in the hub "
+          "pull request 'Adding `safetensors` variant of this model', refs/pr/N, see the repo's "
+          "Community tab), download that revision (--revision refs/pr/N), or convert once on a "
+          "machine with torch (lr_jax itself never needs torch):\n"
+          f"  {CONVERT_BIN_COMMAND}")
+
+
+def _offline_reason() -> str | None:
+  """Why the hub cannot be asked (HF_HUB_OFFLINE, or the endpoint unreachable), else None."""
+  from huggingface_hub import constants  # pylint: disable=import-outside-toplevel
+  offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+  if constants.HF_HUB_OFFLINE or offline_env:
+    return "HF_HUB_OFFLINE is set"
+  return _unreachable_reason(constants.ENDPOINT)
+
+
+@functools.lru_cache(maxsize=None)
+def _unreachable_reason(endpoint: str, timeout_s: float = 3.) -> str | None:
+  """One quick TCP probe of the hub endpoint per process; None when it answers.
+
+  Without it, huggingface_hub retries every file of every revision for about
+  25 s before it looks in the cache, and an offline run takes minutes to fail.
+  """
+  url = urllib.parse.urlsplit(endpoint)
+  host = url.hostname or endpoint
+  port = url.port or (80 if url.scheme == "http" else 443)
+  try:
+    socket.create_connection((host, port), timeout=timeout_s).close()
+  except OSError as err:
+    return f"{host}:{port} is unreachable ({err.strerror or err})"
+  return None
+
+
+def _bot_revisions(repo_id: str) -> list[str]:
+  """refs/pr/N of the repo's SFconvertbot pull requests (needs the network), newest first."""
+  import huggingface_hub  # pylint: disable=import-outside-toplevel
+  if _offline_reason() is not None:
+    return []
+  try:
+    found = huggingface_hub.HfApi().get_repo_discussions(
+        repo_id, author=SAFETENSORS_BOT, discussion_type="pull_request")
+    return [f"refs/pr/{d.num}" for d in found]
+  except Exception:  # offline, rate limit, no such repo: nothing to add
+    return []
+
+
+def _hub_candidates(repo_id: str, filenames: Sequence[str], revision: str | None):
+  """Yields revisions to try: the given one, else main, the known one, the bot's PRs."""
+  if revision is not None:
+    yield revision
+    return
+  yield None
+  known = SAFETENSORS_REVISIONS.get(repo_id)
+  if WEIGHTS_FILE in filenames:
+    if known is not None:
+      yield known
+    for ref in _bot_revisions(repo_id):
+      if ref != known:
+        yield ref
+
+
+def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
+                    optional_filenames: Sequence[str] = (),
+                    revision: str | None = None) -> pathlib.Path:
+  """Returns a directory holding `filenames` (and whichever optional files exist).
+
+  A local directory is used as is; anything else is taken as a hub repo id and
+  fetched with `huggingface_hub.hf_hub_download`; with HF_HUB_OFFLINE=1, or when
+  the hub endpoint does not answer a quick probe, only the local cache is
+  searched. Without an explicit `revision`, a repo whose
+  main branch lacks model.safetensors is tried at SAFETENSORS_REVISIONS[repo]
+  and at its SFconvertbot pull requests. Failures raise WeightsError with
+  instructions.
+  """
+  path = pathlib.Path(repo_id_or_dir).expanduser()
+  if path.is_dir():
+    missing = [f for f in filenames if not (path / f).is_file()]
+    if missing:
+      hint = download_hint("<repo id>", filenames)
+      if WEIGHTS_FILE in missing:
+        hint += "\n" + _conversion_hint().replace("DIR", str(path))
+      raise WeightsError(f"directory {path} lacks {missing}. " + hint)
+    return path
+  repo_id = str(repo_id_or_dir)
+  if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id):
+    raise WeightsError(f"{repo_id!r} is neither an existing directory nor a hub repo id. "
+                       + download_hint("<repo id>", filenames))
+  import huggingface_hub  # pylint: disable=import-outside-toplevel
+  offline = _offline_reason()
+  failures = []
+  download = functools.partial(huggingface_hub.hf_hub_download,
+                               local_files_only=offline is not None)
+  for candidate in _hub_candidates(repo_id, filenames, revision):
+    try:
+      local = [pathlib.Path(download(repo_id, f, revision=candidate)) for f in filenames]
+    except Exception as err:  # offline, unknown repo or file, network error
+      reason = "" if offline else f": {type(err).__name__}: {str(err)[:200]}"
+      failures.append(f"{candidate or 'main'}{reason}")
+      continue
+    for name in optional_filenames:
+      try:
+        download(repo_id, name, revision=candidate)
+      except Exception:  # optional file: absent or unreachable
+        pass
+    return local[0].parent
+  hint_revision = revision or SAFETENSORS_REVISIONS.get(repo_id)
+  raise WeightsError(
+      f"could not get {list(filenames)} of Hugging Face repo '{repo_id}' "
+      + (f"(hub not asked: {offline}; revisions not in the local cache: "
+         if offline else "(tried ") + f"{'; '.join(failures)}). "
+      + download_hint(repo_id, list(filenames) + list(optional_filenames), hint_revision)
+      + "\n" + _conversion_hint())
+
+
+def _diagnose_safetensors(path: pathlib.Path) -> str:
+  """Why a safetensors file failed to load: a bad header, truncation, or something else."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(8)
+      if len(head) < 8:
+        return "the file is shorter than a safetensors header: it is truncated or not safetensors"
+      size = int.from_bytes(head, "little")
+      if size > 100_000_000:
+        return "its header length is implausible: it is corrupt or not a safetensors file"
+      header = json.loads(f.read(size))
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+              default=0)
+    dtypes = sorted({str(v.get("dtype")) for k, v in header.items() if k != "__metadata__"})
+  except (OSError, ValueError, TypeError, KeyError) as err:
+    return f"its header cannot be parsed ({err}): it is corrupt or not a safetensors file"
+  actual = path.stat().st_size - 8 - size
+  if actual < end:
+    return (f"it is truncated ({actual} data bytes, the header describes {end}): "
+            f"download it again")
+  return (f"the header is intact (tensor dtypes {dtypes}); this installation of safetensors "
+          f"cannot read one of these dtypes: upgrade safetensors / ml_dtypes")
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """All tensors of a safetensors file as numpy arrays; unreadable -> WeightsError.
+
+  bfloat16 / float16 tensors are kept as stored (numpy bfloat16 via ml_dtypes);
+  `convert_state` casts every used tensor to float32.
+  """
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  try:
+    return load_file(str(path))
+  except Exception as err:
+    raise WeightsError(f"could not read safetensors file {path} ({type(err).__name__}: {err}); "
+                       f"{_diagnose_safetensors(pathlib.Path(path))}.") from err
+
+
+def read_json(path: pathlib.Path) -> dict[str, Any]:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as err:
+    raise WeightsError(f"could not read config {path}: {err}") from err
