@@ -7,8 +7,9 @@ weights, at the batch of one call with K boxes: the tokenizer's encoder (one
 image), one transformer pass, the whole decoding loop, the pixel decoder, and
 the full edit call. XLA's FLOP count of the loop-free parts gives the rate they
 reach (the loop's FLOPs are its passes times one pass). The row "rest" is what
-the full call spends outside the parts (masking, compositing, launches); a
-negative value means the fused call is faster than its parts.
+the full call spends outside the parts (masking, the cast of the tokenizer's
+weights, compositing, launches); a negative value means the fused call is
+faster than its parts.
 """
 
 import statistics
@@ -17,9 +18,10 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from maskgit import bench_setup, checkpoints, configs, decoding, editing
+from maskgit import bench_lib, checkpoints, configs, decoding, editing
 from maskgit.transformer import Transformer
 from maskgit.vqgan import VQGAN
+
 
 def _flops(jitted: Callable, *args) -> float | None:
   """XLA's FLOP estimate of one call (loop bodies counted once), if available."""
@@ -35,7 +37,7 @@ def _flops(jitted: Callable, *args) -> float | None:
 
 def _median_seconds(fn: Callable, args: Sequence[Any], repeats: int) -> float:
   jax.block_until_ready(fn(*args))  # compile and warm up
-  return statistics.median(bench_setup.timed(lambda: fn(*args), repeats))
+  return statistics.median(bench_lib.timed(lambda: fn(*args), repeats))
 
 
 def run_breakdown(config_name: str, num_boxes: int, dtype: str, repeats: int,
@@ -47,12 +49,12 @@ def run_breakdown(config_name: str, num_boxes: int, dtype: str, repeats: int,
   compute = editing.DTYPES[dtype]
   tr_cast = jax.block_until_ready(editing.cast_params(tr_params, compute))
   tok_cast = jax.block_until_ready(editing.cast_params(tok_params, compute))
-  implementation = bench_setup.attention_for(attention, dtype)
+  implementation = bench_lib.attention_for(attention, dtype)
   edit = editing.EditConfig(dtype=dtype, attention=implementation, unroll=unroll)
   side, size = config.tokens_per_side, config.image_size
 
   image = jax.random.uniform(jax.random.PRNGKey(seed + 1), (1, size, size, 3))
-  boxes = bench_setup.bench_boxes(num_boxes, side, seed + num_boxes)
+  boxes = bench_lib.bench_boxes(num_boxes, side, seed + num_boxes)
   labels = jnp.array([1], jnp.int32)
   keys = editing.box_keys(jax.random.PRNGKey(seed + 2), 1, num_boxes)
 

@@ -1,12 +1,16 @@
-"""The MaskGIT benchmark scripts run, and report what they claim to (tiny config)."""
+"""The MaskGIT benchmark runs, and reports what it claims to (tiny config)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from maskgit import bench, bench_setup, breakdown, configs
+from maskgit import bench_lib, breakdown, configs
 
 
 def test_bench_boxes_are_valid_and_varied():
-  boxes = bench_setup.bench_boxes(28, 16, seed=3)[0]
+  boxes = bench_lib.bench_boxes(28, 16, seed=3)[0]
   top, left, height, width = boxes.T
   assert boxes.shape == (28, 4)
   assert np.all(height >= 2) and np.all(width >= 2)
@@ -15,7 +19,7 @@ def test_bench_boxes_are_valid_and_varied():
 
 
 def test_benchmark_rows_compare_batched_with_separate_and_bfloat16_with_float32():
-  rows = bench.run_benchmark("tiny", ks=[1, 3], dtypes=["float32", "bfloat16"], repeats=1)
+  rows = bench_lib.run_benchmark("tiny", ks=[1, 3], dtypes=["float32", "bfloat16"], repeats=1)
   assert [(r["dtype"], r["k"]) for r in rows] == [
       ("float32", 1), ("float32", 3), ("bfloat16", 1), ("bfloat16", 3)]
   for row in rows:
@@ -26,7 +30,7 @@ def test_benchmark_rows_compare_batched_with_separate_and_bfloat16_with_float32(
     assert 0 <= row["identical_tokens"] <= 1 and np.isfinite(row["max_pixel_diff"])
   # Outside the boxes the tokens are the input's in both dtypes: most agree.
   assert rows[3]["identical_tokens"] > 0.5
-  print(bench.format_row(rows[-1]))
+  assert bench_lib.format_row(rows[-1]).split()[:2] == ["bfloat16", "3"]
 
 
 def _transformer_pass_flops(config: configs.MaskGITConfig, batch: int) -> float:
@@ -55,3 +59,17 @@ def test_breakdown_parts_add_up_and_count_flops():
   assert loop["flops"] == pytest.approx(10 * one_pass["flops"])
   assert by_part["pixel decoder"]["flops"] > 0 and by_part["encode (1 image)"]["flops"] > 0
   assert "full edit call (K=3)" in breakdown.format_rows(rows)
+
+
+def test_bench_command_line_breakdown():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  run = subprocess.run(
+      [sys.executable, "-m", "maskgit.bench", "--config", "tiny", "--ks", "2",
+       "--dtype", "float32", "--repeats", "1", "--breakdown"],
+      capture_output=True, text=True, env=env, timeout=300, check=False)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "== breakdown: float32, K=2" in run.stdout
+  assert "full edit call (K=2)" in run.stdout and "pixel decoder" in run.stdout
+  bad = subprocess.run([sys.executable, "-m", "maskgit.bench", "--ks", "x"],
+                       capture_output=True, text=True, env=env, timeout=120, check=False)
+  assert bad.returncode == 1 and "--ks must be comma-separated integers" in bad.stderr
