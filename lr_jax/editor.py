@@ -60,11 +60,42 @@ def refine(rgn_params, models: Models, frozen, batch, config, steps: int, seed: 
   return state.params
 
 
-def _record(ex, prepared, i, out, seed, config, image_size, original_shape, checkpoint):
+def _tokens_to_pixels(boxes: np.ndarray, grid: int, original_shape) -> list:
+  """(..., 4) token boxes (top, left, height, width) -> original-pixel boxes, rounded outward."""
+  boxes = np.asarray(boxes, np.float64)
+  sy, sx = original_shape[0] / grid, original_shape[1] / grid
+  top = np.floor(boxes[..., 0] * sy)
+  left = np.floor(boxes[..., 1] * sx)
+  bottom = np.ceil((boxes[..., 0] + boxes[..., 2]) * sy)
+  right = np.ceil((boxes[..., 1] + boxes[..., 3]) * sx)
+  return np.stack([top, left, bottom - top, right - left], -1).astype(int).tolist()
+
+
+def _grown(boxes: np.ndarray, grow: int, grid: int) -> np.ndarray:
+  """Token boxes grown by `grow` on each side and clamped to the grid, as MaskGIT masks them."""
+  boxes = np.asarray(boxes, np.int64)
+  top = np.clip(boxes[..., 0] - grow, 0, grid)
+  left = np.clip(boxes[..., 1] - grow, 0, grid)
+  bottom = np.clip(boxes[..., 0] + boxes[..., 2] + grow, 0, grid)
+  right = np.clip(boxes[..., 1] + boxes[..., 3] + grow, 0, grid)
+  return np.stack([top, left, bottom - top, right - left], -1)
+
+
+def _changed_region(result: np.ndarray, original: np.ndarray) -> list[int] | None:
+  """Bounding box (top, left, height, width) of the pixels where `result` != `original`."""
+  changed = np.any(result != original, axis=-1)
+  rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+  if not rows.size:
+    return None
+  return [int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)]
+
+
+def _record(ex, prepared, i, out, seed, config, image_size, original_shape, checkpoint,
+            changed_region):
   m = prepared.matches[i]
   grid = out["attention"].shape[-1]
-  scale = np.asarray([original_shape[0], original_shape[1]] * 2, np.float64) / grid
   best = int(out["best"])
+  edited = _grown(out["boxes"], int(config.edit.grow_tokens), grid)
   return {
       "image": str(ex.image_path), "prompt": ex.prompt,
       "class": {"id": m.class_id, "name": m.name, "method": m.method,
@@ -73,7 +104,12 @@ def _record(ex, prepared, i, out, seed, config, image_size, original_shape, chec
       "anchors_rc_tokens": out["anchors"].tolist(),
       "chosen_box_index": out["chosen"].tolist(),
       "boxes_tlhw_tokens": out["boxes"].tolist(),
-      "boxes_tlhw_pixels_original": (out["boxes"] * scale).round().astype(int).tolist(),
+      "boxes_tlhw_pixels_original": _tokens_to_pixels(out["boxes"], grid, original_shape),
+      # What MaskGIT regenerates: each box grown by config.edit.grow_tokens, clamped.
+      "masked_boxes_tlhw_tokens": edited.tolist(),
+      "masked_boxes_tlhw_pixels_original": _tokens_to_pixels(edited, grid, original_shape),
+      # Outside this box the written photo is the input, pixel for pixel.
+      "changed_region_tlhw_pixels_original": changed_region,
       "scores": {"S": out["scores"].tolist(), "s_t2i": out["s_t2i"].tolist(),
                  "s_i2i": out["s_i2i"].tolist(), "alpha": config.score.alpha,
                  "beta": config.score.beta},
@@ -118,7 +154,7 @@ def edit_examples(models: Models, frozen, rgn_params, examples: list[manifest_li
     result = images_lib.composite_to_original(
         original, out["candidates"][best], out["masks"][best])
     record = _record(ex, prepared, i, out, seed, config, models.maskgit.image_size,
-                     original.shape, checkpoint)
+                     original.shape, checkpoint, _changed_region(result, original))
     files = {}
     if out_dir is not None:
       stem = f"{i:03d}_{pathlib.Path(ex.image_path).stem}_{_slug(ex.prompt)}"

@@ -61,6 +61,10 @@ def find_regions(models: Models, frozen: Any, images: Array, config) -> Regions:
   feats, attention = models.dino_features(frozen["dino"], images)      # (B,g,g,D), (B,g,g)
   grid = models.maskgit.tokens_per_side
   feat_grid = feats.shape[1]
+  if feat_grid % grid:
+    raise ValueError(
+        f"The DINO patch grid ({feat_grid}x{feat_grid}) must be a whole multiple of the "
+        f"MaskGIT token grid ({grid}x{grid}): pick a DINO patch size / image size that fits.")
   if feat_grid != grid:  # e.g. DINO B/8: average the attention onto the token grid
     f = feat_grid // grid
     attention = attention.reshape(attention.shape[0], grid, f, grid, f).mean((2, 4))
@@ -75,12 +79,15 @@ def find_regions(models: Models, frozen: Any, images: Array, config) -> Regions:
 
 def edit_boxes(models: Models, frozen: Any, images: Array, boxes: Array, labels: Array,
                rng: Array) -> dict[str, Array]:
-  """MaskGIT edits of every box in one batched call. boxes: (B, N, 4) tokens."""
+  """MaskGIT edits of every box in one batched call, clipped to [0, 1]. boxes: (B, N, 4) tokens."""
   b, n = boxes.shape[:2]
   keys = editing.box_keys(rng, b, n)
   out = editing.edit_images(
       frozen["vqgan"], frozen["transformer"], images, jnp.round(boxes).astype(jnp.int32),
       labels, keys, config=models.maskgit, edit=models.edit)
+  # The decoder's output is not clipped; the saved photo is. Clip here so that CLIP
+  # scores and trains on the pixels that are written out.
+  out["images"] = jnp.clip(out["images"], 0., 1.)
   return jax.tree.map(jax.lax.stop_gradient, out)
 
 

@@ -126,6 +126,18 @@ def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
   untouched = near[rows, cols] == 0
   np.testing.assert_array_equal(first.result[untouched], chelsea[untouched])
   assert (first.result != chelsea).any()
+  # CLIP scores the pixels that are written: candidates are clipped to [0, 1].
+  assert first.outputs["candidates"].min() >= 0 and first.outputs["candidates"].max() <= 1
+  # The record's changed region bounds exactly the pixels that differ from the input.
+  top, left, h, w = first.record["changed_region_tlhw_pixels_original"]
+  inside = np.zeros(chelsea.shape[:2], bool)
+  inside[top:top + h, left:left + w] = True
+  changed = np.any(first.result != chelsea, axis=-1)
+  assert changed[inside].any() and not changed[~inside].any()
+  assert changed[top].any() and changed[top + h - 1].any()
+  assert changed[:, left].any() and changed[:, left + w - 1].any()
+  # grow_tokens is 0 in the tiny config: the masked boxes are the chosen boxes.
+  assert first.record["masked_boxes_tlhw_tokens"] == first.record["boxes_tlhw_tokens"]
   for kind in ("edited", "sheet", "record"):
     assert pathlib.Path(first.files[kind]).exists()
   saved = np.asarray(Image.open(first.files["edited"]))
@@ -215,3 +227,22 @@ def test_estimators_and_augmented_views_give_rgn_gradients(built, examples, esti
     assert float(metrics["loss_clip"]) != float(m0["loss_clip"])
     np.testing.assert_allclose(float(metrics["loss_structure"]),
                                float(m0["loss_structure"]), rtol=1e-6)
+
+
+def test_record_boxes_grow_clamp_and_round_outward():
+  boxes = np.array([[0, 3, 2, 2], [4, 4, 4, 4]])
+  grown = editor._grown(boxes, grow=1, grid=8)
+  np.testing.assert_array_equal(grown, [[0, 2, 3, 4], [3, 3, 5, 5]])
+  # A 300 x 451 photo on an 8 x 8 grid: rows x37.5, columns x56.375, outward.
+  assert editor._tokens_to_pixels(boxes, 8, (300, 451)) == [[0, 169, 75, 113],
+                                                           [150, 225, 150, 226]]
+
+
+def test_dino_grid_must_be_a_multiple_of_the_token_grid():
+  from types import SimpleNamespace
+  import jax.numpy as jnp
+  fake = SimpleNamespace(
+      dino_features=lambda params, images: (jnp.zeros((1, 6, 6, 8)), jnp.zeros((1, 6, 6))),
+      maskgit=SimpleNamespace(tokens_per_side=4))
+  with pytest.raises(ValueError, match=r"DINO patch grid \(6x6\).*token grid \(4x4\)"):
+    trainer.step_lib.find_regions(fake, {"dino": None}, jnp.zeros((1, 64, 64, 3)), tiny_config())
