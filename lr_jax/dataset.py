@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import pathlib
 
 import numpy as np
 
@@ -47,6 +49,18 @@ def examples_from_config(config) -> list[manifest_lib.Example]:
       "No training data: set --config.data.manifest=FILE (JSON/CSV of image, "
       "prompt[, source_prompt]), or --config.data.image_dir=DIR with "
       "--config.data.prompt=TEXT, or --config.data.samples=True for the shipped sample.")
+
+
+def fingerprint(examples: list[manifest_lib.Example]) -> list[dict[str, object]]:
+  """What a training run depends on, per example: the image's name and content hash,
+  the prompts and class id (folders may move; the images and texts may not change)."""
+  out = []
+  for ex in examples:
+    path = pathlib.Path(ex.image_path)
+    digest = hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else None
+    out.append({"image": path.name, "sha1": digest, "prompt": ex.prompt,
+                "source_prompt": ex.source_prompt, "class_id": ex.class_id})
+  return out
 
 
 def load_images(examples: list[manifest_lib.Example]) -> list[images_lib.LoadedImage]:

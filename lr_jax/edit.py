@@ -40,7 +40,7 @@ def _examples() -> list[manifest_lib.Example]:
   import pathlib  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(_IMAGE.value)
   if path.is_dir():
-    exs = manifest_lib.examples_from_folder(path, _PROMPT.value)
+    exs = manifest_lib.examples_from_folder(path, _PROMPT.value, class_id=_CLASS_ID.value)
   else:
     exs = [manifest_lib.Example(path, _PROMPT.value, None, None)]
   return [manifest_lib.Example(e.image_path, e.prompt, _SOURCE.value or e.source_prompt,

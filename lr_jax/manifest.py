@@ -199,8 +199,9 @@ def read_manifest(path: str | pathlib.Path,
 def examples_from_folder(folder: str | pathlib.Path, prompt: str,
                          source_prompt: str | None = None,
                          class_id: int | None = None) -> list[Example]:
-  """One Example per image file in `folder` (sorted), all with one prompt."""
-  if not isinstance(prompt, str) or not prompt.strip():
+  """One Example per image file in `folder` (sorted), all with one prompt (which may be
+  empty when `class_id` gives the class)."""
+  if not isinstance(prompt, str) or (not prompt.strip() and class_id is None):
     raise ManifestError(f"prompt must be a non-empty string, got {prompt!r}")
   try:
     class_id = _parse_class_id(class_id)

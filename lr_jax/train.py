@@ -30,9 +30,9 @@ def main(argv):
   with errors.friendly_errors():
     result = trainer.train(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
   last = result.metrics[-1] if result.metrics else {}
-  logging.info("Done: %d steps, last loss %s; see %s", len(result.metrics),
-               last.get("loss"), result.workdir)
-  print(f"trained {len(result.metrics)} steps; workdir {result.workdir}")
+  steps = int(result.state.step)  # the metrics may be sparse (train.log_every, resumption)
+  logging.info("Done: %d steps, last loss %s; see %s", steps, last.get("loss"), result.workdir)
+  print(f"trained {steps} steps; workdir {result.workdir}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import pathlib
 from typing import Any
 
@@ -18,6 +19,11 @@ from lr_jax import sharding
 from lr_jax import sheets
 from lr_jax import step as step_lib
 from lr_jax.models import Models, build_models
+
+# Settings that give the RGN's inputs and outputs their meaning: a trained RGN is
+# only loaded under the same ones (num_anchors may change: it scores each anchor alone).
+RGN_SETTINGS = ("models", "maskgit.name", "region.sizes", "region.roi_size",
+                "region.sampling_ratio", "rgn")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -45,17 +51,30 @@ def _read_metrics(path: pathlib.Path, upto_step: int) -> list[dict[str, Any]]:
   logged steps whose checkpoint was never written)."""
   if not path.exists():
     return []
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  return [r for r in rows if r["step"] <= upto_step]
+  rows = []
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:  # e.g. half a line from a killed run
+      logging.warning("Skipping unreadable line %d of %s: %r", number, path, line[:80])
+  return [r for r in rows if isinstance(r, dict) and r.get("step", upto_step + 1) <= upto_step]
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+  partial = path.with_name(path.name + ".partial")
+  partial.write_text(text)
+  os.replace(partial, path)
 
 
 def train(config, workdir: str | pathlib.Path, *, models: Models | None = None,
           frozen: Any = None, examples=None, progress: bool = True,
           devices: list[Any] | None = None) -> TrainResult:
   """Trains the RGN per `config`, resuming from the newest checkpoint in `workdir`."""
-  workdir = checkpointing.check_workdir(workdir, config)
   examples = data_lib.examples_from_config(config) if examples is None else examples
   loaded = data_lib.load_images(examples)   # bad images fail before any model loads
+  workdir = checkpointing.check_workdir(workdir, config, data_lib.fingerprint(examples))
   if models is None:
     models, frozen = build_models(config)
   prepared = data_lib.prepare(models, frozen, examples, loaded=loaded,
@@ -83,7 +102,7 @@ def train(config, workdir: str | pathlib.Path, *, models: Models | None = None,
   metrics_path = workdir / "metrics.jsonl"
   history = _read_metrics(metrics_path, start)
   if main_process:
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+    _write_atomically(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
   bar = tqdm.tqdm(total=stop, initial=start, desc="train", disable=not (progress and main_process),
                   unit="step", dynamic_ncols=True)
   log = metrics_path.open("a") if main_process else None
@@ -140,6 +159,7 @@ def load_rgn_params(path: str | pathlib.Path, models: Models, config) -> Any:
     raise FileNotFoundError(
         f"No lr_jax checkpoint at {path}: pass a training --workdir (holding "
         f"checkpoints/) or one of its checkpoints/<step> folders.")
+  checkpointing.check_compatible(workdir, config, RGN_SETTINGS)
   # Shapes only: nothing to compute or compile before restoring.
   like = jax.eval_shape(lambda: step_lib.init_train_state(models, config, jax.random.PRNGKey(0)))
   manager = checkpointing.make_manager(workdir)

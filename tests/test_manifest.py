@@ -162,6 +162,8 @@ def test_examples_from_folder(data_dir):
   assert all(e.prompt == "a lion" and e.class_id == 3 for e in examples)
   with pytest.raises(ManifestError, match="non-empty"):
     manifest.examples_from_folder(data_dir / "imgs", "  ")
+  by_class = manifest.examples_from_folder(data_dir / "imgs", "", class_id=5)
+  assert [e.class_id for e in by_class] == [5, 5]
   (data_dir / "empty").mkdir()
   with pytest.raises(ManifestError, match="no images found"):
     manifest.examples_from_folder(data_dir / "empty", "x")

@@ -92,6 +92,48 @@ def test_workdir_of_another_config_is_refused(built, examples, tmp_path):
     _train(built, examples, tmp_path, **{"optim.learning_rate": 0.1})
 
 
+def test_run_that_failed_before_its_first_checkpoint_can_be_rerun_corrected(
+    built, examples, tmp_path):
+  models, frozen = built
+  odd = [manifest_lib.Example(examples[0].image_path, "zzqx blorf", None, None)]
+  with pytest.raises(ValueError):   # no class close enough: fails after the workdir check
+    trainer.train(tiny_config(**{"data.min_class_similarity": 0.99}), tmp_path,
+                  models=models, frozen=frozen, examples=odd, progress=False)
+  assert (tmp_path / "config.json").exists() and not checkpointing.has_checkpoint(tmp_path)
+  result = _train(built, examples, tmp_path, **{"train.max_steps": 1})
+  assert [m["step"] for m in result.metrics] == [1]
+
+
+def test_resuming_on_other_data_is_refused(built, examples, tmp_path):
+  models, frozen = built
+  _train(built, examples[:1], tmp_path, **{"train.max_steps": 1})
+  with pytest.raises(checkpointing.WorkdirError, match="other data.*1 examples saved, 2 now"):
+    _train(built, examples, tmp_path)
+  swapped = [manifest_lib.Example(examples[0].image_path, "a tiger", None, None)]
+  with pytest.raises(checkpointing.WorkdirError, match="example 0 differs in prompt"):
+    _train(built, swapped, tmp_path)
+
+
+def test_half_written_metrics_line_does_not_stop_resumption(built, examples, tmp_path):
+  _train(built, examples, tmp_path, **{"train.max_steps": 2})
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 3, "lo')            # the process died mid-write
+  resumed = _train(built, examples, tmp_path)
+  assert [m["step"] for m in resumed.metrics] == [1, 2, 3, 4]
+  rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_rgn_checkpoint_needs_the_region_settings_it_was_trained_with(built, examples,
+                                                                      tmp_path):
+  models, _ = built
+  _train(built, examples, tmp_path, **{"train.max_steps": 1})
+  with pytest.raises(checkpointing.WorkdirError, match=r"region.sizes: saved=\[1, 2, 3\]"):
+    trainer.load_rgn_params(tmp_path, models, tiny_config(**{"region.sizes": (2, 3, 4)}))
+  more_anchors = tiny_config(**{"region.num_anchors": 3})   # scored one by one: allowed
+  assert jax.tree.leaves(trainer.load_rgn_params(tmp_path, models, more_anchors))
+
+
 def test_nan_loss_names_step_and_image(built, examples, tmp_path):
   models, frozen = built
   poisoned = dict(frozen)
