@@ -129,8 +129,9 @@ examples = manifest.read_manifest(manifest_path)
 print(manifest_path.read_text())'''),
     md('''## 5. Train
 
-`trainer.train` writes `config.json`, `metrics.jsonl`, `loss_curve.png` and orbax checkpoints
-(`checkpoints/<step>`) to `WORKDIR` (on Colab, a Google Drive folder keeps them across sessions).
+`trainer.train` writes `config.json`, `data.json` (the training examples it resumes on),
+`metrics.jsonl`, `loss_curve.png` and orbax checkpoints (`checkpoints/<step>`) to `WORKDIR`
+(on Colab, a Google Drive folder keeps them across sessions).
 The tiny config keeps its own 2 epochs.'''),
     code('''from lr_jax import trainer
 EPOCHS = 5  #@param {type:"integer"}
