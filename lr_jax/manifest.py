@@ -58,11 +58,14 @@ def _parse_class_id(value: Any) -> int | None:
     if not value.is_integer():
       raise ValueError(f"class_id must be an integer, got {value!r}")
     value = int(value)
-  if isinstance(value, str):
+  if isinstance(value, str):  # CSV cells; spreadsheets write whole numbers as "3.0"
     try:
-      value = int(value.strip())
+      number = float(value.strip())
     except ValueError as e:
       raise ValueError(f"class_id must be an integer, got {value!r}") from e
+    if not number.is_integer():
+      raise ValueError(f"class_id must be an integer, got {value!r}")
+    value = int(number)
   if not isinstance(value, int):
     raise ValueError(f"class_id must be an integer, got {value!r}")
   if value < 0:

@@ -58,11 +58,15 @@ def test_csv_manifest(data_dir):
   path.write_text("image,prompt,source_prompt,class_id\n"
                   "imgs/cat.png,\"a lion, roaring\",,7\n"
                   "\n"
-                  "imgs/dog.jpg,cat face,a dog,\n")
+                  "imgs/dog.jpg,cat face,a dog,\n"
+                  "imgs/dog.jpg,a tiger,,292.0\n")   # as spreadsheets save whole numbers
   examples = manifest.read_manifest(path)
-  assert [e.prompt for e in examples] == ["a lion, roaring", "cat face"]
-  assert [e.source_prompt for e in examples] == [None, "a dog"]
-  assert [e.class_id for e in examples] == [7, None]
+  assert [e.prompt for e in examples] == ["a lion, roaring", "cat face", "a tiger"]
+  assert [e.source_prompt for e in examples] == [None, "a dog", None]
+  assert [e.class_id for e in examples] == [7, None, 292]
+  path.write_text("image,prompt,class_id\nimgs/cat.png,a lion,3.5\n")
+  with pytest.raises(ManifestError, match="class_id must be an integer, got '3.5'"):
+    manifest.read_manifest(path)
   assert examples[1].image_path == (data_dir / "imgs" / "dog.jpg").resolve()
 
 
