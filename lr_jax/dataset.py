@@ -91,21 +91,17 @@ def prepare(models: Models, frozen, examples: list[manifest_lib.Example],
   pixels = np.stack([images_lib.to_model_input(im.pixels, size) for im in loaded])
 
   min_sim = min_class_similarity if min_class_similarity > -1 else None
+  text_embed = models.encode_texts(frozen, [ex.prompt for ex in examples])   # once, batched
   matches = [imagenet.match_prompt(ex.prompt, text_encoder=models.text_encoder(frozen),
-                                   class_id=ex.class_id, min_similarity=min_sim)
-             for ex in examples]
-  sources = []
+                                   class_id=ex.class_id, min_similarity=min_sim,
+                                   prompt_embed=text_embed[i])
+             for i, ex in enumerate(examples)]
   need_zero_shot = [i for i, ex in enumerate(examples) if not ex.source_prompt]
-  zero_shot = {}
-  if need_zero_shot:
-    img_emb = models.encode_images(frozen, pixels[need_zero_shot])
-    class_emb = models.class_name_embeddings(frozen)
-    for i, e in zip(need_zero_shot, img_emb):
-      _, name = imagenet.zero_shot_class(e, class_emb)
-      zero_shot[i] = name
-  for i, ex in enumerate(examples):
-    sources.append(ex.source_prompt or zero_shot[i])
-  text_embed = models.encode_texts(frozen, [ex.prompt for ex in examples])
+  image_embed = dict(zip(need_zero_shot, models.encode_images(frozen, pixels[need_zero_shot])
+                         if need_zero_shot else []))
+  class_emb = models.class_name_embeddings(frozen) if need_zero_shot else None
+  sources = [imagenet.source_prompt(ex.source_prompt, image_embed.get(i), class_emb)
+             for i, ex in enumerate(examples)]
   src_text_embed = models.encode_texts(frozen, sources)
   return Prepared(examples=list(examples), images=pixels.astype(np.float32),
                   labels=np.asarray([models.model_label(m.class_id) for m in matches], np.int32),
@@ -122,12 +118,12 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:
   """Indices of a step's batch; epochs are ceil(n / batch_size) steps, the last one
   filled up from the start of the epoch's order."""
-  steps_per_epoch = -(-n // batch_size)
-  epoch, i = divmod(step, steps_per_epoch)
+  epoch, i = divmod(step, steps_per_epoch(n, batch_size))
   order = epoch_order(seed, epoch, n)
   idx = np.arange(i * batch_size, (i + 1) * batch_size) % n
   return order[idx]
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
+  """ceil(n / batch_size): the last batch of an epoch is filled up, never dropped."""
   return -(-n // batch_size)

@@ -194,7 +194,8 @@ def _suggestions(text: str, count: int = 5) -> List[str]:
 def match_prompt(prompt: str, text_encoder: Optional[TextEncoder] = None,
                  class_id: Optional[int] = None,
                  min_similarity: Optional[float] = None,
-                 class_embeds: Optional[jnp.ndarray] = None) -> ClassMatch:
+                 class_embeds: Optional[jnp.ndarray] = None,
+                 prompt_embed: Optional[np.ndarray] = None) -> ClassMatch:
   """Turns an edit prompt into an ImageNet class for class-conditional MaskGIT.
 
   Args:
@@ -204,6 +205,7 @@ def match_prompt(prompt: str, text_encoder: Optional[TextEncoder] = None,
     min_similarity: reject a CLIP match whose cosine similarity is lower.
     class_embeds: precomputed (1000, P) class embeddings (else computed with
       `class_text_embeddings(text_encoder)`).
+    prompt_embed: the prompt's CLIP text embedding (P,), if already computed.
 
   Raises:
     PromptError: empty prompt, bad class id, or no acceptable match; the
@@ -227,7 +229,7 @@ def match_prompt(prompt: str, text_encoder: Optional[TextEncoder] = None,
   if found is not None:
     method, ids = found
     if len(ids) > 1 and text_encoder is not None:  # the prompt itself must be embedded
-      ranked = _rank_by_clip(prompt, text_encoder, class_embeds)
+      ranked = _rank_by_clip(prompt, text_encoder, class_embeds, prompt_embed)
       order = {cid: rank for rank, (cid, _, _) in enumerate(ranked)}
       ids = sorted(ids, key=lambda cid: order[cid])
     top = [(cid, names[cid], 1.0) for cid in ids[:5]]
@@ -236,7 +238,7 @@ def match_prompt(prompt: str, text_encoder: Optional[TextEncoder] = None,
     raise PromptError(
         f"no ImageNet class matches the prompt {prompt!r} by name, and no CLIP "
         f"text encoder was given; closest class names: {_suggestions(text)}")
-  ranked = _rank_by_clip(prompt, text_encoder, class_embeds)
+  ranked = _rank_by_clip(prompt, text_encoder, class_embeds, prompt_embed)
   top5 = ranked[:5]
   if min_similarity is not None and top5[0][2] < min_similarity:
     listed = ", ".join(f"{cid} {name} ({sim:.3f})" for cid, name, sim in top5)
@@ -247,14 +249,17 @@ def match_prompt(prompt: str, text_encoder: Optional[TextEncoder] = None,
 
 
 def _rank_by_clip(prompt: str, text_encoder: Optional[TextEncoder],
-                  class_embeds: Optional[jnp.ndarray]
+                  class_embeds: Optional[jnp.ndarray],
+                  prompt_embed: Optional[np.ndarray] = None
                   ) -> List[Tuple[int, str, float]]:
   """All classes sorted by cosine similarity to the prompt's text embedding."""
   if class_embeds is None:
     class_embeds = class_text_embeddings(text_encoder)
-  if text_encoder is None:
-    raise PromptError("a text encoder is needed to embed the prompt")
-  query = _unit_rows(np.asarray(text_encoder([prompt])).reshape(1, -1))[0]
+  if prompt_embed is None:
+    if text_encoder is None:
+      raise PromptError("a text encoder is needed to embed the prompt")
+    prompt_embed = text_encoder([prompt])
+  query = _unit_rows(np.asarray(prompt_embed).reshape(1, -1))[0]
   sims = _unit_rows(np.asarray(class_embeds)) @ query
   order = np.argsort(-sims, kind="stable")
   names = class_names()

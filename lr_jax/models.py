@@ -103,7 +103,8 @@ class Models:
     """The text encoder as a callable, one object per params (so its caches hit)."""
     key = id(frozen["clip"])
     if key not in self._class_cache:
-      self._class_cache[key] = functools.partial(self.encode_texts, frozen)
+      # Holds the CLIP weights only, not the whole frozen tree.
+      self._class_cache[key] = functools.partial(self.encode_texts, {"clip": frozen["clip"]})
     return self._class_cache[key]
 
   def class_name_embeddings(self, frozen: Any) -> np.ndarray:
