@@ -12,7 +12,6 @@ so the decoding loop's FLOPs are under-counted by about its trip count.
 from __future__ import annotations
 
 import json
-import resource
 import time
 
 from absl import app
@@ -26,6 +25,7 @@ from ml_collections import config_flags
 from lr_jax import errors
 from lr_jax import step as step_lib
 from lr_jax.models import build_random_models
+from maskgit import bench_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.")
 _WHAT = flags.DEFINE_list("what", ["train", "edit"], "What to time: train, edit.")
@@ -34,33 +34,15 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", float("nan")))
-
-
-def _peak_memory_gb() -> float:
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    return stats["peak_bytes_in_use"] / 2**30
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-
-
 def _time(fn, args, repeats: int) -> dict[str, float]:
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
   jax.block_until_ready(compiled(*args))         # warm-up
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t0)
+  times = bench_lib.timed(lambda: compiled(*args), repeats)
   memory = compiled.memory_analysis()
   return {"compile_s": compile_s, "s_per_call": float(np.median(times)),
-          "xla_flops": _flops(compiled),
+          "xla_flops": bench_lib.compiled_flops(compiled) or float("nan"),
           "temp_gb": getattr(memory, "temp_size_in_bytes", float("nan")) / 2**30}
 
 
@@ -96,7 +78,7 @@ def run(config, what=("train", "edit"), batch: int = 1, repeats: int = 5) -> lis
         s_per_image=stats["s_per_call"] / batch, s_per_edit=stats["s_per_call"] / edits,
         edits_per_s=edits / stats["s_per_call"],
         xla_tflops_per_s=stats["xla_flops"] / stats["s_per_call"] / 1e12,
-        peak_memory_gb=_peak_memory_gb(), edit_dtype=config.edit.dtype)
+        peak_memory_gb=bench_lib.peak_memory_bytes()[0] / 2**30, edit_dtype=config.edit.dtype)
     rows.append(stats)
   return rows
 

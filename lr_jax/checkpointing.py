@@ -30,10 +30,13 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def _comparable(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  flat = _flatten(json.loads(config.to_json_best_effort()))
+def _drop_resumable(flat: dict[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in flat.items()
           if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)}
+
+
+def _comparable(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return _drop_resumable(_flatten(json.loads(config.to_json_best_effort())))
 
 
 def has_checkpoint(workdir: str | pathlib.Path) -> bool:
@@ -73,9 +76,7 @@ def check_workdir(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
   config_path, data_path = workdir / "config.json", workdir / "data.json"
   current = _comparable(config)
   if config_path.exists() and has_checkpoint(workdir):
-    saved = _flatten(json.loads(config_path.read_text()))
-    saved = {k: v for k, v in saved.items()
-             if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)}
+    saved = _drop_resumable(_flatten(json.loads(config_path.read_text())))
     diffs = _config_diffs(saved, current)
     if diffs:
       raise WorkdirError(

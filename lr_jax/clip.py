@@ -21,8 +21,6 @@ import jax.numpy as jnp
 
 from lr_jax.vit import EncoderBlock, ViT, ViTConfig, check_sizes
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 LEGACY_EOS_TOKEN_ID = 2
 
 
@@ -48,13 +46,6 @@ class CLIPConfig:
   text: TextConfig
   projection_dim: int
   logit_scale_init: float = math.log(1 / 0.07)
-
-
-def normalize_clip_pixels(images: jax.Array) -> jax.Array:
-  """(B, H, W, 3) RGB in [0, 1] -> CLIP-normalized pixels."""
-  mean = jnp.asarray(CLIP_MEAN, images.dtype)
-  std = jnp.asarray(CLIP_STD, images.dtype)
-  return (images - mean) / std
 
 
 def eos_positions(input_ids: jax.Array, eos_token_id: int) -> jax.Array:

@@ -7,6 +7,7 @@ picture and a JSON record.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import logging
@@ -24,6 +25,7 @@ from lr_jax import manifest as manifest_lib
 from lr_jax import sheets
 from lr_jax import step as step_lib
 from lr_jax.models import Models, build_models
+from maskgit import editing
 
 
 @dataclasses.dataclass
@@ -35,7 +37,9 @@ class EditOutcome:
   files: dict[str, str]          # written files by kind
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict[str, str]:
+  """Package versions for the records (looked up once per process)."""
   out = {"python": platform.python_version()}
   for pkg in ("lr_jax", "jax", "jaxlib", "flax", "optax"):
     try:
@@ -71,16 +75,6 @@ def _tokens_to_pixels(boxes: np.ndarray, grid: int, original_shape) -> list:
   return np.stack([top, left, bottom - top, right - left], -1).astype(int).tolist()
 
 
-def _grown(boxes: np.ndarray, grow: int, grid: int) -> np.ndarray:
-  """Token boxes grown by `grow` on each side and clamped to the grid, as MaskGIT masks them."""
-  boxes = np.asarray(boxes, np.int64)
-  top = np.clip(boxes[..., 0] - grow, 0, grid)
-  left = np.clip(boxes[..., 1] - grow, 0, grid)
-  bottom = np.clip(boxes[..., 0] + boxes[..., 2] + grow, 0, grid)
-  right = np.clip(boxes[..., 1] + boxes[..., 3] + grow, 0, grid)
-  return np.stack([top, left, bottom - top, right - left], -1)
-
-
 def _changed_region(result: np.ndarray, original: np.ndarray) -> list[int] | None:
   """Bounding box (top, left, height, width) of the pixels where `result` != `original`."""
   changed = np.any(result != original, axis=-1)
@@ -95,7 +89,7 @@ def _record(ex, prepared, i, out, seed, config, image_size, original_shape, chec
   m = prepared.matches[i]
   grid = out["attention"].shape[-1]
   best = int(out["best"])
-  edited = _grown(out["boxes"], int(config.edit.grow_tokens), grid)
+  edited = np.asarray(editing.grown_boxes(out["boxes"], grid, int(config.edit.grow_tokens)))
   return {
       "image": str(ex.image_path), "prompt": ex.prompt,
       "class": {"id": m.class_id, "name": m.name, "method": m.method,
@@ -117,7 +111,7 @@ def _record(ex, prepared, i, out, seed, config, image_size, original_shape, chec
       "edit_rng": f"fold_in(PRNGKey({seed}), {i})", "model_image_size": image_size,
       "maskgit": config.maskgit.name, "models": config.models,
       "rgn_checkpoint": str(checkpoint) if checkpoint else None,
-      "versions": _versions(),
+      "versions": dict(_versions()),
   }
 
 

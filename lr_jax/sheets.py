@@ -10,6 +10,7 @@ c + 0.5).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import pathlib
 from typing import Mapping, Sequence
@@ -209,15 +210,20 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict]:
-  """Reads a JSON-lines metrics file (one object per line)."""
+  """Reads a JSON-lines metrics file (one object per line); lines that do not parse
+  (e.g. half a line written by a killed run) are skipped with a warning."""
   path = pathlib.Path(path)
   records = []
   for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-    if line.strip():
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {line_no}: invalid JSON ({e})") from e
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      logging.warning("Skipping unreadable line %d of %s: %r", line_no, path, line[:80])
+      continue
+    if isinstance(record, dict):
+      records.append(record)
   return records
 
 

@@ -70,21 +70,18 @@ def find_regions(models: Models, frozen: Any, images: Array, config) -> Regions:
     attention = attention.reshape(attention.shape[0], grid, f, grid, f).mean((2, 4))
   anchors = anchors_lib.top_k_anchors(attention, config.region.num_anchors)
   boxes = anchors_lib.box_proposals(anchors, sizes=tuple(config.region.sizes), grid=grid)
-  feat_boxes = boxes * (feat_grid / grid)
   pooled = roi_lib.roi_align_batched(
-      feats, feat_boxes, output_size=config.region.roi_size,
-      sampling_ratio=config.region.sampling_ratio)
+      feats, boxes, output_size=config.region.roi_size,
+      sampling_ratio=config.region.sampling_ratio, spatial_scale=feat_grid / grid)
   return Regions(attention, anchors, boxes, pooled)
 
 
 def edit_boxes(models: Models, frozen: Any, images: Array, boxes: Array, labels: Array,
                rng: Array) -> dict[str, Array]:
   """MaskGIT edits of every box in one batched call, clipped to [0, 1]. boxes: (B, N, 4) tokens."""
-  b, n = boxes.shape[:2]
-  keys = editing.box_keys(rng, b, n)
-  out = editing.edit_images(
+  out = editing.edit_images(   # one key per box: fold_in(fold_in(rng, image), box)
       frozen["vqgan"], frozen["transformer"], images, jnp.round(boxes).astype(jnp.int32),
-      labels, keys, config=models.maskgit, edit=models.edit)
+      labels, rng, config=models.maskgit, edit=models.edit)
   # The decoder's output is not clipped; the saved photo is. Clip here so that CLIP
   # scores and trains on the pixels that are written out.
   out["images"] = jnp.clip(out["images"], 0., 1.)

@@ -51,15 +51,7 @@ def _read_metrics(path: pathlib.Path, upto_step: int) -> list[dict[str, Any]]:
   logged steps whose checkpoint was never written)."""
   if not path.exists():
     return []
-  rows = []
-  for number, line in enumerate(path.read_text().splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:  # e.g. half a line from a killed run
-      logging.warning("Skipping unreadable line %d of %s: %r", number, path, line[:80])
-  return [r for r in rows if isinstance(r, dict) and r.get("step", upto_step + 1) <= upto_step]
+  return [r for r in sheets.read_metrics(path) if r.get("step", upto_step + 1) <= upto_step]
 
 
 def _write_atomically(path: pathlib.Path, text: str) -> None:

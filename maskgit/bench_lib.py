@@ -42,6 +42,18 @@ def peak_memory_bytes() -> tuple[int, str]:
   return int(rss_kib) * 1024, "process max RSS"
 
 
+def compiled_flops(compiled: Any) -> float | None:
+  """XLA's FLOP estimate of a compiled function (loop bodies counted once), if any."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
 def timed(fn: Callable[[], object], repeats: int) -> list[float]:
   """Wall-clock seconds of `repeats` calls, each waited for."""
   times = []

@@ -24,15 +24,8 @@ from maskgit.vqgan import VQGAN
 
 
 def _flops(jitted: Callable, *args) -> float | None:
-  """XLA's FLOP estimate of one call (loop bodies counted once), if available."""
-  try:
-    cost = jitted.lower(*args).compile().cost_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  flops = (cost or {}).get("flops")
-  return float(flops) if flops and flops > 0 else None
+  """XLA's FLOP estimate of one call of a jitted function (loop bodies counted once)."""
+  return bench_lib.compiled_flops(jitted.lower(*args).compile())
 
 
 def _median_seconds(fn: Callable, args: Sequence[Any], repeats: int) -> float:

@@ -126,15 +126,26 @@ def validate_boxes(boxes, tokens_per_side: int) -> None:
                      f"{tokens_per_side} token grid.")
 
 
+def grown_boxes(boxes: jax.Array, tokens_per_side: int, grow: int = 0) -> jax.Array:
+  """(..., 4) boxes grown by `grow` tokens on each side and clamped to the grid."""
+  boxes = jnp.asarray(boxes)
+  top, left, height, width = (boxes[..., i] for i in range(4))
+  clamp = lambda x: jnp.clip(x, 0, tokens_per_side)
+  t0, l0 = clamp(top - grow), clamp(left - grow)
+  t1, l1 = clamp(top + height + grow), clamp(left + width + grow)
+  return jnp.stack([t0, l0, t1 - t0, l1 - l0], axis=-1)
+
+
 def box_token_mask(boxes: jax.Array, tokens_per_side: int, grow: int = 0) -> jax.Array:
   """Boolean (..., h, w) masks of the boxes grown by `grow`, clamped to the grid."""
   boxes = jnp.asarray(boxes)
-  top, left, height, width = (boxes[..., i, None] for i in range(4))
+  top, left, height, width = (
+      grown_boxes(boxes, tokens_per_side, grow)[..., i, None] for i in range(4))
   grid = jnp.arange(tokens_per_side)
-  rows = (grid >= top - grow) & (grid < top + height + grow)
-  cols = (grid >= left - grow) & (grid < left + width + grow)
+  rows = (grid >= top) & (grid < top + height)
+  cols = (grid >= left) & (grid < left + width)
   # Empty or inverted boxes give empty masks even when grown.
-  valid = (height > 0) & (width > 0)
+  valid = (boxes[..., 2:3] > 0) & (boxes[..., 3:4] > 0)
   return rows[..., :, None] & cols[..., None, :] & valid[..., None]
 
 

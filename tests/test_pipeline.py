@@ -15,6 +15,7 @@ from lr_jax import manifest as manifest_lib
 from lr_jax import samples
 from lr_jax import trainer
 from lr_jax.models import build_models
+from maskgit import editing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -273,7 +274,7 @@ def test_estimators_and_augmented_views_give_rgn_gradients(built, examples, esti
 
 def test_record_boxes_grow_clamp_and_round_outward():
   boxes = np.array([[0, 3, 2, 2], [4, 4, 4, 4]])
-  grown = editor._grown(boxes, grow=1, grid=8)
+  grown = editing.grown_boxes(boxes, 8, grow=1)
   np.testing.assert_array_equal(grown, [[0, 2, 3, 4], [3, 3, 5, 5]])
   # A 300 x 451 photo on an 8 x 8 grid: rows x37.5, columns x56.375, outward.
   assert editor._tokens_to_pixels(boxes, 8, (300, 451)) == [[0, 169, 75, 113],

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of one device session, in one call of about 9 minutes, most
 # important first, each part under its own time limit (seconds, overridable):
-#   1. MaskGIT batched editing, float32 and bfloat16, K=8 and 28 (the #2 target).
+#   1. MaskGIT batched editing, float32 and bfloat16, K=8 and 28 (the 3x-speed target).
 #   2. The same, bfloat16, part by part (encoder, transformer pass, loop, decoder).
 #   3. bfloat16 with XLA command buffers for while loops, then with the loop unrolled.
 #   4. lr_jax's full-size inference and train step.

@@ -5,7 +5,7 @@ import sys
 import nbformat
 from nbformat import v4
 
-ROOT = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "/work/main")
+ROOT = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parents[1]
 
 SETTINGS = '''import os
 TINY = False  #@param {type:"boolean"}
