@@ -7,20 +7,19 @@ weights, at the batch of one call with K boxes: the tokenizer's encoder (one
 image), one transformer pass, the whole decoding loop, the pixel decoder, and
 the full edit call. XLA's FLOP count of the loop-free parts gives the rate they
 reach (the loop's FLOPs are its passes times one pass). The row "rest" is what
-the full call spends outside the parts (masking, the cast of the tokenizer's
-weights, compositing, launches); a negative value means the fused call is
-faster than its parts.
+the full call spends outside the parts (masking, compositing, launches); a
+negative value means the fused call is faster than its parts.
 """
 
+import functools
 import statistics
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from maskgit import bench_lib, checkpoints, configs, decoding, editing
+from maskgit import bench_lib, checkpoints, configs, editing
 from maskgit.transformer import Transformer
-from maskgit.vqgan import VQGAN
 
 
 def _flops(jitted: Callable, *args) -> float | None:
@@ -39,42 +38,28 @@ def run_breakdown(config_name: str, num_boxes: int, dtype: str, repeats: int,
   """One row per part: name, ms per call, share of the full call, FLOPs, TFLOP/s."""
   config = configs.get_config(config_name)
   tok_params, tr_params = checkpoints.init_params(config, jax.random.PRNGKey(seed))
-  compute = editing.DTYPES[dtype]
-  tr_cast = jax.block_until_ready(editing.cast_params(tr_params, compute))
-  tok_cast = jax.block_until_ready(editing.cast_params(tok_params, compute))
+  tr_cast = jax.block_until_ready(editing.cast_params(tr_params, editing.DTYPES[dtype]))
   implementation = bench_lib.attention_for(attention, dtype)
   edit = editing.EditConfig(dtype=dtype, attention=implementation, unroll=unroll)
   side, size = config.tokens_per_side, config.image_size
 
   image = jax.random.uniform(jax.random.PRNGKey(seed + 1), (1, size, size, 3))
-  boxes = bench_lib.bench_boxes(num_boxes, side, seed + num_boxes)
-  labels = jnp.array([1], jnp.int32)
+  boxes = jnp.asarray(bench_lib.bench_boxes(num_boxes, side, seed + num_boxes))
+  labels = jnp.array([[1] * num_boxes], jnp.int32)
   keys = editing.box_keys(jax.random.PRNGKey(seed + 2), 1, num_boxes)
 
-  encoder = VQGAN(config.tokenizer, dtype=jnp.float32)
-  encode = jax.jit(lambda p, x: encoder.apply({"params": p}, x,
-                                              method=VQGAN.encode_to_indices))
+  # The steps of editing.edit_images, each jitted alone.
+  encode = jax.jit(functools.partial(editing.encode_ids, config=config))
   ids = encode(tok_params, image)
-  token_mask = editing.box_token_mask(jnp.asarray(boxes), side, edit.grow_tokens)
-  masked = jnp.where(token_mask, config.mask_token_id, ids[:, None]).reshape(num_boxes, -1)
-  inputs = jnp.concatenate(
-      [jnp.full((num_boxes, 1), config.class_token(labels)[0]), masked], axis=-1)
-
-  transformer = Transformer(config.transformer, dtype=compute,
+  token_mask = editing.box_token_mask(boxes, side, edit.grow_tokens)
+  inputs = editing.masked_inputs(ids, token_mask, labels, config=config)[0]
+  transformer = Transformer(config.transformer, dtype=editing.DTYPES[dtype],
                             attention_implementation=implementation)
-  logits_fn = lambda p, seq: transformer.apply({"params": p}, seq, deterministic=True)
-  one_pass = jax.jit(logits_fn)
-  loop = jax.jit(lambda p, seq, k: decoding.decode(
-      seq, k, lambda s: logits_fn(p, s), num_iter=edit.num_iter,
-      start_iter=edit.start_iter, choice_temperature=edit.choice_temperature,
-      codebook_size=config.codebook_size, mask_token_id=config.mask_token_id,
-      schedule=edit.schedule, unroll=edit.unroll))
-  tokens = loop(tr_cast, inputs, keys[0])[:, 1:].reshape(-1, side, side)
-  pixel_decoder = VQGAN(config.tokenizer, dtype=compute)
-  decode_pixels = jax.jit(lambda p, t: pixel_decoder.apply(
-      {"params": p}, t, method=VQGAN.decode_from_indices))
-  full = jax.jit(lambda tp, rp, im, b, l, k: editing.edit_images(
-      tp, rp, im, b, l, k, config=config, edit=edit))
+  one_pass = jax.jit(lambda p, seq: transformer.apply({"params": p}, seq, deterministic=True))
+  loop = jax.jit(functools.partial(editing.decode_tokens, config=config, edit=edit))
+  tokens = loop(tr_cast, inputs, keys[0])
+  decode_pixels = jax.jit(functools.partial(editing.decode_pixels, config=config, edit=edit))
+  full = jax.jit(functools.partial(editing.edit_images, config=config, edit=edit))
 
   passes = edit.num_iter - edit.start_iter
   pass_flops = _flops(one_pass, tr_cast, inputs)
@@ -85,10 +70,10 @@ def run_breakdown(config_name: str, num_boxes: int, dtype: str, repeats: int,
       ("  one transformer pass", one_pass, (tr_cast, inputs), pass_flops, False),
       (f"decoding loop ({passes} passes)", loop, (tr_cast, inputs, keys[0]),
        passes * pass_flops if pass_flops else None, True),
-      ("pixel decoder", decode_pixels, (tok_cast, tokens),
-       _flops(decode_pixels, tok_cast, tokens), True),
+      ("pixel decoder", decode_pixels, (tok_params, tokens),
+       _flops(decode_pixels, tok_params, tokens), True),
   ]
-  full_args = (tok_params, tr_cast, image, jnp.asarray(boxes), labels, keys)
+  full_args = (tok_params, tr_cast, image, boxes, labels, keys)
   full_s = _median_seconds(full, full_args, repeats)
   rows = []
   summed = 0.

@@ -24,6 +24,20 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 SCHEDULES = ("cosine", "linear", "uniform", "square", "cubic", "log", "exp")
 
 
+def check_schedule(schedule: str) -> None:
+  """Raises ValueError for an unknown mask schedule name (plain Python, no arrays)."""
+  if schedule in SCHEDULES:
+    return
+  if schedule.startswith("pow"):
+    try:
+      float(schedule[3:])
+      return
+    except ValueError:
+      pass
+  raise ValueError(
+      f"Unknown mask schedule {schedule!r}; expected one of {SCHEDULES} or 'powP'.")
+
+
 def mask_ratio(ratio: jax.Array, total_unknown: jax.Array,
                schedule: str = "cosine") -> jax.Array:
   """Fraction of the initially unknown tokens that stays masked after `ratio`.
@@ -32,6 +46,7 @@ def mask_ratio(ratio: jax.Array, total_unknown: jax.Array,
   linear (alias uniform), square, cubic, powP (e.g. "pow2.5"), log, exp.
   The result is clipped to [1e-6, 1].
   """
+  check_schedule(schedule)
   if schedule == "cosine":
     value = jnp.cos(math.pi / 2. * ratio)
   elif schedule in ("linear", "uniform"):
@@ -40,20 +55,12 @@ def mask_ratio(ratio: jax.Array, total_unknown: jax.Array,
     value = 1. - ratio**2
   elif schedule == "cubic":
     value = 1. - ratio**3
-  elif schedule.startswith("pow"):
-    try:
-      exponent = float(schedule[3:])
-    except ValueError:
-      raise ValueError(f"Unknown mask schedule {schedule!r}.") from None
-    value = 1. - ratio**exponent
   elif schedule == "log":
     value = -jnp.log2(ratio) / jnp.log2(total_unknown)
   elif schedule == "exp":
     value = 1. - jnp.exp2(-jnp.log2(total_unknown) * (1. - ratio))
-  else:
-    raise ValueError(
-        f"Unknown mask schedule {schedule!r}; expected one of {SCHEDULES} "
-        "or 'powP'.")
+  else:  # "powP", checked above
+    value = 1. - ratio**float(schedule[3:])
   return jnp.clip(value, 1e-6, 1.)
 
 
@@ -123,7 +130,7 @@ def decode(input_ids: jax.Array,
   if num_iter < 1 or not 0 <= start_iter:
     raise ValueError(
         f"Need num_iter >= 1 and start_iter >= 0, got {num_iter}, {start_iter}.")
-  mask_ratio(jnp.float32(0.5), jnp.float32(2.), schedule)  # validates the name
+  check_schedule(schedule)
   ids0 = input_ids.astype(jnp.int32)
   keys = _as_typed_keys(jnp.asarray(rng))
   per_row = keys.ndim == 1

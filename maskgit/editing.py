@@ -67,7 +67,7 @@ class EditConfig:
       raise ValueError(f"grow_tokens must be >= 0, got {self.grow_tokens}.")
     if self.feather_radius is not None and self.feather_radius < 0:
       raise ValueError(f"feather_radius must be >= 0, got {self.feather_radius}.")
-    decoding.mask_ratio(jnp.float32(0.5), jnp.float32(2.), self.schedule)
+    decoding.check_schedule(self.schedule)
 
 
 class BoxError(ValueError):
@@ -198,11 +198,8 @@ def cast_params(params: Params, dtype) -> Params:
 
 
 def _is_concrete(x) -> bool:
-  try:
-    np.asarray(x)
-    return True
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return False
+  """False for values traced by jit/vmap (they cannot be validated on the host)."""
+  return not isinstance(x, jax.core.Tracer)
 
 
 def _per_box_keys(rngs, batch: int, num_boxes: int) -> jax.Array:
@@ -213,6 +210,53 @@ def _per_box_keys(rngs, batch: int, num_boxes: int) -> jax.Array:
     raise ValueError(f"rngs must be one key or ({batch}, {num_boxes}) keys, "
                      f"got key shape {keys.shape}.")
   return keys
+
+
+# The steps of `edit_images`, public so that each can be timed on its own.
+
+def encode_ids(tokenizer_params: Params, images: jax.Array, *,
+               config: MaskGITConfig) -> jax.Array:
+  """(B, H, W, 3) images in [0, 1] -> (B, h, w) token ids (float32 tokenizer)."""
+  tokenizer = VQGAN(config.tokenizer, dtype=jnp.float32)
+  return tokenizer.apply({"params": tokenizer_params}, images.astype(jnp.float32),
+                         method=VQGAN.encode_to_indices)
+
+
+def masked_inputs(ids: jax.Array, token_mask: jax.Array, labels: jax.Array, *,
+                  config: MaskGITConfig) -> jax.Array:
+  """(B, h, w) ids, (B, K, h, w) masks, (B, K) labels -> (B, K, 1 + h*w) inputs:
+  the class token, then the ids with the masked tokens set to the mask id."""
+  batch, num_boxes = token_mask.shape[:2]
+  masked = jnp.where(token_mask, config.mask_token_id, ids[:, None])
+  class_tokens = config.class_token(labels)[..., None]
+  return jnp.concatenate([class_tokens, masked.reshape(batch, num_boxes, -1)], axis=-1)
+
+
+def decode_tokens(transformer_params: Params, inputs: jax.Array, keys: jax.Array, *,
+                  config: MaskGITConfig, edit: EditConfig) -> jax.Array:
+  """(N, L) inputs, N keys -> (N, L - 1) image tokens by parallel decoding."""
+  dtype = DTYPES[edit.dtype]
+  transformer = Transformer(config.transformer, dtype=dtype,
+                            attention_implementation=edit.attention)
+  tr_params = cast_params(transformer_params, dtype)   # no-op if cast beforehand
+  logits_fn = lambda seq: transformer.apply({"params": tr_params}, seq, deterministic=True)
+  decoded = decoding.decode(
+      inputs, keys, logits_fn, num_iter=edit.num_iter, start_iter=edit.start_iter,
+      choice_temperature=edit.choice_temperature, codebook_size=config.codebook_size,
+      mask_token_id=config.mask_token_id, schedule=edit.schedule, unroll=edit.unroll)
+  return decoded[:, 1:]
+
+
+def decode_pixels(tokenizer_params: Params, tokens: jax.Array, *,
+                  config: MaskGITConfig, edit: EditConfig) -> jax.Array:
+  """(N, h*w) tokens -> (N, H, W, 3) float32 pixels, not clipped.
+
+  The decoder runs in `edit.dtype`; its layers cast the float32 weights."""
+  side = config.tokens_per_side
+  pixel_decoder = VQGAN(config.tokenizer, dtype=DTYPES[edit.dtype])
+  raw = pixel_decoder.apply({"params": tokenizer_params}, tokens.reshape(-1, side, side),
+                            method=VQGAN.decode_from_indices)
+  return raw.astype(jnp.float32)
 
 
 def edit_images(tokenizer_params: Params,
@@ -255,35 +299,14 @@ def edit_images(tokenizer_params: Params,
     raise ValueError(f"labels must be ({batch},) or ({batch}, {num_boxes}), got {labels.shape}.")
   labels = jnp.broadcast_to(labels.reshape(batch, -1), (batch, num_boxes))
   keys = _per_box_keys(rngs, batch, num_boxes).reshape(-1)
-  dtype = DTYPES[edit.dtype]
 
-  tokenizer = VQGAN(config.tokenizer, dtype=jnp.float32)
-  ids = tokenizer.apply({"params": tokenizer_params}, images.astype(jnp.float32),
-                        method=VQGAN.encode_to_indices)
+  ids = encode_ids(tokenizer_params, images, config=config)
   token_mask = box_token_mask(boxes, side, edit.grow_tokens)
-  masked = jnp.where(token_mask, config.mask_token_id, ids[:, None])
-  class_tokens = config.class_token(labels)[..., None]
-  inputs = jnp.concatenate(
-      [class_tokens, masked.reshape(batch, num_boxes, side * side)], axis=-1)
-
-  transformer = Transformer(config.transformer, dtype=dtype,
-                            attention_implementation=edit.attention)
-  tr_params = cast_params(transformer_params, dtype)
-  logits_fn = lambda seq: transformer.apply(
-      {"params": tr_params}, seq, deterministic=True)
-  decoded = decoding.decode(
-      inputs.reshape(batch * num_boxes, -1), keys, logits_fn,
-      num_iter=edit.num_iter, start_iter=edit.start_iter,
-      choice_temperature=edit.choice_temperature,
-      codebook_size=config.codebook_size, mask_token_id=config.mask_token_id,
-      schedule=edit.schedule, unroll=edit.unroll)
-  tokens = decoded[:, 1:]
-
-  pixel_decoder = VQGAN(config.tokenizer, dtype=dtype)
-  raw = pixel_decoder.apply(
-      {"params": cast_params(tokenizer_params, dtype)},
-      tokens.reshape(-1, side, side), method=VQGAN.decode_from_indices)
-  raw = raw.astype(jnp.float32).reshape(batch, num_boxes, size, size, 3)
+  inputs = masked_inputs(ids, token_mask, labels, config=config)
+  tokens = decode_tokens(transformer_params, inputs.reshape(batch * num_boxes, -1), keys,
+                         config=config, edit=edit)
+  raw = decode_pixels(tokenizer_params, tokens, config=config, edit=edit)
+  raw = raw.reshape(batch, num_boxes, size, size, 3)
   mask = pixel_mask(token_mask, size, edit)
   composite = raw * mask + images[:, None].astype(jnp.float32) * (1. - mask)
   return dict(images=composite, raw=raw,
