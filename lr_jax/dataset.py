@@ -12,6 +12,7 @@ from lr_jax import imagenet
 from lr_jax import images as images_lib
 from lr_jax import manifest as manifest_lib
 from lr_jax.models import Models
+from maskgit import pixels as pixels_lib
 
 
 @dataclasses.dataclass
@@ -88,7 +89,7 @@ def prepare(models: Models, frozen, examples: list[manifest_lib.Example],
   for im in loaded:
     for note in im.notes:
       logging.warning("%s: %s", im.path, note)
-  pixels = np.stack([images_lib.to_model_input(im.pixels, size) for im in loaded])
+  pixels = np.stack([pixels_lib.to_model_input(im.pixels, size) for im in loaded])
 
   min_sim = min_class_similarity if min_class_similarity > -1 else None
   text_embed = models.encode_texts(frozen, [ex.prompt for ex in examples])   # once, batched

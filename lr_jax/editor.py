@@ -26,6 +26,7 @@ from lr_jax import sheets
 from lr_jax import step as step_lib
 from lr_jax.models import Models, build_models
 from maskgit import editing
+from maskgit import pixels as pixels_lib
 
 
 @dataclasses.dataclass
@@ -145,7 +146,7 @@ def edit_examples(models: Models, frozen, rgn_params, examples: list[manifest_li
     out = {k: np.asarray(v)[0] for k, v in out.items()}
     best = int(out["best"])
     original = loaded[i].pixels
-    result = images_lib.composite_to_original(
+    result = pixels_lib.composite_to_original(
         original, out["candidates"][best], out["masks"][best])
     record = _record(ex, prepared, i, out, seed, config, models.maskgit.image_size,
                      original.shape, checkpoint, _changed_region(result, original))

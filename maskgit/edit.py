@@ -20,6 +20,8 @@ from absl import flags
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from maskgit.pixels import composite_to_original, to_model_input
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Input image file.")
 flags.DEFINE_multi_string("box", [], "top,left,height,width (repeat for several boxes).")
@@ -101,30 +103,6 @@ def output_paths(out: str, count: int) -> list[pathlib.Path]:
   return [path.with_name(f"{path.stem}_{k}{path.suffix}") for k in range(count)]
 
 
-def _resize(array: np.ndarray, height: int, width: int, resample) -> np.ndarray:
-  """Resizes a float (H, W, C) array channel by channel (PIL float images)."""
-  channels = [np.asarray(Image.fromarray(np.ascontiguousarray(array[..., c], np.float32))
-                         .resize((width, height), resample), np.float32)
-              for c in range(array.shape[-1])]
-  return np.stack(channels, axis=-1)
-
-
-def composite_into(original: np.ndarray, edited: np.ndarray,
-                   mask: np.ndarray) -> np.ndarray:
-  """Blends a model-size edit into the original image at the original's resolution.
-
-  `edited` (S, S, 3) and `mask` (S, S, 1) are resized to the original (H, W, 3)
-  (bicubic / bilinear); returns `edited * m + original * (1 - m)`, and the
-  original's own values wherever m == 0.
-  """
-  height, width = original.shape[:2]
-  if edited.shape[:2] != (height, width):
-    edited = _resize(edited, height, width, Image.BICUBIC)
-    mask = _resize(mask, height, width, Image.BILINEAR)
-  mask = np.clip(mask, 0., 1.)
-  return np.where(mask > 0, edited * mask + original * (1. - mask), original)
-
-
 def _to_uint8(picture: np.ndarray) -> np.ndarray:
   return np.uint8(np.round(np.clip(picture, 0., 1.) * 255.))
 
@@ -177,7 +155,7 @@ def run(image: str, boxes: Sequence[str], label: int, out: str, *,
   if (height, width) != (size, size):
     note = "" if height == width else " (stretched; the result keeps the input's shape)"
     _warn(f"{width}x{height} image edited at {size}x{size}{note}")
-    pixels = _resize(original, size, size, Image.BICUBIC).clip(0., 1.)
+    pixels = to_model_input(original, size)
 
   tok_params, tr_params = checkpoints.load_maskgit(
       model, tokenizer, transformer, cache_dir, hint=CHECKPOINT_HINT)
@@ -188,7 +166,7 @@ def run(image: str, boxes: Sequence[str], label: int, out: str, *,
   paths = output_paths(out, len(box_tokens))
   for path, edited, mask in zip(paths, raw, masks):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(_to_uint8(composite_into(original, edited, mask))).save(path)
+    Image.fromarray(_to_uint8(composite_to_original(original, edited, mask))).save(path)
     print(f"wrote {path}", flush=True)
   return paths
 

@@ -10,6 +10,7 @@ from PIL import Image, ImageFile
 
 from lr_jax import images
 from lr_jax.images import ImageError
+from maskgit import pixels
 
 
 def _save(img: Image.Image, path: pathlib.Path, **kwargs) -> pathlib.Path:
@@ -265,7 +266,7 @@ def test_save_and_list(tmp_path):
 
 def test_to_model_input_is_antialiased():
   checker = (np.indices((512, 512)).sum(0) % 2).astype(np.float32)
-  out = images.to_model_input(np.repeat(checker[..., None], 3, -1), size=256)
+  out = pixels.to_model_input(np.repeat(checker[..., None], 3, -1), size=256)
   assert out.shape == (256, 256, 3) and out.dtype == np.float32
   # A 1-pixel checkerboard halved must average out (subsampling gives 0/1).
   assert np.abs(out[4:-4, 4:-4] - 0.5).max() < 0.02
@@ -274,7 +275,7 @@ def test_to_model_input_is_antialiased():
 def test_to_model_input_anisotropic_linear_ramp():
   height, width, size = 150, 600, 64
   ramp = np.tile(np.arange(width, dtype=np.float32) / (width - 1), (height, 1))
-  out = images.to_model_input(np.stack([ramp] * 3, -1), size=size)
+  out = pixels.to_model_input(np.stack([ramp] * 3, -1), size=size)
   # The whole width maps onto `size` columns: column j samples the source at
   # x = (j + 0.5) * width / size - 0.5, and a cubic filter reproduces a ramp.
   j = np.arange(size)
@@ -294,7 +295,7 @@ def test_composite_matches_jax_resize_reference():
   edited = rng.random((small, small, 3), dtype=np.float32)
   mask = np.zeros((small, small, 1), np.float32)
   mask[10:30, 20:40, 0] = rng.random((20, 20))
-  out = images.composite_to_original(original, edited, mask)
+  out = pixels.composite_to_original(original, edited, mask)
   # Independent reference: jax.image.resize (half-pixel centres) in full.
   m = np.clip(np.asarray(jax.image.resize(mask, (height, width, 1), "linear")),
               0, 1)
@@ -313,7 +314,7 @@ def test_composite_full_resolution_photo():
   edited = np.full((small, small, 3), 0.25, np.float32)
   mask = np.zeros((small, small), np.float32)
   mask[64:128, 100:200] = 1.0
-  out = images.composite_to_original(original, edited, mask)
+  out = pixels.composite_to_original(original, edited, mask)
   assert out.shape == (height, width, 3) and out.dtype == np.float32
   sy, sx = height / small, width / small
   # Bilinear upsampling reads input pixels within 1 of the sample point, so
@@ -328,18 +329,18 @@ def test_composite_full_resolution_photo():
               int(199 * sx) - 2]
   np.testing.assert_allclose(inner, 0.25, atol=1e-6)
   # Nothing changes for an all-zero mask.
-  same = images.composite_to_original(original, edited, mask * 0)
+  same = pixels.composite_to_original(original, edited, mask * 0)
   np.testing.assert_array_equal(same, original)
 
 
 def test_composite_rejects_bad_shapes():
   original = np.zeros((100, 80, 3), np.float32)
   with pytest.raises(ValueError, match="mask_small"):
-    images.composite_to_original(original, np.zeros((16, 16, 3)),
+    pixels.composite_to_original(original, np.zeros((16, 16, 3)),
                                  np.zeros((8, 8)))
   with pytest.raises(ValueError, match="original"):
-    images.composite_to_original(np.zeros((100, 80)), np.zeros((16, 16, 3)),
+    pixels.composite_to_original(np.zeros((100, 80)), np.zeros((16, 16, 3)),
                                  np.zeros((16, 16)))
   with pytest.raises(ValueError, match="finite"):
-    images.composite_to_original(original, np.zeros((16, 16, 3)),
+    pixels.composite_to_original(original, np.zeros((16, 16, 3)),
                                  np.full((16, 16), np.nan))
