@@ -34,18 +34,8 @@ def _examples() -> list[manifest_lib.Example]:
     return manifest_lib.read_manifest(_MANIFEST.value)
   if not _IMAGE.value or _PROMPT.value is None:
     raise app.UsageError("Give --image and --prompt, or --manifest.")
-  if not _PROMPT.value.strip() and _CLASS_ID.value is None:
-    raise manifest_lib.ManifestError(
-        "--prompt is empty: give the edit text, e.g. --prompt 'a lion' (or --class_id).")
-  import pathlib  # pylint: disable=g-import-not-at-top
-  path = pathlib.Path(_IMAGE.value)
-  if path.is_dir():
-    exs = manifest_lib.examples_from_folder(path, _PROMPT.value, class_id=_CLASS_ID.value)
-  else:
-    exs = [manifest_lib.Example(path, _PROMPT.value, None, None)]
-  return [manifest_lib.Example(e.image_path, e.prompt, _SOURCE.value or e.source_prompt,
-                               _CLASS_ID.value if _CLASS_ID.value is not None else e.class_id)
-          for e in exs]
+  return manifest_lib.examples_from_path(_IMAGE.value, _PROMPT.value, _SOURCE.value,
+                                         _CLASS_ID.value)
 
 
 def main(argv):

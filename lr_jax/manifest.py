@@ -204,12 +204,7 @@ def examples_from_folder(folder: str | pathlib.Path, prompt: str,
                          class_id: int | None = None) -> list[Example]:
   """One Example per image file in `folder` (sorted), all with one prompt (which may be
   empty when `class_id` gives the class)."""
-  if not isinstance(prompt, str) or (not prompt.strip() and class_id is None):
-    raise ManifestError(f"prompt must be a non-empty string, got {prompt!r}")
-  try:
-    class_id = _parse_class_id(class_id)
-  except ValueError as e:
-    raise ManifestError(str(e)) from e
+  prompt, source_prompt, class_id = _checked_texts(prompt, source_prompt, class_id)
   try:
     paths = images.list_images(folder)
   except images.ImageError as e:
@@ -218,6 +213,33 @@ def examples_from_folder(folder: str | pathlib.Path, prompt: str,
     raise ManifestError(
         f"{folder}: no images found (extensions: "
         f"{', '.join(images.SUPPORTED_EXTENSIONS)})")
-  return [Example(image_path=p.resolve(), prompt=prompt.strip(),
-                  source_prompt=_optional_text(source_prompt, "source_prompt"),
+  return [Example(image_path=p.resolve(), prompt=prompt, source_prompt=source_prompt,
                   class_id=class_id) for p in paths]
+
+
+def examples_from_path(path: str | pathlib.Path, prompt: str,
+                       source_prompt: str | None = None,
+                       class_id: int | None = None) -> list[Example]:
+  """Examples for one image file, or for every image in a folder, with one prompt."""
+  path = pathlib.Path(path).expanduser()
+  if path.is_dir():
+    return examples_from_folder(path, prompt, source_prompt, class_id)
+  prompt, source_prompt, class_id = _checked_texts(prompt, source_prompt, class_id)
+  if not path.is_file():
+    raise ManifestError(f"image file {path} does not exist")
+  return [Example(image_path=path.resolve(), prompt=prompt, source_prompt=source_prompt,
+                  class_id=class_id)]
+
+
+def _checked_texts(prompt: Any, source_prompt: Any, class_id: Any
+                   ) -> tuple[str, str | None, int | None]:
+  """(prompt, source_prompt, class_id) checked as a manifest row's, prompts stripped."""
+  try:
+    class_id = _parse_class_id(class_id)
+    source_prompt = _optional_text(source_prompt, "source_prompt")
+  except ValueError as e:
+    raise ManifestError(str(e)) from e
+  if not isinstance(prompt, str) or (not prompt.strip() and class_id is None):
+    raise ManifestError(f"prompt must be a non-empty string (the edit text, e.g. 'a lion'; "
+                        f"or give a class id), got {prompt!r}")
+  return prompt.strip(), source_prompt, class_id

@@ -172,14 +172,9 @@ def write_training_set(directory: str | os.PathLike,
 
 def example_for(image: str | os.PathLike, prompt: str,
                 source_prompt: str | None = None) -> list[manifest_lib.Example]:
-  """A one-example list editing `image` into `prompt` (checked like a manifest row)."""
-  path = pathlib.Path(image).expanduser()
-  if not path.is_file():
-    raise manifest_lib.ManifestError(f"image file {path} does not exist")
-  if not isinstance(prompt, str) or not prompt.strip():
-    raise manifest_lib.ManifestError(f"prompt must be a non-empty string, got {prompt!r}")
-  source = source_prompt.strip() if source_prompt and source_prompt.strip() else None
-  return [manifest_lib.Example(path.resolve(), prompt.strip(), source, None)]
+  """Examples editing `image` (a file, or each image of a folder) into `prompt`,
+  checked like a manifest row."""
+  return manifest_lib.examples_from_path(image, prompt, source_prompt)
 
 
 def upload_image(directory: str | os.PathLike = "uploads",
