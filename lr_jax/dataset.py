@@ -43,7 +43,7 @@ def examples_from_config(config) -> list[manifest_lib.Example]:
     if not config.data.prompt:
       raise manifest_lib.ManifestError("config.data.image_dir needs config.data.prompt (the edit text)")
     return manifest_lib.examples_from_folder(config.data.image_dir, config.data.prompt)
-  if config.data.get("samples", False):
+  if config.data.samples:
     from lr_jax import samples  # pylint: disable=g-import-not-at-top
     return samples.sample_examples()
   raise manifest_lib.ManifestError(

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lr_jax.clip import CLIP, CLIPConfig, TextConfig
-from lr_jax.hf_files import (MODEL_FILES, WeightsError, download_hint,
+from lr_jax.hf_files import (MODEL_FILES, WEIGHTS_FILE, WeightsError, download_hint,
                              read_json, read_safetensors, resolve_hf_repo)
-from lr_jax.vit import ViT, ViTConfig
+from lr_jax.vit import ACTIVATIONS, ViT, ViTConfig
 from maskgit import checkpoints as maskgit_checkpoints
 
 HF_CLIP_REPO = "openai/clip-vit-base-patch16"
@@ -69,8 +69,8 @@ class DinoBundle:
 # ----------------------------------------------------------------------------
 
 def _activation(name: str) -> str:
-  if name not in ("quick_gelu", "gelu"):
-    raise WeightsError(f"unsupported hidden_act {name!r} (supported: quick_gelu, gelu)")
+  if name not in ACTIVATIONS:
+    raise WeightsError(f"unsupported hidden_act {name!r} (supported: {', '.join(ACTIVATIONS)})")
   return name
 
 
@@ -340,7 +340,7 @@ def load_clip(repo_or_dir: str | os.PathLike = HF_CLIP_REPO, dtype: Any = jnp.fl
   directory = resolve_hf_repo(repo_or_dir, MODEL_FILES, CLIP_TOKENIZER_FILES, revision)
   config = clip_config_from_json(read_json(directory / "config.json"))
   tokenizer = load_clip_tokenizer(directory, config)
-  weights = directory / "model.safetensors"
+  weights = directory / WEIGHTS_FILE
   params = convert_clip(read_safetensors(weights), config, str(weights))
   return ClipBundle(CLIP(config, dtype), params, tokenizer, config)
 
@@ -354,7 +354,7 @@ def load_dino(repo_or_dir: str | os.PathLike = HF_DINO_REPO, dtype: Any = jnp.fl
   """
   directory = resolve_hf_repo(repo_or_dir, MODEL_FILES, revision=revision)
   config = dino_config_from_json(read_json(directory / "config.json"), pos_interpolation)
-  weights = directory / "model.safetensors"
+  weights = directory / WEIGHTS_FILE
   params = convert_dino(read_safetensors(weights), config, str(weights))
   return DinoBundle(ViT(config, dtype), params, config)
 
