@@ -9,13 +9,15 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from lr_common.errors import UserError
+
 # Settings that may change between a run and its resumption without changing
 # what the run computes.
 RESUMABLE_KEYS = ("train.max_steps", "train.log_every", "train.checkpoint_every",
                   "train.max_to_keep", "infer", "maskgit.cache_dir")
 
 
-class WorkdirError(RuntimeError):
+class WorkdirError(UserError, RuntimeError):
   """The workdir holds a checkpoint made with another config or other data."""
 
 

@@ -9,10 +9,10 @@ import pathlib
 import numpy as np
 
 from lr_jax import imagenet
-from lr_jax import images as images_lib
+from lr_common import image_files as images_lib
 from lr_jax import manifest as manifest_lib
 from lr_jax.models import Models
-from maskgit import pixels as pixels_lib
+from lr_common import pixels as pixels_lib
 
 
 @dataclasses.dataclass

@@ -20,13 +20,13 @@ import numpy as np
 import tqdm
 
 from lr_jax import dataset
-from lr_jax import images as images_lib
+from lr_common import image_files as images_lib
 from lr_jax import manifest as manifest_lib
 from lr_jax import sheets
 from lr_jax import step as step_lib
 from lr_jax.models import Models, build_models
 from maskgit import editing
-from maskgit import pixels as pixels_lib
+from lr_common import pixels as pixels_lib
 
 
 @dataclasses.dataclass

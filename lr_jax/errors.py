@@ -3,23 +3,16 @@ import ast
 import contextlib
 import sys
 
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-  # Imported lazily: each module owns its error type.
-  from lr_jax import checkpointing, hf_weights, imagenet, images, manifest, trainer  # pylint: disable=g-import-not-at-top
-  from maskgit import checkpoints, editing  # pylint: disable=g-import-not-at-top
-  return (checkpoints.CheckpointError, hf_weights.WeightsError, images.ImageError,
-          manifest.ManifestError, imagenet.PromptError, checkpointing.WorkdirError,
-          trainer.NonFiniteLossError, editing.BoxError, editing.LabelError,
-          FileNotFoundError)
+from lr_common.errors import UserError
 
 
 @contextlib.contextmanager
 def friendly_errors():
-  """Prints expected errors without a traceback and exits with status 1."""
+  """Prints user errors (`UserError`, a missing file) as one `error:` line, no traceback, and
+  exits with status 1."""
   try:
     yield
-  except _expected_errors() as e:  # pylint: disable=catching-non-exception
+  except (UserError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 

@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lr_common.errors import UserError
+
 MODEL_FILES = ("config.json", "model.safetensors")
 WEIGHTS_FILE = "model.safetensors"
 # Hub repos whose main branch lacks model.safetensors -> a revision that has it
@@ -37,7 +39,7 @@ CONVERT_BIN_COMMAND = (
     "save_file({k: v.contiguous() for k, v in sd.items()}, 'DIR/model.safetensors')\"")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
   """A checkpoint could not be found, read, or mapped onto the Flax model."""
 
 

@@ -27,7 +27,7 @@ from lr_jax.clip import CLIP, CLIPConfig, TextConfig
 from lr_jax.hf_files import (MODEL_FILES, WEIGHTS_FILE, WeightsError, download_hint,
                              read_json, read_safetensors, resolve_hf_repo)
 from lr_jax.vit import ACTIVATIONS, ViT, ViTConfig
-from maskgit import checkpoints as maskgit_checkpoints
+from lr_common.random_params import draw_params
 
 HF_CLIP_REPO = "openai/clip-vit-base-patch16"
 HF_DINO_REPO = "facebook/dino-vitb16"  # the paper's default; "facebook/dino-vitb8" by config
@@ -363,7 +363,7 @@ def random_params(abstract_params: Any, rng: jax.Array, std: float = 0.02) -> An
   """Random params for the shapes in `abstract_params` (HF-style init: weights N(0, std),
   biases 0, LayerNorm scales 1), drawn with numpy: the same key gives the same params and
   nothing is compiled (eager `model.init` takes tens of seconds on a small CPU)."""
-  return maskgit_checkpoints.draw_params(abstract_params, rng, lambda _: std)
+  return draw_params(abstract_params, rng, lambda _: std)
 
 
 def init_clip(config: CLIPConfig, rng: jax.Array, dtype: Any = jnp.float32) -> ClipBundle:

@@ -19,6 +19,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import jax.numpy as jnp
 import numpy as np
 
+from lr_common.errors import UserError
+
 NUM_CLASSES = 1000
 CLASS_PROMPT_TEMPLATE = "a photo of a {}."
 TextEncoder = Callable[[Sequence[str]], jnp.ndarray]
@@ -31,7 +33,7 @@ _LEADING_PHRASES = (
 _ARTICLES = ("a", "an", "the")
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
   """A prompt that cannot be turned into an ImageNet class."""
 
 

@@ -21,14 +21,15 @@ import json
 import pathlib
 from typing import Any
 
-from lr_jax import images
+from lr_common.errors import UserError
+from lr_common import image_files as images
 
 REQUIRED_KEYS = ("image", "prompt")
 OPTIONAL_KEYS = ("source_prompt", "class_id")
 ALLOWED_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
   """The manifest cannot be used (message lists every problem found)."""
 
 

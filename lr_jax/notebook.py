@@ -21,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from lr_common.errors import UserError
 from lr_jax import hf_weights
 from lr_jax import manifest as manifest_lib
 from lr_jax import samples
@@ -38,7 +39,7 @@ TRAINING_SET = (
 )
 
 
-class ConfigNotFoundError(FileNotFoundError):
+class ConfigNotFoundError(UserError, FileNotFoundError):
   """No configs/<name>.py was found in any of the places searched."""
 
 

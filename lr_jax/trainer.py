@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import tqdm
 
+from lr_common.errors import UserError
 from lr_jax import checkpointing
 from lr_jax import dataset as data_lib
 from lr_jax import sharding
@@ -26,7 +27,7 @@ RGN_SETTINGS = ("models", "maskgit.name", "region.sizes", "region.roi_size",
                 "region.sampling_ratio", "rgn")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The loss became NaN or infinite; the message names the step and the images."""
 
 

@@ -11,7 +11,7 @@ import pathlib
 import sys
 import tempfile
 import urllib.request
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.serialization
 import jax
@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from lr_common.errors import UserError
+from lr_common.random_params import draw_params
 from maskgit.configs import MaskGITConfig
 from maskgit.transformer import Transformer
 from maskgit.vqgan import VQGAN
@@ -35,7 +37,7 @@ _CHUNK_BYTES = 1 << 20
 _MAX_LISTED_KEYS = 40
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """A checkpoint cannot be found, downloaded, read, or does not fit the model."""
 
 
@@ -237,27 +239,6 @@ def init_params(config: MaskGITConfig, rng: jax.Array) -> Tuple[Params, Params]:
   std = config.transformer.initializer_range
   return (draw_params(tok_shapes, tok_rng, fan_in),
           draw_params(tr_shapes, tr_rng, lambda _: std))
-
-
-def draw_params(abstract: Params, rng: jax.Array,
-                std_of: Callable[[Tuple[int, ...]], float]) -> Params:
-  """Random params for a tree of shapes, drawn with numpy (nothing is compiled).
-
-  Leaves named `scale` are 1, `bias` 0, the rest N(0, std_of(shape)). The numpy
-  generator is seeded from the key's data: the same key gives the same params.
-  """
-  key = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-  gen = np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
-
-  def leaf(path, x):
-    name = str(getattr(path[-1], "key", path[-1]))
-    if name == "scale":
-      return jnp.ones(x.shape, jnp.float32)
-    if name == "bias":
-      return jnp.zeros(x.shape, jnp.float32)
-    return jnp.asarray(gen.normal(0.0, std_of(x.shape), x.shape).astype(np.float32))
-
-  return jax.tree_util.tree_map_with_path(leaf, abstract)
 
 
 def official_checkpoint_names(config: MaskGITConfig) -> Tuple[str, str]:

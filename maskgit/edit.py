@@ -18,9 +18,11 @@ from typing import Sequence
 from absl import app
 from absl import flags
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from maskgit.pixels import composite_to_original, to_model_input
+from lr_common import image_files
+from lr_common.errors import UserError
+from lr_common.pixels import composite_to_original, to_model_input
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Input image file.")
@@ -41,7 +43,7 @@ CHECKPOINT_HINT = ("pass --cache_dir DIR (a folder holding the files), or the fi
                    "themselves with --tokenizer FILE and --transformer FILE")
 
 
-class EditCLIError(ValueError):
+class EditCLIError(UserError, ValueError):
   """Bad command-line input (message shown to the user without a traceback)."""
 
 
@@ -50,31 +52,16 @@ def _warn(message: str) -> None:
 
 
 def load_image(path: str) -> np.ndarray:
-  """Reads an image as float32 RGB (H, W, 3) in [0, 1], warning on conversions."""
+  """Reads an image as float32 RGB (H, W, 3) in [0, 1] with lr_jax's loader (EXIF
+  orientation, transparency over white, grayscale / 16-bit / CMYK converted), printing
+  each conversion as a warning."""
   try:
-    with Image.open(path) as image:
-      image.load()
-      image = ImageOps.exif_transpose(image)  # as viewers show it (phone photos)
-  except FileNotFoundError:
-    raise EditCLIError(f"image file not found: {path}") from None
-  except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise EditCLIError(f"cannot read image {path}: {e}") from None
-  mode = image.mode
-  if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-    data = np.asarray(image, np.float64)
-    top = 65535. if mode.startswith("I;16") or data.max() > 255 else 255.
-    if mode == "F":
-      top = max(1., float(data.max()))
-    _warn(f"{mode} image (high bit depth, grayscale) scaled to [0, 1] and copied to RGB")
-    gray = np.clip(data / top, 0., 1.).astype(np.float32)
-    return np.repeat(gray[..., None], 3, axis=-1)
-  if mode in ("L", "1", "LA"):
-    _warn(f"grayscale image (mode {mode}) converted to RGB")
-  elif mode in ("RGBA", "PA") or (mode == "P" and "transparency" in image.info):
-    _warn(f"alpha channel of the {mode} image dropped")
-  elif mode not in ("RGB", "P"):
-    _warn(f"{mode} image converted to RGB")
-  return np.asarray(image.convert("RGB"), np.float32) / 255.
+    loaded = image_files.load_image(path, min_side=1)
+  except image_files.ImageError as e:
+    raise EditCLIError(str(e)) from None
+  for note in loaded.notes:
+    _warn(note)
+  return loaded.pixels
 
 
 def parse_boxes(specs: Sequence[str]) -> np.ndarray:

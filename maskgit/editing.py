@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lr_common.errors import UserError
 from maskgit import decoding
 from maskgit.configs import MaskGITConfig
 from maskgit.transformer import Transformer
@@ -70,11 +71,11 @@ class EditConfig:
     decoding.check_schedule(self.schedule)
 
 
-class BoxError(ValueError):
+class BoxError(UserError, ValueError):
   """A box is empty, inverted, malformed or entirely outside the token grid."""
 
 
-class LabelError(ValueError):
+class LabelError(UserError, ValueError):
   """A class label is outside the model's [0, num_class) range."""
 
 

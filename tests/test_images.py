@@ -1,4 +1,4 @@
-"""Tests for lr_jax.images: loading (modes, EXIF, errors), resizing, compositing."""
+"""Tests for lr_common.image_files (loading: modes, EXIF, errors) and lr_common.pixels (resizing, compositing)."""
 import pathlib
 import struct
 import zlib
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from lr_jax import images
-from lr_jax.images import ImageError
-from maskgit import pixels
+from lr_common import image_files as images
+from lr_common.image_files import ImageError
+from lr_common import pixels
 
 
 def _save(img: Image.Image, path: pathlib.Path, **kwargs) -> pathlib.Path:

@@ -256,10 +256,12 @@ def _gray_png(path):
 def _rgba_png(path):
   values = np.random.default_rng(3).integers(0, 256, (40, 40, 4), np.uint8)
   Image.fromarray(values, "RGBA").save(path)
-  return values[..., :3]
+  rgba = values.astype(np.float32) / 255.   # composited over white, in float32 as loaded
+  over_white = rgba[..., :3] * rgba[..., 3:] + (1. - rgba[..., 3:])
+  return np.round(np.clip(over_white, 0., 1.) * 255.)
 
 
-@pytest.mark.parametrize("make,warning", [(_gray_png, "grayscale"), (_rgba_png, "alpha"),
+@pytest.mark.parametrize("make,warning", [(_gray_png, "grayscale"), (_rgba_png, "transparency"),
                                           (_gray16_png, "I;16")])
 def test_cli_converts_other_image_kinds(setup, tmp_path, capsys, make, warning):
   source, out = tmp_path / "in.png", tmp_path / "out.png"
@@ -283,8 +285,8 @@ def _one_error_line(err):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--box=0,0,8,8", "--label=1"], "cannot read image"),           # a text file
-    (["--box=0,0,8,8", "--label=1", "MISSING"], "not found"),
+    (["--box=0,0,8,8", "--label=1"], "not a recognised image"),      # a text file
+    (["--box=0,0,8,8", "--label=1", "MISSING"], "does not exist"),
     (["--box=50,0,8,8", "--label=1"], "outside the 40x40 image"),
     (["--box=5,5,0,8", "--label=1"], "empty or inverted"),
     (["--box=0,0,8,8", "--label=10"], r"\[0, 10\), got 10"),
@@ -299,7 +301,7 @@ def test_cli_bad_input_is_one_error_line(setup, tmp_path, capsys, args, expected
   _rgb_png(source, 40, 40)
   if args[-1] == "MISSING":
     args, source = args[:-1], tmp_path / "missing.png"
-  elif expected == "cannot read image":
+  elif expected == "not a recognised image":
     source.write_text("not an image")
   code = _cli(setup["directory"], f"--image={source}", f"--out={tmp_path / 'o.png'}", *args)
   line = _one_error_line(capsys.readouterr().err)

@@ -1,5 +1,5 @@
 """Image input/output: loading with clear errors and saving. Resizing to the model
-size and compositing an edit back are `maskgit.pixels`.
+size and compositing an edit back are `lr_common.pixels`.
 
 Pixels are float32 RGB in [0, 1], laid out (H, W, 3) (one image) as the rest of
 lr_jax expects (NHWC once batched).
@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lr_common.errors import UserError
+
 SUPPORTED_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
 )
@@ -24,7 +26,7 @@ _SAVE_FORMATS = {
 _EXIF_ORIENTATION_TAG = 0x0112
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
   """A file cannot be used as an input image (message names file and reason)."""
 
 
