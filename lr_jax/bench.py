@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
+from lr_common import benchmarking
 from lr_jax import errors
+from lr_jax import settings as settings_lib
 from lr_jax import step as step_lib
 from lr_jax.models import build_random_models
-from maskgit import bench_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.")
 _WHAT = flags.DEFINE_list("what", ["train", "edit"], "What to time: train, edit.")
@@ -39,46 +40,49 @@ def _time(fn, args, repeats: int) -> dict[str, float]:
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - t0
   jax.block_until_ready(compiled(*args))         # warm-up
-  times = bench_lib.timed(lambda: compiled(*args), repeats)
+  times = benchmarking.timed(lambda: compiled(*args), repeats)
   memory = compiled.memory_analysis()
   return {"compile_s": compile_s, "s_per_call": float(np.median(times)),
-          "xla_flops": bench_lib.compiled_flops(compiled) or float("nan"),
+          "xla_flops": benchmarking.compiled_flops(compiled) or float("nan"),
           "temp_gb": getattr(memory, "temp_size_in_bytes", float("nan")) / 2**30}
 
 
 def run(config, what=("train", "edit"), batch: int = 1, repeats: int = 5) -> list[dict]:
   """Times the jitted train step and/or inference; returns one row per function."""
-  models, frozen = build_random_models(config)
+  built = build_random_models(config)
+  models, frozen = built.models, built.frozen
+  method = settings_lib.method(config)
   rng = np.random.default_rng(0)
-  size = models.maskgit.image_size
+  size = models.editor.image_size
   p = models.clip.config.projection_dim
   unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
   data = {"images": jnp.asarray(rng.random((batch, size, size, 3), np.float32)),
-          "labels": jnp.asarray(rng.integers(0, models.num_classes(), batch), jnp.int32),
           "text_embed": jnp.asarray(unit(rng.normal(size=(batch, p))), jnp.float32),
-          "src_text_embed": jnp.asarray(unit(rng.normal(size=(batch, p))), jnp.float32)}
+          "src_text_embed": jnp.asarray(unit(rng.normal(size=(batch, p))), jnp.float32),
+          "cond": jax.tree.map(jnp.asarray, models.editor.dummy_condition(batch))}
   key = jax.random.PRNGKey(0)
-  state = step_lib.init_train_state(models, config, key)
-  k, m = config.region.num_anchors, len(config.region.sizes)
+  state = step_lib.init_train_state(models, method, key)
+  k, m = method.region.num_anchors, method.region.num_boxes
   rows = []
   for name in what:
     if name == "train":
-      fn = step_lib.make_train_step(models, config, donate=False)
+      fn = step_lib.make_train_step(models, method, donate=False)
       stats = _time(fn, (state, frozen, data, key), repeats)
       edits = batch * k * m
     elif name == "edit":
-      fn = step_lib.make_infer(models, config)
+      fn = step_lib.make_infer(models, method)
       stats = _time(fn, (state.params, frozen, data, key), repeats)
       edits = batch * k
     else:
       raise app.UsageError(f"--what takes train and/or edit, not {name!r}")
     stats.update(
-        what=name, config=config.maskgit.name, device=str(jax.devices()[0].device_kind),
+        what=name, config=config.editor.name, device=str(jax.devices()[0].device_kind),
         backend=jax.default_backend(), batch=batch, edits_per_call=edits,
         s_per_image=stats["s_per_call"] / batch, s_per_edit=stats["s_per_call"] / edits,
         edits_per_s=edits / stats["s_per_call"],
         xla_tflops_per_s=stats["xla_flops"] / stats["s_per_call"] / 1e12,
-        peak_memory_gb=bench_lib.peak_memory_bytes()[0] / 2**30, edit_dtype=config.edit.dtype)
+        peak_memory_gb=benchmarking.peak_memory_bytes()[0] / 2**30, edit_dtype=models.editor.dtype,
+        image_size=size)
     rows.append(stats)
   return rows
 

@@ -1,4 +1,5 @@
-"""Training checkpoints (orbax `CheckpointManager`) and the workdir's config guard."""
+"""Training checkpoints (orbax `CheckpointManager`), the workdir's config guard, and
+loading a trained RGN (`load_rgn_params`) for inference."""
 from __future__ import annotations
 
 import json
@@ -10,11 +11,24 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from lr_common.errors import UserError
+from lr_jax import defaults
+from lr_jax import editors
+from lr_jax import settings as settings_lib
+from lr_jax import sharding
+from lr_jax import step as step_lib
 
-# Settings that may change between a run and its resumption without changing
-# what the run computes.
-RESUMABLE_KEYS = ("train.max_steps", "train.log_every", "train.checkpoint_every",
-                  "train.max_to_keep", "infer", "maskgit.cache_dir")
+
+def resumable_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Settings that may change between a run and its resumption without changing what
+  the run computes (derived from `settings` and the editor module)."""
+  return settings_lib.resumable_keys() + tuple(editors.of(config).RESUMABLE_KEYS)
+
+
+def rgn_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Settings that give a trained RGN's inputs and outputs their meaning (the box
+  sizes, the editor's token grid, the feature widths); num_anchors may change."""
+  return (("models", "editor.name") + settings_lib.rgn_keys()
+          + tuple(editors.of(config).RGN_KEYS))
 
 
 class WorkdirError(UserError, RuntimeError):
@@ -32,13 +46,31 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def _drop_resumable(flat: dict[str, Any]) -> dict[str, Any]:
+def _within(flat: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
   return {k: v for k, v in flat.items()
-          if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)}
+          if any(k == p or k.startswith(p + ".") for p in prefixes)}
 
 
-def _comparable(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return _drop_resumable(_flatten(json.loads(config.to_json_best_effort())))
+def _without(flat: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
+  inside = _within(flat, prefixes)
+  return {k: v for k, v in flat.items() if k not in inside}
+
+
+def _as_flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return _flatten(json.loads(config.to_json_best_effort()))
+
+
+def _saved_flat(config_path: pathlib.Path) -> dict[str, Any]:
+  """The saved config, with settings added to lr_jax after the run was made filled
+  in with their defaults (which is what the run did: e.g. `editor.name`)."""
+  saved = _flatten(json.loads(config_path.read_text()))
+  base = defaults.base_config()
+  name = saved.get("editor.name", editors.DEFAULT)
+  if name != editors.DEFAULT:
+    editors.add_defaults(base, name)
+  for key, value in _as_flat(base).items():
+    saved.setdefault(key, value)
+  return saved
 
 
 def has_checkpoint(workdir: str | pathlib.Path) -> bool:
@@ -76,9 +108,10 @@ def check_workdir(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   config_path, data_path = workdir / "config.json", workdir / "data.json"
-  current = _comparable(config)
+  resumable = resumable_keys(config)
+  current = _without(_as_flat(config), resumable)
   if config_path.exists() and has_checkpoint(workdir):
-    saved = _drop_resumable(_flatten(json.loads(config_path.read_text())))
+    saved = _without(_saved_flat(config_path), resumable)
     diffs = _config_diffs(saved, current)
     if diffs:
       raise WorkdirError(
@@ -100,14 +133,15 @@ def check_workdir(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
 
 def check_compatible(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
                      prefixes: tuple[str, ...]) -> None:
-  """Raises WorkdirError if the settings under `prefixes` differ from the workdir's run."""
+  """Raises WorkdirError if the settings under `prefixes` differ from the workdir's run,
+  or if the workdir does not say which settings its run had (no config.json)."""
   config_path = pathlib.Path(workdir) / "config.json"
   if not config_path.exists():
-    return
-  within = lambda flat: {k: v for k, v in flat.items()
-                         if any(k == p or k.startswith(p + ".") for p in prefixes)}
-  diffs = _config_diffs(within(_flatten(json.loads(config_path.read_text()))),
-                        within(_comparable(config)))
+    raise WorkdirError(
+        f"{workdir} has no config.json, so the settings its RGN was trained with are "
+        f"unknown; point --rgn_checkpoint at a complete training workdir.")
+  diffs = _config_diffs(_within(_saved_flat(config_path), prefixes),
+                        _within(_as_flat(config), prefixes))
   if diffs:
     raise WorkdirError(
         f"The RGN in {workdir} was trained with other region settings, so its scores "
@@ -139,3 +173,47 @@ def restore_latest(manager: ocp.CheckpointManager, like: Any) -> tuple[Any, int]
     return None
   state = manager.restore(step, args=ocp.args.StandardRestore(like))
   return state, step
+
+
+def resolve_rgn_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, int | None]:
+  """(workdir, step or None for the newest) of a training workdir or one of its
+  `checkpoints/<step>` folders."""
+  path = pathlib.Path(path)
+  if path.name.isdigit() and path.parent.name == "checkpoints":
+    if not path.is_dir():
+      kept = sorted(p.name for p in path.parent.iterdir() if p.name.isdigit()) \
+          if path.parent.is_dir() else []
+      raise FileNotFoundError(f"No checkpoint {path}; kept steps: {', '.join(kept) or 'none'}")
+    return path.parent.parent, int(path.name)
+  if (path / "checkpoints").is_dir():
+    return path, None
+  raise FileNotFoundError(
+      f"No lr_jax checkpoint at {path}: pass a training --workdir (holding "
+      f"checkpoints/) or one of its checkpoints/<step> folders.")
+
+
+def load_rgn_params(path: str | pathlib.Path, models: Any, config: ml_collections.ConfigDict,
+                    method: settings_lib.Method | None = None) -> Any:
+  """RGN parameters (numpy) from a training workdir (its newest checkpoint) or from
+  one of its `checkpoints/<step>` folders, refused under other region settings."""
+  workdir, step = resolve_rgn_checkpoint(path)
+  check_compatible(workdir, config, rgn_keys(config))
+  method = settings_lib.method(config) if method is None else method
+  # Shapes only: nothing to compute or compile before restoring.
+  like = jax.eval_shape(lambda: step_lib.init_train_state(models, method, jax.random.PRNGKey(0)))
+  manager = make_manager(workdir)
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{workdir} holds no checkpoint yet")
+    try:
+      state = manager.restore(step, args=ocp.args.StandardRestore(like))
+    except (ValueError, KeyError, TypeError) as e:
+      raise WorkdirError(
+          f"The checkpoint {workdir}/checkpoints/{step} does not fit this config's RGN "
+          f"(anchors, sizes, widths or DINO size differ?): {e}") from e
+  finally:
+    manager.close()
+  # Host arrays: restored ones carry the training mesh's sharding, and a jitted
+  # step fed those first and its own outputs next would compile twice.
+  return sharding.to_host(state.params)

@@ -1,38 +1,46 @@
-"""Turns a manifest of (image, prompt) pairs into model-ready arrays: pixels, classes, text embeddings."""
+"""Turns a manifest of (image, prompt) pairs into model-ready arrays: pixels, the editor's
+conditioning, text embeddings."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import pathlib
+from typing import Any
 
+import jax
 import numpy as np
 
-from lr_jax import imagenet
 from lr_common import image_files as images_lib
-from lr_jax import manifest as manifest_lib
-from lr_jax.models import Models
 from lr_common import pixels as pixels_lib
+from lr_jax import imagenet
+from lr_jax import manifest as manifest_lib
+from lr_jax import step as step_lib
+from lr_jax.models import Built, Models
+
+_IMAGE_BATCH = 8   # images per zero-shot image-encoder call
 
 
 @dataclasses.dataclass
 class Prepared:
   """Everything the jitted steps need about a set of examples, as host arrays."""
   examples: list[manifest_lib.Example]
-  images: np.ndarray            # (N, S, S, 3) float32 at the MaskGIT size
-  labels: np.ndarray            # (N,) int32 ImageNet class ids
+  images: np.ndarray            # (N, S, S, 3) float32 at the editor's size
   text_embed: np.ndarray        # (N, P) CLIP text embeddings of the target prompts
   src_text_embed: np.ndarray    # (N, P) ... of the source prompts
-  matches: list[imagenet.ClassMatch]
+  cond: dict[str, np.ndarray]   # the editor's conditioning arrays, one row per example
+  cond_records: list[dict]      # the editor's per-example record (MaskGIT: the class match)
+  summaries: list[str]          # ... and its one-line summary
   source_prompts: list[str]
 
   def __len__(self) -> int:
     return len(self.examples)
 
-  def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    return dict(images=self.images[indices], labels=self.labels[indices],
-                text_embed=self.text_embed[indices],
-                src_text_embed=self.src_text_embed[indices])
+  def batch(self, indices: np.ndarray) -> dict[str, Any]:
+    return dict(images=self.images[indices], text_embed=self.text_embed[indices],
+                src_text_embed=self.src_text_embed[indices],
+                cond={k: v[indices] for k, v in self.cond.items()})
 
 
 def examples_from_config(config) -> list[manifest_lib.Example]:
@@ -77,38 +85,53 @@ def load_images(examples: list[manifest_lib.Example]) -> list[images_lib.LoadedI
   return loaded
 
 
-def prepare(models: Models, frozen, examples: list[manifest_lib.Example],
-            loaded: list[images_lib.LoadedImage] | None = None,
-            min_class_similarity: float = -1.0) -> Prepared:
-  """Loads and resizes every image, matches prompts to classes, embeds the texts.
+@functools.partial(jax.jit, static_argnums=0)
+def _image_embeds(models: Models, frozen: Any, images: jax.Array) -> jax.Array:
+  return step_lib.clip_images(models, frozen, images)[0]
+
+
+def image_embeddings(built: Built, images: np.ndarray) -> np.ndarray:
+  """CLIP image embeddings (N, P) of images (N, S, S, 3) in [0, 1], in fixed batches
+  (so the encoder compiles once)."""
+  out = []
+  for i in range(0, len(images), _IMAGE_BATCH):
+    chunk = np.asarray(images[i:i + _IMAGE_BATCH], np.float32)
+    padded = np.concatenate(
+        [chunk, np.zeros((_IMAGE_BATCH - len(chunk),) + chunk.shape[1:], np.float32)])
+    out.append(np.asarray(_image_embeds(built.models, {"clip": built.frozen["clip"]},
+                                        padded))[:len(chunk)])
+  return np.concatenate(out) if out else np.zeros((0, built.models.clip.config.projection_dim))
+
+
+def prepare(built: Built, examples: list[manifest_lib.Example],
+            loaded: list[images_lib.LoadedImage] | None = None) -> Prepared:
+  """Loads and resizes every image, asks the editor for its conditioning, embeds the texts.
 
   All problems with the images are collected and reported together.
   """
-  size = models.maskgit.image_size
+  if built.text_encoder is None:
+    raise ValueError("These models have no CLIP tokenizer (random benchmark models): "
+                     "prompts cannot be encoded.")
+  editor, text = built.models.editor, built.text_encoder
   loaded = load_images(examples) if loaded is None else loaded
   for im in loaded:
     for note in im.notes:
       logging.warning("%s: %s", im.path, note)
-  pixels = np.stack([pixels_lib.to_model_input(im.pixels, size) for im in loaded])
-
-  min_sim = min_class_similarity if min_class_similarity > -1 else None
-  text_embed = models.encode_texts(frozen, [ex.prompt for ex in examples])   # once, batched
-  matches = [imagenet.match_prompt(ex.prompt, text_encoder=models.text_encoder(frozen),
-                                   class_id=ex.class_id, min_similarity=min_sim,
-                                   prompt_embed=text_embed[i])
-             for i, ex in enumerate(examples)]
+  pixels = np.stack([pixels_lib.to_model_input(im.pixels, editor.image_size) for im in loaded])
+  text_embed = text([ex.prompt for ex in examples])   # once, batched
+  cond = editor.condition(examples, text)
   need_zero_shot = [i for i, ex in enumerate(examples) if not ex.source_prompt]
-  image_embed = dict(zip(need_zero_shot, models.encode_images(frozen, pixels[need_zero_shot])
+  image_embed = dict(zip(need_zero_shot, image_embeddings(built, pixels[need_zero_shot])
                          if need_zero_shot else []))
-  class_emb = models.class_name_embeddings(frozen) if need_zero_shot else None
+  class_emb = text.class_name_embeddings() if need_zero_shot else None
   sources = [imagenet.source_prompt(ex.source_prompt, image_embed.get(i), class_emb)
              for i, ex in enumerate(examples)]
-  src_text_embed = models.encode_texts(frozen, sources)
+  src_text_embed = text(sources)
   return Prepared(examples=list(examples), images=pixels.astype(np.float32),
-                  labels=np.asarray([models.model_label(m.class_id) for m in matches], np.int32),
                   text_embed=np.asarray(text_embed, np.float32),
                   src_text_embed=np.asarray(src_text_embed, np.float32),
-                  matches=matches, source_prompts=sources)
+                  cond=cond.arrays, cond_records=cond.records, summaries=cond.summaries,
+                  source_prompts=sources)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -1,5 +1,9 @@
-"""Default settings shared by every lr_jax config file in configs/ (the paper's setup)."""
+"""Default settings shared by every lr_jax config file in configs/ (the paper's setup).
+
+The typed, checked view of these sections is `lr_jax.settings`."""
 import ml_collections
+
+from lr_jax import editors
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -10,11 +14,9 @@ def base_config() -> ml_collections.ConfigDict:
   # models built offline, for tests, CI and smoke runs.
   c.models = "official"
 
-  c.maskgit = ml_collections.ConfigDict()
-  c.maskgit.name = "imagenet256"   # or "imagenet512", "tiny"
-  c.maskgit.tokenizer = ""         # checkpoint name or local path; "" = official
-  c.maskgit.transformer = ""
-  c.maskgit.cache_dir = ""         # "" = $MASKGIT_CACHE_DIR or ~/.cache/lr_jax/maskgit
+  # The generator (lr_jax/editors/<name>.py) and its own config sections; configs
+  # pick another with editors.add_defaults(c, name).
+  editors.add_defaults(c)
 
   c.dino = ml_collections.ConfigDict()
   c.dino.repo = "facebook/dino-vitb16"   # hub id or local directory
@@ -36,14 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.selection.estimator = "straight_through"   # or "expected"
   c.selection.tau = 1.0
 
-  c.edit = ml_collections.ConfigDict()
-  c.edit.start_iter = 2
-  c.edit.num_iter = 12
-  c.edit.choice_temperature = 4.5
-  c.edit.grow_tokens = 1
-  c.edit.dtype = "float32"                     # or "bfloat16"
-
-  c.loss = ml_collections.ConfigDict()
+  c.loss = ml_collections.ConfigDict()   # one weight per term of losses.TERMS (Eq. 3)
   c.loss.clip = 1.0
   c.loss.dir = 1.0
   c.loss.structure = 1.0
@@ -52,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.score = ml_collections.ConfigDict()
   c.score.alpha = 2.0
   c.score.beta = 1.0
+  c.score.top_t2i = 0       # >0: best S among the top-N by S_t2i (the official code: 3)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 3e-3

@@ -12,10 +12,11 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from lr_jax import editors
 from lr_jax import errors
 from lr_jax import manifest as manifest_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/maskgit_imagenet256.py",
+_CONFIG = config_flags.DEFINE_config_file("config", f"configs/{editors.DEFAULT_CONFIG}.py",
                                           "Config file (configs/*.py).", lock_config=True)
 _IMAGE = flags.DEFINE_string("image", None, "An image file or a folder of images.")
 _PROMPT = flags.DEFINE_string("prompt", None, "What to turn the image into, e.g. 'a lion'.")
@@ -45,15 +46,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   with errors.friendly_errors():
-    from lr_jax import editor  # pylint: disable=g-import-not-at-top
-    outcomes = editor.run_edit(
+    from lr_jax import inference  # pylint: disable=g-import-not-at-top
+    outcomes = inference.run_edit(
         config, _examples(), out_dir=_OUT.value, rgn_checkpoint=_CKPT.value,
         refine_steps=config.infer.refine_steps if _REFINE.value is None else _REFINE.value,
         seed=_SEED.value)
   for o in outcomes:
     best = o.record["best_anchor"]
-    print(f"{o.example.image_path}: class {o.record['class']['id']} "
-          f"({o.record['class']['name']}), best anchor {best}, "
+    print(f"{o.example.image_path}: {o.record['conditioning']}, best anchor {best}, "
           f"S={o.record['scores']['S'][best]:.4f} -> {o.files.get('edited')}")
 
 

@@ -13,7 +13,6 @@ import difflib
 import functools
 import pathlib
 import re
-import weakref
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax.numpy as jnp
@@ -139,35 +138,20 @@ def _name_match(text: str) -> Optional[Tuple[str, List[int]]]:
   return None
 
 
-_EMBED_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def class_text_embeddings(text_encoder: TextEncoder,
                           template: str = CLASS_PROMPT_TEMPLATE,
                           batch_size: int = 250) -> jnp.ndarray:
   """(1000, P) L2-normalized CLIP embeddings of `template.format(name)`.
 
-  Cached per encoder object (and template) while the encoder is alive.
+  Not cached here: `lr_jax.text_encoder.TextEncoder.class_name_embeddings` keeps them.
   """
-  key = template
-  try:
-    cached = _EMBED_CACHE.get(text_encoder)
-  except TypeError:  # not weak-referenceable: no caching
-    cached = None
-  if cached is not None and key in cached:
-    return cached[key]
   prompts = [template.format(name) for name in class_names()]
   chunks = [np.asarray(text_encoder(prompts[i:i + batch_size]))
             for i in range(0, len(prompts), batch_size)]
   embeds = np.concatenate(chunks, axis=0)
   if embeds.shape[0] != NUM_CLASSES or embeds.ndim != 2:
     raise ValueError(f"text encoder returned {embeds.shape} for {NUM_CLASSES} prompts")
-  embeds = jnp.asarray(_unit_rows(embeds))
-  try:
-    _EMBED_CACHE.setdefault(text_encoder, {})[key] = embeds
-  except TypeError:
-    pass
-  return embeds
+  return jnp.asarray(_unit_rows(embeds))
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -205,8 +189,9 @@ def match_prompt(prompt: str, text_encoder: Optional[TextEncoder] = None,
     text_encoder: optional CLIP text encoder for the nearest-class fallback.
     class_id: explicit class id 0..999; overrides the prompt.
     min_similarity: reject a CLIP match whose cosine similarity is lower.
-    class_embeds: precomputed (1000, P) class embeddings (else computed with
-      `class_text_embeddings(text_encoder)`).
+    class_embeds: precomputed (1000, P) class embeddings, or a function returning
+      them (called only when a CLIP match is needed); else computed with
+      `class_text_embeddings(text_encoder)`.
     prompt_embed: the prompt's CLIP text embedding (P,), if already computed.
 
   Raises:
@@ -257,6 +242,8 @@ def _rank_by_clip(prompt: str, text_encoder: Optional[TextEncoder],
   """All classes sorted by cosine similarity to the prompt's text embedding."""
   if class_embeds is None:
     class_embeds = class_text_embeddings(text_encoder)
+  elif callable(class_embeds):
+    class_embeds = class_embeds()
   if prompt_embed is None:
     if text_encoder is None:
       raise PromptError("a text encoder is needed to embed the prompt")

@@ -22,21 +22,15 @@ import ml_collections
 import numpy as np
 
 from lr_common.errors import UserError
+from lr_jax import editors
 from lr_jax import hf_weights
 from lr_jax import manifest as manifest_lib
 from lr_jax import samples
-from maskgit import checkpoints as maskgit_checkpoints
-from maskgit import configs as maskgit_configs
 
 REPO_ENV_VAR = "LR_JAX_REPO"
-OFFICIAL_CONFIG = "maskgit_imagenet256"
+OFFICIAL_CONFIG = editors.DEFAULT_CONFIG
 TINY_CONFIG = "tiny"
-# (skimage image, prompt, source prompt): a small training set that ships with a dependency.
-TRAINING_SET = (
-    ("chelsea", "a lion", "a photo of a cat"),
-    ("chelsea", "a tiger", "a photo of a cat"),
-    ("coffee", "a teapot", "a cup of coffee"),
-)
+TRAINING_SET = samples.TRAINING_SET
 
 
 class ConfigNotFoundError(UserError, FileNotFoundError):
@@ -109,7 +103,7 @@ def setup(tiny: bool, repo_dir: str | os.PathLike | None = None,
   if config.models == "tiny":
     print(f"config {name}: tiny random models (offline, edits are noise)")
   else:
-    print(f"config {name}: MaskGIT {config.maskgit.name}, DINO {config.dino.repo}, "
+    print(f"config {name}: editor {config.editor.name}, DINO {config.dino.repo}, "
           f"CLIP {config.clip.repo}")
   return config
 
@@ -117,24 +111,17 @@ def setup(tiny: bool, repo_dir: str | os.PathLike | None = None,
 def download_weights(config: ml_collections.ConfigDict) -> dict[str, pathlib.Path]:
   """Downloads (once, with progress bars) every pretrained file `config` needs.
 
-  Returns {"maskgit_tokenizer", "maskgit_transformer", "dino", "clip"} -> local path
-  (the two Hugging Face entries are folders). A tiny config needs nothing: {}.
+  Returns name -> local path: the editor's files (MaskGIT: "maskgit_tokenizer",
+  "maskgit_transformer"), then "dino" and "clip" (folders). A tiny config needs
+  nothing: {}.
   """
   if config.models == "tiny":
     print("tiny config: no weights to download")
     return {}
-  mg = maskgit_configs.get_config(config.maskgit.name)
-  tok_name, tr_name = maskgit_checkpoints.official_checkpoint_names(mg)
-  cache_dir = config.maskgit.cache_dir or None
-  paths = {
-      "maskgit_tokenizer": maskgit_checkpoints.fetch_checkpoint(
-          config.maskgit.tokenizer or tok_name, cache_dir),
-      "maskgit_transformer": maskgit_checkpoints.fetch_checkpoint(
-          config.maskgit.transformer or tr_name, cache_dir),
-      "dino": hf_weights.resolve_hf_repo(config.dino.repo, hf_weights.MODEL_FILES),
-      "clip": hf_weights.resolve_hf_repo(config.clip.repo, hf_weights.MODEL_FILES,
-                                         hf_weights.CLIP_TOKENIZER_FILES),
-  }
+  paths = dict(editors.of(config).weight_files(config))
+  paths["dino"] = hf_weights.resolve_hf_repo(config.dino.repo, hf_weights.MODEL_FILES)
+  paths["clip"] = hf_weights.resolve_hf_repo(config.clip.repo, hf_weights.MODEL_FILES,
+                                             hf_weights.CLIP_TOKENIZER_FILES)
   for kind, path in paths.items():
     print(f"{kind}: {path}")
   return paths
@@ -148,27 +135,8 @@ def sample_examples(directory: str | os.PathLike) -> list[manifest_lib.Example]:
 def write_training_set(directory: str | os.PathLike,
                        entries: Sequence[tuple[str, str, str]] = TRAINING_SET) -> pathlib.Path:
   """Writes scikit-image pictures and a manifest of (image, prompt, source_prompt);
-  returns the manifest's path. `entries` name skimage.data images."""
-  import json  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from skimage import data  # pylint: disable=g-import-not-at-top
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  records = []
-  for image, prompt, source in entries:
-    loader = getattr(data, image, None)
-    if loader is None or not callable(loader):
-      raise ValueError(f"skimage.data has no image {image!r}")
-    file = directory / f"{image}.png"
-    if not file.exists():
-      pixels = np.asarray(loader())
-      if pixels.ndim != 3 or pixels.shape[-1] != 3:
-        raise ValueError(f"skimage.data.{image} is not an RGB picture: {pixels.shape}")
-      Image.fromarray(pixels.astype(np.uint8)).save(file)
-    records.append({"image": file.name, "prompt": prompt, "source_prompt": source})
-  path = directory / "manifest.json"
-  path.write_text(json.dumps(records, indent=2))
-  return path
+  returns the manifest's path (`samples.write_samples` with these entries)."""
+  return samples.write_samples(directory, entries)
 
 
 def example_for(image: str | os.PathLike, prompt: str,
@@ -246,12 +214,12 @@ def show(item: str | os.PathLike | np.ndarray | Iterable[Any], width: int | None
 
 
 def summary(outcome) -> str:
-  """One line about an `editor.EditOutcome`: prompt, MaskGIT class, best anchor, score."""
+  """One line about an `inference.EditOutcome`: prompt, conditioning, best anchor, score."""
   r = outcome.record
   best = r["best_anchor"]
-  return (f"{pathlib.Path(r['image']).name}: {r['prompt']!r} -> class {r['class']['id']} "
-          f"({r['class']['name']}, {r['class']['method']}), best anchor {best}, "
-          f"S={r['scores']['S'][best]:.4f}")
+  how = f", {r['class']['method']}" if "class" in r else ""
+  return (f"{pathlib.Path(r['image']).name}: {r['prompt']!r} -> {r['conditioning']}{how}, "
+          f"best anchor {best}, S={r['scores']['S'][best]:.4f}")
 
 
 def show_outcomes(outcomes: Sequence[Any], width: int | None = 900) -> None:

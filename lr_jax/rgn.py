@@ -12,7 +12,7 @@ An alternative, lower-variance estimator is the exact expectation
 sum_j softmax(logits)_j * L_j over the candidates' losses (`expected_loss`);
 `selection_loss` switches between the two with a string.
 """
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -150,17 +150,19 @@ def expected_loss(losses: Array, logits: Array) -> Array:
   return jnp.sum(jax.nn.softmax(logits, axis=-1) * losses, axis=-1)
 
 
-def selection_loss(loss_fn: Callable[[Array], Array],
+def selection_loss(loss_fn: Callable[[Array], Any],
                    candidates: Array,
                    logits: Array,
                    rng: Optional[Array],
                    estimator: str = "straight_through",
-                   tau: float = 1.0) -> Tuple[Array, Array]:
+                   tau: float = 1.0,
+                   has_aux: bool = False) -> Tuple[Any, Array]:
   """Loss of the proposal choice under either estimator.
 
   Args:
     loss_fn: maps items (..., *item) with ANY leading batch shape to per-item
-      losses (...), e.g. a CLIP loss of edited images.
+      losses (...), e.g. a CLIP loss of edited images; with `has_aux`, to
+      (losses, aux) where aux is any pytree (e.g. the loss terms).
     candidates: (..., M, *item) candidate edits (one per box proposal).
     logits: (..., M) RGN logits.
     rng: PRNG key for the Gumbel noise (unused by "expected").
@@ -168,19 +170,25 @@ def selection_loss(loss_fn: Callable[[Array], Array],
       selection (one loss_fn call on (...) items). "expected": exact
       sum_j softmax_j * loss_fn(E_j) (loss_fn on all (..., M) candidates).
     tau: Gumbel-softmax temperature (straight_through only).
+    has_aux: loss_fn returns (losses, aux).
 
   Returns:
-    (losses (...), weights (..., M)): weights are the one-hot choice for
-    "straight_through" and softmax(logits) for "expected".
+    (losses (...), weights (..., M)), or ((losses, aux), weights) with has_aux:
+    weights are the one-hot choice for "straight_through" and softmax(logits)
+    for "expected"; aux is loss_fn's, for the chosen edits (straight_through)
+    or for every candidate (expected).
   """
+  call = loss_fn if has_aux else (lambda x: (loss_fn(x), None))
   if estimator == "straight_through":
     weights = gumbel_softmax_straight_through(logits, rng, tau)
-    return loss_fn(select_candidates(candidates, weights)), weights
-  if estimator == "expected":
-    all_losses = loss_fn(candidates)
+    losses, aux = call(select_candidates(candidates, weights))
+  elif estimator == "expected":
+    all_losses, aux = call(candidates)
     if all_losses.shape != logits.shape:
       raise ValueError(
           f"loss_fn(candidates) has shape {all_losses.shape}, expected "
           f"{logits.shape}")
-    return expected_loss(all_losses, logits), jax.nn.softmax(logits, axis=-1)
-  raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    losses, weights = expected_loss(all_losses, logits), jax.nn.softmax(logits, axis=-1)
+  else:
+    raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+  return ((losses, aux), weights) if has_aux else (losses, weights)

@@ -9,8 +9,6 @@ c + 0.5).
 """
 from __future__ import annotations
 
-import json
-import logging
 import math
 import pathlib
 from typing import Mapping, Sequence
@@ -209,22 +207,16 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
   return path
 
 
-def read_metrics(path: str | pathlib.Path) -> list[dict]:
-  """Reads a JSON-lines metrics file (one object per line); lines that do not parse
-  (e.g. half a line written by a killed run) are skipped with a warning."""
-  path = pathlib.Path(path)
-  records = []
-  for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:
-      logging.warning("Skipping unreadable line %d of %s: %r", line_no, path, line[:80])
-      continue
-    if isinstance(record, dict):
-      records.append(record)
-  return records
+def inference_sheet(path: str | pathlib.Path, *, image: np.ndarray, outputs,
+                    title: str = "", dpi: int = 100) -> pathlib.Path:
+  """`edit_sheet` of one image's `step.Inference` (numpy, no batch axis) as it is."""
+  best = int(outputs.best)
+  return edit_sheet(
+      path, image=image, attention=outputs.regions.attention, anchors=outputs.regions.anchors,
+      proposals=outputs.regions.boxes, chosen=outputs.chosen, candidates=outputs.edit.images,
+      scores=outputs.scores.score,
+      components={"t2i": outputs.scores.t2i, "i2i": outputs.scores.i2i}, best=best,
+      result=outputs.edit.images[best], title=title, dpi=dpi)
 
 
 def _is_number(value) -> bool:

@@ -5,7 +5,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import pathlib
 from typing import Any
 
@@ -16,16 +15,12 @@ import tqdm
 from lr_common.errors import UserError
 from lr_jax import checkpointing
 from lr_jax import dataset as data_lib
+from lr_jax import metrics_file
+from lr_jax import settings as settings_lib
 from lr_jax import sharding
 from lr_jax import sheets
 from lr_jax import step as step_lib
-from lr_jax.models import Models, build_models
-
-# Settings that give the RGN's inputs and outputs their meaning: a trained RGN is
-# only loaded under the same ones (num_anchors may change: it scores each anchor alone).
-RGN_SETTINGS = ("models", "maskgit.name", "region.sizes", "region.roi_size",
-                "region.sampling_ratio", "rgn")
-
+from lr_jax.models import Built, build_models, check_config
 
 class NonFiniteLossError(UserError, FloatingPointError):
   """The loss became NaN or infinite; the message names the step and the images."""
@@ -47,55 +42,42 @@ def _host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def _read_metrics(path: pathlib.Path, upto_step: int) -> list[dict[str, Any]]:
-  """Metrics already logged, without steps past `upto_step` (a killed run may have
-  logged steps whose checkpoint was never written)."""
-  if not path.exists():
-    return []
-  return [r for r in sheets.read_metrics(path) if r.get("step", upto_step + 1) <= upto_step]
-
-
-def _write_atomically(path: pathlib.Path, text: str) -> None:
-  partial = path.with_name(path.name + ".partial")
-  partial.write_text(text)
-  os.replace(partial, path)
-
-
-def train(config, workdir: str | pathlib.Path, *, models: Models | None = None,
-          frozen: Any = None, examples=None, progress: bool = True,
+def train(config, workdir: str | pathlib.Path, *, built: Built | None = None,
+          examples=None, progress: bool = True,
           devices: list[Any] | None = None) -> TrainResult:
   """Trains the RGN per `config`, resuming from the newest checkpoint in `workdir`."""
+  method = check_config(config)   # bad settings fail before anything is read or loaded
+  run = settings_lib.train(config)
   examples = data_lib.examples_from_config(config) if examples is None else examples
   loaded = data_lib.load_images(examples)   # bad images fail before any model loads
-  workdir = checkpointing.check_workdir(workdir, config, data_lib.fingerprint(examples))
-  if models is None:
-    models, frozen = build_models(config)
-  prepared = data_lib.prepare(models, frozen, examples, loaded=loaded,
-                              min_class_similarity=config.data.min_class_similarity)
-  n, bs = len(prepared), config.train.batch_size
   mesh = sharding.make_mesh(devices)
-  sharding.check_batch_size(bs, mesh)
+  sharding.check_batch_size(run.batch_size, mesh)
+  workdir = checkpointing.check_workdir(workdir, config, data_lib.fingerprint(examples))
+  built = build_models(config) if built is None else built
+  models = built.models
+  prepared = data_lib.prepare(built, examples, loaded=loaded)
+  n, bs = len(prepared), run.batch_size
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
-  state = sharding.put_replicated(step_lib.init_train_state(models, config, init_rng), mesh)
-  frozen = sharding.put_replicated(frozen, mesh)
-  manager = checkpointing.make_manager(workdir, config.train.max_to_keep)
+  state = sharding.put_replicated(step_lib.init_train_state(models, method, init_rng), mesh)
+  frozen = sharding.put_replicated(built.frozen, mesh)
+  manager = checkpointing.make_manager(workdir, run.max_to_keep)
   restored = checkpointing.restore_latest(manager, state)   # same shardings as `state`
   start = 0
   if restored is not None:
     state, start = restored
     logging.info("Resuming from the checkpoint of step %d in %s", start, workdir)
 
-  total = config.train.epochs * data_lib.steps_per_epoch(n, bs)
-  stop = total if config.train.max_steps < 0 else min(total, config.train.max_steps)
-  train_step = step_lib.make_train_step(models, config)
+  total = run.epochs * data_lib.steps_per_epoch(n, bs)
+  stop = total if run.max_steps < 0 else min(total, run.max_steps)
+  train_step = step_lib.make_train_step(models, method)
 
   main_process = jax.process_index() == 0   # writes the files, shows the bar
   metrics_path = workdir / "metrics.jsonl"
-  history = _read_metrics(metrics_path, start)
+  history = metrics_file.read_upto(metrics_path, start)
   if main_process:
-    _write_atomically(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+    metrics_file.rewrite(metrics_path, history)
   bar = tqdm.tqdm(total=stop, initial=start, desc="train", disable=not (progress and main_process),
                   unit="step", dynamic_ncols=True)
   log = metrics_path.open("a") if main_process else None
@@ -119,12 +101,12 @@ def train(config, workdir: str | pathlib.Path, *, models: Models | None = None,
             f"{what} is {value} at step {step + 1}; images: {', '.join(bad)}. "
             f"The last good checkpoint is in {workdir / 'checkpoints'}.")
       history.append(row)
-      if log is not None and ((step + 1) % config.train.log_every == 0 or step + 1 == stop):
+      if log is not None and ((step + 1) % run.log_every == 0 or step + 1 == stop):
         log.write(json.dumps(row) + "\n")
         log.flush()
       bar.set_postfix(loss=f"{row['loss']:.4f}")
       bar.update(1)
-      if (step + 1) % config.train.checkpoint_every == 0 or step + 1 == stop:
+      if (step + 1) % run.checkpoint_every == 0 or step + 1 == stop:
         checkpointing.save(manager, step + 1, state)
   finally:
     bar.close()
@@ -134,40 +116,3 @@ def train(config, workdir: str | pathlib.Path, *, models: Models | None = None,
   if history and main_process:
     sheets.loss_curve(workdir / "loss_curve.png", history)
   return TrainResult(sharding.to_host(state), history, prepared, workdir)
-
-
-def load_rgn_params(path: str | pathlib.Path, models: Models, config) -> Any:
-  """RGN parameters (numpy) from a training workdir (its newest checkpoint) or from
-  one of its `checkpoints/<step>` folders."""
-  path = pathlib.Path(path)
-  if path.name.isdigit() and path.parent.name == "checkpoints":
-    if not path.is_dir():
-      kept = sorted(p.name for p in path.parent.iterdir() if p.name.isdigit()) \
-          if path.parent.is_dir() else []
-      raise FileNotFoundError(f"No checkpoint {path}; kept steps: {', '.join(kept) or 'none'}")
-    workdir, step = path.parent.parent, int(path.name)
-  elif (path / "checkpoints").is_dir():
-    workdir, step = path, None
-  else:
-    raise FileNotFoundError(
-        f"No lr_jax checkpoint at {path}: pass a training --workdir (holding "
-        f"checkpoints/) or one of its checkpoints/<step> folders.")
-  checkpointing.check_compatible(workdir, config, RGN_SETTINGS)
-  # Shapes only: nothing to compute or compile before restoring.
-  like = jax.eval_shape(lambda: step_lib.init_train_state(models, config, jax.random.PRNGKey(0)))
-  manager = checkpointing.make_manager(workdir)
-  try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{workdir} holds no checkpoint yet")
-    try:
-      state = manager.restore(step, args=checkpointing.ocp.args.StandardRestore(like))
-    except (ValueError, KeyError, TypeError) as e:
-      raise checkpointing.WorkdirError(
-          f"The checkpoint {workdir}/checkpoints/{step} does not fit this config's RGN "
-          f"(anchors, sizes, widths or DINO size differ?): {e}") from e
-  finally:
-    manager.close()
-  # Host arrays: restored ones carry the training mesh's sharding, and a jitted
-  # step fed those first and its own outputs next would compile twice.
-  return sharding.to_host(state.params)

@@ -24,7 +24,6 @@ from PIL import Image
 from configs import tiny
 from lr_jax import checkpointing
 from lr_jax import samples
-from lr_jax import trainer
 from lr_jax.models import build_models
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -206,15 +205,15 @@ def test_killed_run_resumes_to_the_same_parameters(env, trained, tmp_path):
   assert done and done[-1] < 2 * EPOCHS, done   # really killed mid-way
   config = tiny.get_config()
   config.train.epochs = EPOCHS
-  models, _ = build_models(config)
-  at_kill = trainer.load_rgn_params(workdir, models, config)
+  models = build_models(config).models
+  at_kill = checkpointing.load_rgn_params(workdir, models, config)
 
   resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-4000:]
 
-  want = trainer.load_rgn_params(trained, models, config)
-  got = trainer.load_rgn_params(workdir, models, config)
+  want = checkpointing.load_rgn_params(trained, models, config)
+  got = checkpointing.load_rgn_params(workdir, models, config)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6)
   # The rerun did train on from the killed run's checkpoint.

@@ -127,10 +127,13 @@ def test_clip_match_top5_order_and_similarities():
   np.testing.assert_allclose([s for _, _, s in match.top5],
                              [w / norm for w in (0.9, 0.5, 0.3, 0.2, 0.1)], rtol=1e-5)
   assert [n for _, n, _ in match.top5][:2] == ["Egyptian cat", "tabby"]
-  # Class embeddings are cached per encoder: a second match embeds the prompt only.
+  # Precomputed class embeddings (or a function giving them): only the prompt is embedded.
+  embeds = imagenet.class_text_embeddings(encoder)
   calls = encoder.calls
-  match_prompt("cat face", text_encoder=encoder)
+  assert match_prompt("cat face", text_encoder=encoder, class_embeds=lambda: embeds) == match
   assert encoder.calls == calls + 1
+  assert match_prompt("a lion", text_encoder=encoder,
+                      class_embeds=lambda: 1 / 0).class_id == 291   # not needed: not called
   with pytest.raises(PromptError) as info:
     match_prompt("cat face", text_encoder=encoder, min_similarity=0.95)
   assert "Egyptian cat" in str(info.value) and "0.8" in str(info.value)

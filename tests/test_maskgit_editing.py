@@ -70,6 +70,12 @@ def test_token_masks_clamped_at_border(setup):
                                     _reference_token_mask(BOXES[b, k]))
 
 
+def test_grown_boxes_grow_and_clamp():
+  boxes = np.array([[0, 3, 2, 2], [4, 4, 4, 4]])
+  np.testing.assert_array_equal(editing.grown_boxes(boxes, 8, grow=1),
+                                [[0, 2, 3, 4], [3, 3, 5, 5]])
+
+
 def test_tokens_outside_boxes_are_the_official_encoding(setup):
   r, ids = setup["result"], setup["outputs"]["ids"][:2]
   for b in range(2):

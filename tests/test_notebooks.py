@@ -56,7 +56,7 @@ def test_edit_notebook_has_form_fields():
   for field in ("PROMPT", "REFINE_STEPS", "SEED"):
     assert any(line.startswith(f"{field} =") and "#@param" in line
                for line in source.splitlines()), field
-  assert "jax.devices()" in source and "editor.run_edit" in source
+  assert "jax.devices()" in source and "inference.run_edit" in source
   assert "nb.upload_image" in source and "nb.download_weights" in source
 
 

@@ -7,27 +7,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import tiny
 from lr_jax import checkpointing
-from lr_jax import editor
-from lr_jax import imagenet
+from lr_jax import inference
 from lr_jax import manifest as manifest_lib
 from lr_jax import samples
+from lr_jax import settings
+from lr_jax import step as step_lib
 from lr_jax import trainer
 from lr_jax.models import build_models
-from maskgit import editing
+from tests import tiny_setup
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**overrides):
-  c = tiny.get_config()
-  c.train.epochs = 2
-  c.train.checkpoint_every = 1
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return c
+  return tiny_setup.tiny_config(**{"train.epochs": 2, "train.checkpoint_every": 1,
+                                   **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +42,8 @@ def examples(tmp_path_factory):
 
 
 def _train(built, examples, workdir, **overrides):
-  models, frozen = built
-  return trainer.train(tiny_config(**overrides), workdir, models=models, frozen=frozen,
-                       examples=examples, progress=False)
+  return trainer.train(tiny_config(**overrides), workdir, built=built, examples=examples,
+                       progress=False)
 
 
 def _params_close(a, b):
@@ -68,8 +62,8 @@ def test_train_writes_metrics_checkpoints_and_curve(built, examples, tmp_path):
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
                 if p.name.isdigit())[-1] == 4
   # The RGN really moved away from its initialisation.
-  init = trainer.step_lib.init_train_state(built[0], tiny_config(),
-                                           jax.random.split(jax.random.PRNGKey(0))[0])
+  init = step_lib.init_train_state(built.models, settings.method(tiny_config()),
+                                   jax.random.split(jax.random.PRNGKey(0))[0])
   moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
            for a, b in zip(jax.tree.leaves(init.params), jax.tree.leaves(result.state.params))]
   assert max(moved) > 1e-4
@@ -95,18 +89,16 @@ def test_workdir_of_another_config_is_refused(built, examples, tmp_path):
 
 def test_run_that_failed_before_its_first_checkpoint_can_be_rerun_corrected(
     built, examples, tmp_path):
-  models, frozen = built
+  strict = tiny_config(**{"data.min_class_similarity": 0.99})
   odd = [manifest_lib.Example(examples[0].image_path, "zzqx blorf", None, None)]
   with pytest.raises(ValueError):   # no class close enough: fails after the workdir check
-    trainer.train(tiny_config(**{"data.min_class_similarity": 0.99}), tmp_path,
-                  models=models, frozen=frozen, examples=odd, progress=False)
+    trainer.train(strict, tmp_path, built=build_models(strict), examples=odd, progress=False)
   assert (tmp_path / "config.json").exists() and not checkpointing.has_checkpoint(tmp_path)
   result = _train(built, examples, tmp_path, **{"train.max_steps": 1})
   assert [m["step"] for m in result.metrics] == [1]
 
 
 def test_resuming_on_other_data_is_refused(built, examples, tmp_path):
-  models, frozen = built
   _train(built, examples[:1], tmp_path, **{"train.max_steps": 1})
   with pytest.raises(checkpointing.WorkdirError, match="other data.*1 examples saved, 2 now"):
     _train(built, examples, tmp_path)
@@ -127,41 +119,42 @@ def test_half_written_metrics_line_does_not_stop_resumption(built, examples, tmp
 
 def test_rgn_checkpoint_needs_the_region_settings_it_was_trained_with(built, examples,
                                                                       tmp_path):
-  models, _ = built
+  models = built.models
   _train(built, examples, tmp_path, **{"train.max_steps": 1})
   with pytest.raises(checkpointing.WorkdirError, match=r"region.sizes: saved=\[1, 2, 3\]"):
-    trainer.load_rgn_params(tmp_path, models, tiny_config(**{"region.sizes": (2, 3, 4)}))
+    checkpointing.load_rgn_params(tmp_path, models, tiny_config(**{"region.sizes": (2, 3, 4)}))
   more_anchors = tiny_config(**{"region.num_anchors": 3})   # scored one by one: allowed
-  assert jax.tree.leaves(trainer.load_rgn_params(tmp_path, models, more_anchors))
+  assert jax.tree.leaves(checkpointing.load_rgn_params(tmp_path, models, more_anchors))
+  # A folder that does not say which settings its RGN had is refused.
+  (tmp_path / "config.json").unlink()
+  with pytest.raises(checkpointing.WorkdirError, match="no config.json"):
+    checkpointing.load_rgn_params(tmp_path, models, tiny_config())
 
 
 def test_nan_loss_names_step_and_image(built, examples, tmp_path):
-  models, frozen = built
-  poisoned = dict(frozen)
-  poisoned["clip"] = jax.tree.map(lambda x: x * np.nan, frozen["clip"])
+  poisoned = dict(built.frozen)
+  poisoned["clip"] = jax.tree.map(lambda x: x * np.nan, built.frozen["clip"])
   with pytest.raises(trainer.NonFiniteLossError, match=r"step 1.*(chelsea|noise)\.png"):
-    trainer.train(tiny_config(), tmp_path, models=models, frozen=poisoned,
+    trainer.train(tiny_config(), tmp_path, built=built._replace(frozen=poisoned),
                   examples=examples, progress=False)
 
 
 def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
-  models, frozen = built
   _train(built, examples, tmp_path / "wd")
-  out = editor.run_edit(tiny_config(), examples, out_dir=tmp_path / "out",
-                        rgn_checkpoint=str(tmp_path / "wd"), models=models, frozen=frozen,
-                        progress=False)
+  out = inference.run_edit(tiny_config(), examples, out_dir=tmp_path / "out",
+                           rgn_checkpoint=str(tmp_path / "wd"), built=built, progress=False)
   assert len(out) == 2
   chelsea = np.asarray(Image.open(examples[0].image_path), np.float32) / 255
   first = out[0]
   assert first.result.shape == chelsea.shape == (300, 451, 3)
   k = tiny_config().region.num_anchors
-  assert first.outputs["candidates"].shape == (k, 64, 64, 3)
+  assert first.outputs.edit.images.shape == (k, 64, 64, 3)
   assert first.record["class"]["id"] == 291
   assert len(first.record["scores"]["S"]) == k
   assert first.record["best_anchor"] == int(np.argmax(first.record["scores"]["S"]))
   # Only the edited box region changes at the original resolution: wherever the
   # model-size mask is 0 in a whole 3x3 neighbourhood, the pixel is the input's.
-  mask = first.outputs["masks"][first.record["best_anchor"]][..., 0]
+  mask = first.outputs.edit.pixel_mask[first.record["best_anchor"]][..., 0]
   padded = np.pad(mask, 1)
   near = np.max([padded[i:i + 64, j:j + 64] for i in range(3) for j in range(3)], axis=0)
   rows = (np.arange(300) * 64 // 300)[:, None]
@@ -170,7 +163,7 @@ def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
   np.testing.assert_array_equal(first.result[untouched], chelsea[untouched])
   assert (first.result != chelsea).any()
   # CLIP scores the pixels that are written: candidates are clipped to [0, 1].
-  assert first.outputs["candidates"].min() >= 0 and first.outputs["candidates"].max() <= 1
+  assert first.outputs.edit.images.min() >= 0 and first.outputs.edit.images.max() <= 1
   # The record's changed region bounds exactly the pixels that differ from the input.
   top, left, h, w = first.record["changed_region_tlhw_pixels_original"]
   inside = np.zeros(chelsea.shape[:2], bool)
@@ -190,20 +183,20 @@ def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
   assert record["versions"]["jax"] == jax.__version__
   assert out[1].result.shape == (90, 200, 3)
   # Images of different original sizes share one compiled inference.
-  assert trainer.step_lib.make_infer(models, tiny_config())._cache_size() == 1
+  method = settings.method(tiny_config())
+  assert step_lib.make_infer(built.models, method)._cache_size() == 1
   # Same trained RGN, same seed: the edit is reproducible.
-  again = editor.run_edit(tiny_config(), examples[:1], rgn_checkpoint=str(tmp_path / "wd"),
-                          models=models, frozen=frozen, progress=False)
+  again = inference.run_edit(tiny_config(), examples[:1], rgn_checkpoint=str(tmp_path / "wd"),
+                             built=built, progress=False)
   np.testing.assert_array_equal(again[0].result, first.result)
 
 
 def test_refinement_mode_moves_the_rgn(built, examples):
-  models, frozen = built
-  config = tiny_config()
-  params = trainer.step_lib.init_train_state(models, config, jax.random.PRNGKey(0)).params
-  prepared = trainer.data_lib.prepare(models, frozen, examples[:1])
-  refined = editor.refine(params, models, frozen, prepared.batch(np.asarray([0])), config,
-                          steps=2, seed=0)
+  method = settings.method(tiny_config())
+  params = step_lib.init_train_state(built.models, method, jax.random.PRNGKey(0)).params
+  prepared = trainer.data_lib.prepare(built, examples[:1])
+  refined = inference.refine(params, built, prepared.batch(np.asarray([0])), method,
+                             steps=2, seed=0)
   diffs = [np.abs(np.asarray(a) - np.asarray(b)).max()
            for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(refined))]
   assert max(diffs) > 0
@@ -211,24 +204,16 @@ def test_refinement_mode_moves_the_rgn(built, examples):
 
 def test_refining_from_a_checkpoint_compiles_the_step_once(examples, tmp_path):
   """Restored parameters come back as host arrays; refinement then reuses one compile."""
-  fresh = build_models(tiny_config())   # its own jit cache, so compiles can be counted
-  models, frozen = fresh
+  fresh = build_models(tiny_config())   # its own jitted steps, so compiles can be counted
   _train(fresh, examples, tmp_path / "wd", **{"train.max_steps": 1})
-  params = trainer.load_rgn_params(tmp_path / "wd", models, tiny_config())
+  params = checkpointing.load_rgn_params(tmp_path / "wd", fresh.models, tiny_config())
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(params))
-  editor.run_edit(tiny_config(), examples, rgn_checkpoint=str(tmp_path / "wd"),
-                  refine_steps=2, models=models, frozen=frozen, progress=False)
+  inference.run_edit(tiny_config(), examples, rgn_checkpoint=str(tmp_path / "wd"),
+                     refine_steps=2, built=fresh, progress=False)
   # On a CPU training and refining share one jitted step (nothing donated): one
   # compile for the training mesh's placement, one for 2 images x 2 refine steps.
-  step = trainer.step_lib.make_train_step(models, tiny_config(), donate=False)
+  step = step_lib.make_train_step(fresh.models, settings.method(tiny_config()), donate=False)
   assert jax.default_backend() == "cpu" and step._cache_size() == 2
-
-
-def test_prompt_errors(built, examples, tmp_path):
-  models, frozen = built
-  bad = [manifest_lib.Example(examples[0].image_path, "zzqx blorp", None, None)]
-  with pytest.raises(imagenet.PromptError, match="(?s)closest|similar"):
-    trainer.data_lib.prepare(models, frozen, bad, min_class_similarity=0.9999)
 
 
 def test_missing_weights_offline_name_the_files(tmp_path, monkeypatch):
@@ -248,44 +233,8 @@ def test_missing_weights_offline_name_the_files(tmp_path, monkeypatch):
     assert needed in text
 
 
-@pytest.mark.parametrize("estimator,views", [("straight_through", 2), ("expected", 0)])
-def test_estimators_and_augmented_views_give_rgn_gradients(built, examples, estimator, views):
-  models, frozen = built
-  config = tiny_config(**{"selection.estimator": estimator, "loss.num_views": views})
-  state = trainer.step_lib.init_train_state(models, config, jax.random.PRNGKey(0))
-  prepared = trainer.data_lib.prepare(models, frozen, examples[:1])
-  batch = prepared.batch(np.asarray([0]))
-  grad_fn = jax.jit(jax.value_and_grad(
-      lambda p, r: trainer.step_lib.loss_fn(p, models, frozen, batch, r, config),
-      has_aux=True))
-  (loss, metrics), grads = grad_fn(state.params, jax.random.PRNGKey(1))
-  assert np.isfinite(float(loss))
-  assert max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(grads)) > 0
-  if views:
-    # Crops change the guidance term but not the structure term.
-    plain = tiny_config(**{"selection.estimator": estimator})
-    (_, m0), _ = jax.value_and_grad(
-        lambda p, r: trainer.step_lib.loss_fn(p, models, frozen, batch, r, plain),
-        has_aux=True)(state.params, jax.random.PRNGKey(1))
-    assert float(metrics["loss_clip"]) != float(m0["loss_clip"])
-    np.testing.assert_allclose(float(metrics["loss_structure"]),
-                               float(m0["loss_structure"]), rtol=1e-6)
-
-
-def test_record_boxes_grow_clamp_and_round_outward():
+def test_record_boxes_round_outward():
   boxes = np.array([[0, 3, 2, 2], [4, 4, 4, 4]])
-  grown = editing.grown_boxes(boxes, 8, grow=1)
-  np.testing.assert_array_equal(grown, [[0, 2, 3, 4], [3, 3, 5, 5]])
   # A 300 x 451 photo on an 8 x 8 grid: rows x37.5, columns x56.375, outward.
-  assert editor._tokens_to_pixels(boxes, 8, (300, 451)) == [[0, 169, 75, 113],
-                                                           [150, 225, 150, 226]]
-
-
-def test_dino_grid_must_be_a_multiple_of_the_token_grid():
-  from types import SimpleNamespace
-  import jax.numpy as jnp
-  fake = SimpleNamespace(
-      dino_features=lambda params, images: (jnp.zeros((1, 6, 6, 8)), jnp.zeros((1, 6, 6))),
-      maskgit=SimpleNamespace(tokens_per_side=4))
-  with pytest.raises(ValueError, match=r"DINO patch grid \(6x6\).*token grid \(4x4\)"):
-    trainer.step_lib.find_regions(fake, {"dino": None}, jnp.zeros((1, 64, 64, 3)), tiny_config())
+  assert inference._tokens_to_pixels(boxes, 8, (300, 451)) == [[0, 169, 75, 113],
+                                                              [150, 225, 150, 226]]

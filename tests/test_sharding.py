@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent("""
     # Adam turns gradient entries near 0 into +-lr steps whose sign depends on the
     # summation order; a larger eps keeps that noise from hiding the comparison.
     c.optim.eps = 1e-3
-    models, frozen = build_models(c)
+    built = build_models(c)
     tmp = pathlib.Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
     examples = []
@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent("""
       examples.append(manifest.Example(path, "a lion", "a cat", None))
     out = {}
     for name, devices in (("one", jax.devices()[:1]), ("eight", jax.devices())):
-      r = trainer.train(c, tmp / name, models=models, frozen=frozen, examples=examples,
+      r = trainer.train(c, tmp / name, built=built, examples=examples,
                         progress=False, devices=devices)
       out[name] = {"loss": [m["loss"] for m in r.metrics],
                    "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(r.state.params)]}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lr_jax import metrics_file as metrics_file_lib
 from lr_jax import sheets
 
 
@@ -93,7 +94,7 @@ def test_loss_curve(tmp_path):
   metrics_file.write_text(
       "\n".join(json.dumps(r) for r in records) + "\n")
   out = sheets.loss_curve(tmp_path / "plots" / "loss.png",
-                          sheets.read_metrics(metrics_file), title="run")
+                          metrics_file_lib.read_metrics(metrics_file), title="run")
   pixels = _read_png(out)
   assert 200 <= pixels.shape[0] <= 3000 and 200 <= pixels.shape[1] <= 4000
   assert pixels.std() > 10

@@ -53,7 +53,7 @@ caches. Then all frozen models are loaded (random tiny ones in tiny mode).'''
 WEIGHTS = '''weights = nb.download_weights(config)'''
 
 BUILD = '''from lr_jax.models import build_models
-models, frozen = build_models(config)'''
+built = build_models(config)  # the models, their frozen weights and the CLIP text encoder'''
 
 
 def code(src):
@@ -80,11 +80,11 @@ Runs on a GPU or TPU runtime (*Runtime → Change runtime type*).''') + [
 The sample is scikit-image's cat photo, with the paper's prompts "a lion" and "cat face".
 Without a trained RGN (see `train.ipynb`), `refine_steps` fits the RGN to each image for a few
 steps first, the paper's per-image mode (0: boxes from an untrained RGN).'''),
-    code('''from lr_jax import editor
+    code('''from lr_jax import inference
 SAMPLE_REFINE_STEPS = 5  #@param {type:"integer"}
 examples = nb.sample_examples("samples")
-outcomes = editor.run_edit(config, examples, out_dir="edits", models=models, frozen=frozen,
-                           refine_steps=SAMPLE_REFINE_STEPS, seed=0)'''),
+outcomes = inference.run_edit(config, examples, out_dir="edits", built=built,
+                              refine_steps=SAMPLE_REFINE_STEPS, seed=0)'''),
     md('''Each sheet shows the input, DINO's attention with the anchors, all box proposals (the
 chosen one per anchor bold), the result, and below the *K* candidates with their scores (the
 best one highlighted). The edited photos at full resolution and a JSON record of each edit
@@ -105,9 +105,9 @@ SEED = 0  #@param {type:"integer"}'''),
 IMAGE_PATH = "samples/chelsea.png"  #@param {type:"string"}
 image_path = nb.upload_image("uploads", fallback=IMAGE_PATH, ask=UPLOAD)
 nb.show(image_path, width=320)'''),
-    code('''custom = editor.run_edit(config, nb.example_for(image_path, PROMPT, SOURCE_PROMPT),
-                         out_dir="edits_custom", models=models, frozen=frozen,
-                         refine_steps=REFINE_STEPS, seed=SEED)
+    code('''custom = inference.run_edit(config, nb.example_for(image_path, PROMPT, SOURCE_PROMPT),
+                            out_dir="edits_custom", built=built,
+                            refine_steps=REFINE_STEPS, seed=SEED)
 nb.show_outcomes(custom)
 nb.show(custom[0].files["edited"], width=480, title="edited, at the input's resolution:")'''),
 ]
@@ -138,7 +138,7 @@ EPOCHS = 5  #@param {type:"integer"}
 if not TINY:
   config.train.epochs = EPOCHS
 WORKDIR = "runs/rgn_tiny" if TINY else "runs/rgn"
-result = trainer.train(config, WORKDIR, models=models, frozen=frozen, examples=examples)
+result = trainer.train(config, WORKDIR, built=built, examples=examples)
 print(f"{len(result.metrics)} steps, last loss {result.metrics[-1]['loss']:.4f}")'''),
     md('''## 6. Loss curves
 
@@ -148,21 +148,22 @@ structure terms, the gradient norm); `sheets.loss_curve` plots each term.'''),
 nb.show(sheets.loss_curve("loss_curve.png", result.metrics, title="RGN training"), width=900)'''),
     md('''## 7. Checkpoints: restore and resume
 
-`trainer.load_rgn_params` restores the RGN from the workdir's newest checkpoint (or from one
+`checkpointing.load_rgn_params` restores the RGN from the workdir's newest checkpoint (or from one
 `checkpoints/<step>` folder). Calling `trainer.train` again with the same config resumes from
 the newest checkpoint; here the run is complete, so no step is left.'''),
     code('''print("checkpoints:", sorted(p.name for p in (result.workdir / "checkpoints").iterdir()))
-rgn_params = trainer.load_rgn_params(WORKDIR, models, config)
+from lr_jax import checkpointing
+rgn_params = checkpointing.load_rgn_params(WORKDIR, built.models, config)
 print("largest |restored - trained| =", nb.max_param_difference(rgn_params, result.state.params))'''),
-    code('''resumed = trainer.train(config, WORKDIR, models=models, frozen=frozen, examples=examples)
+    code('''resumed = trainer.train(config, WORKDIR, built=built, examples=examples)
 print(f"resumed at step {resumed.metrics[-1]['step']}: nothing left to train")'''),
     md('''## 8. Edit with the trained RGN
 
 `run_edit` with `rgn_checkpoint=WORKDIR` loads the trained RGN; each record names the
 checkpoint it came from.'''),
-    code('''from lr_jax import editor
-outcomes = editor.run_edit(config, examples, out_dir="edits_trained", rgn_checkpoint=WORKDIR,
-                           models=models, frozen=frozen, seed=0)
+    code('''from lr_jax import inference
+outcomes = inference.run_edit(config, examples, out_dir="edits_trained",
+                              rgn_checkpoint=WORKDIR, built=built, seed=0)
 nb.show_outcomes(outcomes)'''),
 ]
 

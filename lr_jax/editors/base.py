@@ -1,0 +1,102 @@
+"""The contract between the region method and a generator that edits boxes.
+
+The method needs exactly one thing from a generator: regenerate what is inside
+boxes of images. Everything else it knows about the generator is static facts:
+the square image size it works at, its token grid (the box unit), its dtype.
+
+A generator module in `lr_jax/editors/` (picked by `config.editor.name`, imported by
+name as big_vision picks `models.<name>`) provides:
+
+  * `CONFIG_SECTIONS`: the config sections it reads (their defaults come from
+    `default_config()`), `RGN_KEYS`: the config keys a trained RGN depends on (its
+    box units), `RESUMABLE_KEYS`: keys that may change when a run resumes (cache
+    folders);
+  * `default_config() -> {section: ConfigDict}`;
+  * `check_config(config)`: raises a UserError on a bad value, before any loading;
+  * `make(config) -> Editor`: the static part alone (no weights: sizes for checks);
+  * `build(config, weights) -> (Editor, params)` with weights "official" (real
+    files, downloaded or local), "tiny" (small random model) or "random" (real
+    sizes, random values, for benchmarks);
+  * `weight_files(config) -> {name: path}`: downloads what `build(config,
+    "official")` needs (for notebooks) and returns where it is.
+
+An `Editor` is a frozen, hashable dataclass (a static argument of the jitted steps).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+Array = jax.Array
+Params = Any
+
+
+class EditOutput(NamedTuple):
+  """B images x N boxes, edited in one call."""
+  images: Array        # (B, N, S, S, 3) float32 in [0, 1], the edit composited on the input
+  pixel_mask: Array    # (B, N, S, S, 1) float32 in [0, 1], the blend weight of the edit
+  masked_boxes: Array  # (B, N, 4) int32 (top, left, height, width) tokens really regenerated
+
+
+class Conditioning(NamedTuple):
+  """What a batch of examples asks the generator for.
+
+  arrays: name -> (N, ...) host arrays, one row per example (they travel in the
+  batch into the jitted steps, and `edit` receives each row's slice).
+  records: one JSON-able dict per example, merged into the edit's record (e.g.
+  MaskGIT's `class` match with its top 5).
+  summaries: one short line per example for the command line.
+  """
+  arrays: dict[str, np.ndarray]
+  records: list[dict[str, Any]]
+  summaries: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Editor(abc.ABC):
+  """Static facts and pure functions of one generator (see the module docstring)."""
+
+  @property
+  @abc.abstractmethod
+  def name(self) -> str:
+    """The module name under `lr_jax/editors/`."""
+
+  @property
+  @abc.abstractmethod
+  def image_size(self) -> int:
+    """Side of the square images `edit` takes and returns, in pixels."""
+
+  @property
+  @abc.abstractmethod
+  def grid(self) -> int:
+    """Tokens per side: boxes are in these units."""
+
+  @property
+  @abc.abstractmethod
+  def dtype(self) -> str:
+    """The compute dtype of the generator ("float32", "bfloat16")."""
+
+  @abc.abstractmethod
+  def condition(self, examples: Sequence[Any], text_encoder: Any) -> Conditioning:
+    """Host side: the conditioning of each example (`manifest.Example`: prompt,
+    optional class id), given the CLIP text encoder (`lr_jax.text_encoder`)."""
+
+  @abc.abstractmethod
+  def dummy_condition(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Conditioning arrays of the right shapes for `batch` examples, valid but
+    arbitrary (benchmarks, shape inference)."""
+
+  @abc.abstractmethod
+  def edit(self, params: Params, images: Array, boxes: Array, cond: dict[str, Array],
+           rng: Array) -> EditOutput:
+    """Pure and jittable: edits N boxes (B, N, 4) int tokens of B images (B, S, S, 3)
+    in [0, 1] in one call. Box (b, n) uses the key fold_in(fold_in(rng, b), n), so a
+    box alone decodes as it does in the batch."""
+
+  def record(self) -> dict[str, Any]:
+    """Facts about this editor for every edit's JSON record."""
+    return {"editor": self.name, "editor_dtype": self.dtype}

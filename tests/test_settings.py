@@ -1,0 +1,75 @@
+"""Typed settings (lr_jax.settings): built once from a config, checked up front, and the
+key lists of the workdir guards derived from them."""
+import dataclasses
+
+import pytest
+
+from configs import maskgit_imagenet256, tiny
+from lr_jax import checkpointing
+from lr_jax import settings
+from lr_jax.models import check_config
+
+
+def test_defaults_are_the_papers_setup_and_hashable():
+  m = settings.method(maskgit_imagenet256.get_config())
+  assert m.region.num_anchors == 4 and m.region.sizes == (3, 5, 7, 9, 11, 13, 15)
+  assert m.region.num_boxes == 7
+  assert dict(m.loss.weights) == {"clip": 1.0, "dir": 1.0, "structure": 1.0}
+  assert (m.score.alpha, m.score.beta, m.score.top_t2i) == (2.0, 1.0, 0)
+  assert m.optim.learning_rate == 3e-3
+  assert hash(m) == hash(settings.method(maskgit_imagenet256.get_config()))
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    m.region.num_anchors = 3
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("region.num_anchors", 0, "region.num_anchors must be an integer >= 1, got 0"),
+    ("region.num_anchors", -2, "region.num_anchors"),
+    ("region.num_anchors", 17, "at most 16"),            # the tiny 4x4 grid
+    ("region.sizes", (1, 0), "region.sizes"),
+    ("region.sizes", (1, 1), "free of repeats"),
+    ("region.sizes", (2, 5), "at most 4 tokens"),        # larger than the grid
+    ("region.roi_size", 0, "region.roi_size"),
+    ("train.batch_size", -1, "train.batch_size"),
+    ("train.checkpoint_every", 0, "train.checkpoint_every"),
+    ("train.log_every", 0, "train.log_every"),
+    ("train.max_to_keep", 0, "train.max_to_keep"),
+    ("train.max_steps", -3, "train.max_steps"),
+    ("selection.tau", 0.0, "selection.tau must be a finite number > 0"),
+    ("selection.estimator", "reinforce", "selection.estimator"),
+    ("optim.learning_rate", float("nan"), "optim.learning_rate"),
+    ("optim.b2", 1.0, "optim.b2 must be in [0, 1)"),
+    ("loss.clip", -1.0, "loss.clip"),
+    ("score.top_t2i", -1, "score.top_t2i"),
+    ("models", "huge", "config models must be one of"),
+    ("edit.num_iter", 0, "config edit:"),
+    ("maskgit.name", "imagenet1024", "config maskgit.name"),
+])
+def test_out_of_range_values_are_one_clear_error(key, value, needle):
+  c = tiny.get_config()
+  if "." in key:
+    section, field = key.split(".")
+    c[section][field] = value
+  else:
+    c[key] = value
+  with pytest.raises(settings.SettingsError) as e:
+    check_config(c)
+  assert needle in str(e.value)
+  assert "\n" not in str(e.value)
+
+
+def test_unknown_loss_term_is_an_error():
+  c = tiny.get_config()
+  c.loss.lpips = 1.0
+  with pytest.raises(settings.SettingsError, match="no term 'lpips'"):
+    settings.method(c)
+
+
+def test_guard_keys_are_derived():
+  c = tiny.get_config()
+  assert checkpointing.rgn_keys(c) == (
+      "models", "editor.name", "region.sizes", "region.roi_size", "region.sampling_ratio",
+      "rgn.conv_features", "rgn.dense_features", "maskgit.name")
+  assert checkpointing.resumable_keys(c) == (
+      "train.max_steps", "train.log_every", "train.checkpoint_every", "train.max_to_keep",
+      "infer.refine_steps", "maskgit.cache_dir")
