@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lr_common.benchmarking import compiled_flops, peak_memory_bytes, timed
+from lr_common.benchmarking import peak_memory_bytes, timed
 from maskgit import checkpoints, configs, editing
 
 

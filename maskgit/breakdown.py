@@ -18,18 +18,19 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from lr_common import benchmarking
 from maskgit import bench_lib, checkpoints, configs, editing
 from maskgit.transformer import Transformer
 
 
 def _flops(jitted: Callable, *args) -> float | None:
   """XLA's FLOP estimate of one call of a jitted function (loop bodies counted once)."""
-  return bench_lib.compiled_flops(jitted.lower(*args).compile())
+  return benchmarking.compiled_flops(jitted.lower(*args).compile())
 
 
 def _median_seconds(fn: Callable, args: Sequence[Any], repeats: int) -> float:
   jax.block_until_ready(fn(*args))  # compile and warm up
-  return statistics.median(bench_lib.timed(lambda: fn(*args), repeats))
+  return statistics.median(benchmarking.timed(lambda: fn(*args), repeats))
 
 
 def run_breakdown(config_name: str, num_boxes: int, dtype: str, repeats: int,

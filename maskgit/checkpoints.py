@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shlex
 import sys
 import tempfile
 import urllib.request
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 import flax.serialization
 import jax
@@ -49,8 +50,25 @@ def default_cache_dir() -> pathlib.Path:
   return pathlib.Path("~/.cache/lr_jax/maskgit").expanduser()
 
 
-def _download(url: str, destination: pathlib.Path) -> None:
-  """Streams ``url`` to a temp file next to ``destination``, renamed when complete."""
+class _InvalidDownload(Exception):
+  """Downloaded bytes that are not the checkpoint (error page, cut-short body, wrong tree)."""
+
+
+def _looks_like_text_page(content_type: str, head: bytes) -> bool:
+  if content_type.split(";")[0].strip().lower().startswith("text/"):
+    return True
+  start = head.lstrip()[:15].lower()
+  return start.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body"))
+
+
+def _download(url: str, destination: pathlib.Path,
+              validate: Optional[Callable[[pathlib.Path], Any]] = None) -> Any:
+  """Streams ``url`` to a temp file next to ``destination``, renamed when complete.
+
+  Before the rename the temp file is checked with ``validate`` (default: it must
+  parse as a Flax ``{"params": ...}`` msgpack tree); a failed check deletes it and
+  raises ``_InvalidDownload``. Returns what ``validate`` returned.
+  """
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   destination.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp_name = tempfile.mkstemp(prefix=destination.name + ".", suffix=".partial",
@@ -58,15 +76,19 @@ def _download(url: str, destination: pathlib.Path) -> None:
   tmp = pathlib.Path(tmp_name)
   try:
     with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-      length = response.headers.get("Content-Length") if response.headers else None
+      headers = response.headers or {}
+      length = headers.get("Content-Length")
+      content_type = headers.get("Content-Type") or ""
       total = int(length) if length else None
-      written = 0
+      written, head = 0, b""
       with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=destination.name, disable=None) as bar:
         while True:
           chunk = response.read(_CHUNK_BYTES)
           if not chunk:
             break
+          if len(head) < 64:
+            head += chunk[:64]
           out.write(chunk)
           written += len(chunk)
           bar.update(len(chunk))
@@ -74,9 +96,43 @@ def _download(url: str, destination: pathlib.Path) -> None:
         raise OSError(f"connection closed after {written} of {total} bytes")
       out.flush()
       os.fsync(out.fileno())
+    try:
+      checked = (validate or _parse_params)(tmp)
+    except (CheckpointError, _InvalidCheckpoint) as e:
+      problem = _one_line(str(e) if isinstance(e, _InvalidCheckpoint)
+                          else _without_path(str(e), tmp))
+      unreadable = isinstance(e, _Unreadable) or isinstance(e.__cause__, _Unreadable)
+      if _looks_like_text_page(content_type, head):
+        kind = content_type.split(";")[0].strip() or "text"
+        reason = (f"the server sent a {kind} page ({written} bytes) "
+                  f"instead of the checkpoint, and the download {problem}")
+      elif total is None and unreadable:
+        reason = (f"the response ended after {written} bytes without a Content-Length "
+                  f"(cut short?), and the download {problem}")
+      else:
+        reason = f"the download {problem}"
+      raise _InvalidDownload(reason) from e
     os.replace(tmp, destination)
+    return checked
   finally:
     tmp.unlink(missing_ok=True)
+
+
+def _without_path(message: str, path: pathlib.Path) -> str:
+  """A validator's message about the temp file, worded to follow "the download"."""
+  if message.startswith(str(path)):
+    message = message[len(str(path)):].lstrip(" :")
+  else:
+    message = f"was rejected: {message}"
+  return message.replace(str(path), "the download")
+
+
+def _one_line(message: str, items: int = 3) -> str:
+  first, *rest = message.splitlines() or [""]
+  if not rest:
+    return first
+  listed = "; ".join(line.strip() for line in rest[:items])
+  return f"{first} ({listed}{'; ...' if len(rest) > items else ''})"
 
 
 DEFAULT_HINT = ("pass cache_dir=<a folder holding the files>, or the checkpoint files' "
@@ -91,25 +147,52 @@ class _DownloadFailure(Exception):
     self.name, self.url, self.destination, self.cause = name, url, destination, cause
 
 
+def _download_commands(failures: Sequence[_DownloadFailure]) -> str:
+  """``mkdir -p DIR && curl -fL -o DIR/NAME URL`` for every failed file, one shell line."""
+  folders: dict = {}
+  for f in failures:
+    folders.setdefault(str(f.destination.parent), []).append(f)
+  parts = []
+  for folder, group in folders.items():
+    parts.append(" && ".join(
+        [f"mkdir -p {shlex.quote(folder)}"] +
+        [f"curl -fL -o {shlex.quote(str(f.destination))} {shlex.quote(f.url)}"
+         for f in group]))
+  return " && ".join(parts)
+
+
+def _describe_failure(f: _DownloadFailure) -> str:
+  if isinstance(f.cause, _InvalidDownload):
+    return (f"downloaded checkpoint {f.name!r} from {f.url}, but {f.cause}; nothing "
+            f"was saved to {f.destination}")
+  return (f"could not download checkpoint {f.name!r} from {f.url} to {f.destination} "
+          f"({type(f.cause).__name__}: {f.cause})")
+
+
 def _download_error(failures: Sequence[_DownloadFailure],
                     hint: Optional[str]) -> CheckpointError:
   """One-line error naming every failed file, its URL and destination, and the fixes."""
-  what = "; ".join(
-      f"could not download checkpoint {f.name!r} from {f.url} to {f.destination} "
-      f"({type(f.cause).__name__}: {f.cause})" for f in failures)
+  what = "; ".join(_describe_failure(f) for f in failures)
   many = len(failures) > 1
   return CheckpointError(
       f"{what}. Without network access, download "
       f"{'the files elsewhere and copy them to the paths' if many else 'the file elsewhere and copy it to the path'}"
-      f" above; or set ${CACHE_ENV_VAR} to a folder that holds {'them' if many else 'it'}; "
-      f"or {hint or DEFAULT_HINT}.")
+      f" above (command: `{_download_commands(failures)}`); or set ${CACHE_ENV_VAR} "
+      f"to a folder that holds {'them' if many else 'it'}; or {hint or DEFAULT_HINT}.")
 
 
-def _fetch(name_or_path: str, cache_dir: Optional[str]) -> pathlib.Path:
+class _Fetched(NamedTuple):
+  path: pathlib.Path
+  cached: bool         # an entry of the download cache, not the caller's own file
+  checked: Any = None  # what the validator returned, when the file was just downloaded
+
+
+def _fetch(name_or_path: str, cache_dir: Optional[str],
+           validate: Optional[Callable[[pathlib.Path], Any]] = None) -> _Fetched:
   """``fetch_checkpoint`` without the message: raises ``_DownloadFailure``."""
   path = pathlib.Path(str(name_or_path)).expanduser()
   if path.is_file():
-    return path
+    return _Fetched(path, cached=False)
   name = str(name_or_path)
   if name not in CHECKPOINT_URLS:
     raise CheckpointError(
@@ -117,41 +200,65 @@ def _fetch(name_or_path: str, cache_dir: Optional[str]) -> pathlib.Path:
         f"name; valid names: {', '.join(CHECKPOINT_URLS)}")
   directory = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
   destination = directory / name
-  if not destination.is_file():
-    try:
-      _download(CHECKPOINT_URLS[name], destination)
-    except Exception as e:  # URLError, HTTPError, IncompleteRead, OSError, ...
-      raise _DownloadFailure(name, CHECKPOINT_URLS[name], destination, e) from e
-  return destination
+  if destination.is_file():
+    return _Fetched(destination, cached=True)
+  try:
+    checked = _download(CHECKPOINT_URLS[name], destination, validate)
+  except Exception as e:  # URLError, HTTPError, IncompleteRead, OSError, ...
+    raise _DownloadFailure(name, CHECKPOINT_URLS[name], destination, e) from e
+  return _Fetched(destination, cached=True, checked=checked)
 
 
 def fetch_checkpoint(name_or_path: str, cache_dir: Optional[str] = None,
-                     hint: Optional[str] = None) -> pathlib.Path:
+                     hint: Optional[str] = None,
+                     validate: Optional[Callable[[pathlib.Path], Any]] = None
+                     ) -> pathlib.Path:
   """Local path of a checkpoint: an existing file as is, or a known name (downloaded once).
 
   Known names: the keys of ``CHECKPOINT_URLS``. Raises ``CheckpointError`` when the
   name is unknown or the download fails. ``hint`` ends the download error with how
   the caller's user points elsewhere (e.g. the command's own flags); default
-  ``DEFAULT_HINT``.
+  ``DEFAULT_HINT``. A download is checked before it is renamed into the cache:
+  ``validate(temp_path)`` raises ``CheckpointError`` when the file is not acceptable
+  (default: it must parse as a Flax ``{"params": ...}`` msgpack tree); a rejected
+  download is deleted and reported. Files already present are not re-checked here.
   """
   try:
-    return _fetch(name_or_path, cache_dir)
+    return _fetch(name_or_path, cache_dir, validate).path
   except _DownloadFailure as failure:
     raise _download_error([failure], hint) from failure.cause
 
 
-def _read_params(path: pathlib.Path) -> dict:
+class _InvalidCheckpoint(Exception):
+  """Why a file is not a usable checkpoint, worded to follow the file's name."""
+
+
+class _Unreadable(_InvalidCheckpoint):
+  """The file does not parse as msgpack at all (truncated, an error page, noise)."""
+
+
+def _parse_params(path: pathlib.Path) -> dict:
+  """The ``params`` tree of a Flax msgpack file; raises ``_InvalidCheckpoint``."""
   try:
     state = flax.serialization.msgpack_restore(path.read_bytes())
   except Exception as e:  # msgpack raises several unrelated types on bad input
-    raise CheckpointError(
-        f"{path} is not a readable Flax msgpack checkpoint (truncated or corrupt?): "
-        f"{type(e).__name__}: {e}") from e
+    raise _Unreadable(
+        f"is not a valid checkpoint: it cannot be read as a Flax msgpack checkpoint "
+        f"(truncated or corrupt?): {type(e).__name__}: {e}") from e
   if not isinstance(state, dict) or not isinstance(state.get("params"), dict):
     found = sorted(state) if isinstance(state, dict) else type(state).__name__
-    raise CheckpointError(
-        f"{path} does not hold a {{'params': ...}} Flax checkpoint (found {found})")
+    raise _InvalidCheckpoint(
+        f"is not a valid checkpoint: it does not hold a {{'params': ...}} Flax tree "
+        f"(found {found})")
   return state["params"]
+
+
+def _read_params(path: pathlib.Path) -> dict:
+  """``_parse_params`` for a file of the caller's: raises ``CheckpointError``."""
+  try:
+    return _parse_params(path)
+  except _InvalidCheckpoint as e:
+    raise CheckpointError(f"{path} {e}") from e
 
 
 def _shape_of(leaf) -> Optional[tuple]:
@@ -159,8 +266,8 @@ def _shape_of(leaf) -> Optional[tuple]:
   return tuple(shape) if shape is not None else None
 
 
-def _describe_mismatch(path, missing, unexpected, misshaped) -> str:
-  lines = [f"{path} does not match the model: {len(missing)} missing, "
+def _describe_mismatch(missing, unexpected, misshaped) -> str:
+  lines = [f"does not match the model: {len(missing)} missing, "
            f"{len(unexpected)} unexpected, {len(misshaped)} mis-shaped tensors"]
   groups = (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
   for label, items in groups:
@@ -171,6 +278,50 @@ def _describe_mismatch(path, missing, unexpected, misshaped) -> str:
   return "\n".join(lines)
 
 
+def _flat_expected(expected: Params) -> dict:
+  if isinstance(expected, dict) and set(expected) == {"params"}:
+    expected = expected["params"]
+  return traverse_util.flatten_dict(dict(expected), sep="/")
+
+
+def _checked_params(path: pathlib.Path, want: dict) -> dict:
+  """The flat params of ``path`` if they fit ``want`` exactly; else ``_InvalidCheckpoint``."""
+  raw = traverse_util.flatten_dict(_parse_params(path), sep="/")
+  missing = [f"{k} {_shape_of(want[k])}" for k in sorted(set(want) - set(raw))]
+  unexpected = [f"{k} {_shape_of(raw[k])}" for k in sorted(set(raw) - set(want))]
+  misshaped = [f"{k}: checkpoint {_shape_of(raw[k])}, model {_shape_of(want[k])}"
+               for k in sorted(set(want) & set(raw))
+               if _shape_of(raw[k]) != _shape_of(want[k])]
+  if missing or unexpected or misshaped:
+    raise _InvalidCheckpoint(_describe_mismatch(missing, unexpected, misshaped))
+  return raw
+
+
+def _bad_file_error(fetched: _Fetched, problem: str) -> CheckpointError:
+  """A file that does not load: the caller's own is bad; a cache entry is to delete."""
+  if not fetched.cached:
+    return CheckpointError(f"{fetched.path} {problem}")
+  first, newline, rest = problem.partition("\n")
+  return CheckpointError(
+      f"cached checkpoint {fetched.path} {first}; delete {fetched.path} and rerun to "
+      f"download it again{newline}{rest}")
+
+
+def _load_fetched(fetched: _Fetched, want: dict, verbose: bool) -> Params:
+  raw = fetched.checked
+  if raw is None:
+    try:
+      raw = _checked_params(fetched.path, want)
+    except _InvalidCheckpoint as e:
+      raise _bad_file_error(fetched, str(e)) from e
+  params = {k: jnp.asarray(np.asarray(raw[k]), jnp.float32) for k in want}
+  if verbose:
+    count = sum(int(np.prod(v.shape)) for v in params.values())
+    print(f"loaded {fetched.path}: {len(params)} tensors, {count:,} parameters",
+          file=sys.stderr, flush=True)
+  return traverse_util.unflatten_dict(params, sep="/")
+
+
 def load_params(name_or_path: str, expected: Params,
                 cache_dir: Optional[str] = None, verbose: bool = True,
                 hint: Optional[str] = None) -> Params:
@@ -179,26 +330,16 @@ def load_params(name_or_path: str, expected: Params,
   ``expected`` is ``jax.eval_shape(model.init, ...)["params"]`` (a tree with a single
   top-level ``"params"`` key is unwrapped). Every missing, unexpected or mis-shaped
   tensor is reported in one ``CheckpointError``. Returns the params as float32 arrays.
-  ``hint``: see ``fetch_checkpoint``.
+  A download is checked against ``expected`` before it enters the cache; a cached
+  file that does not load is named in the error, to delete. ``hint``: see
+  ``fetch_checkpoint``.
   """
-  path = fetch_checkpoint(name_or_path, cache_dir, hint)
-  raw = traverse_util.flatten_dict(_read_params(path), sep="/")
-  if isinstance(expected, dict) and set(expected) == {"params"}:
-    expected = expected["params"]
-  want = traverse_util.flatten_dict(dict(expected), sep="/")
-  missing = [f"{k} {_shape_of(want[k])}" for k in sorted(set(want) - set(raw))]
-  unexpected = [f"{k} {_shape_of(raw[k])}" for k in sorted(set(raw) - set(want))]
-  misshaped = [f"{k}: checkpoint {_shape_of(raw[k])}, model {_shape_of(want[k])}"
-               for k in sorted(set(want) & set(raw))
-               if _shape_of(raw[k]) != _shape_of(want[k])]
-  if missing or unexpected or misshaped:
-    raise CheckpointError(_describe_mismatch(path, missing, unexpected, misshaped))
-  params = {k: jnp.asarray(np.asarray(raw[k]), jnp.float32) for k in want}
-  if verbose:
-    count = sum(int(np.prod(v.shape)) for v in params.values())
-    print(f"loaded {path}: {len(params)} tensors, {count:,} parameters",
-          file=sys.stderr, flush=True)
-  return traverse_util.unflatten_dict(params, sep="/")
+  want = _flat_expected(expected)
+  try:
+    fetched = _fetch(name_or_path, cache_dir, lambda p: _checked_params(p, want))
+  except _DownloadFailure as failure:
+    raise _download_error([failure], hint) from failure.cause
+  return _load_fetched(fetched, want, verbose)
 
 
 def _models(config: MaskGITConfig) -> Tuple[VQGAN, Transformer]:
@@ -263,13 +404,21 @@ def load_maskgit(config: MaskGITConfig, tokenizer: Optional[str] = None,
     default_tok, default_tr = official_checkpoint_names(config)
     tokenizer = tokenizer or default_tok
     transformer = transformer or default_tr
-  paths, failures = [], []
-  for name in (tokenizer, transformer):
+  shapes = []  # computed once, and only if needed (a download to check, or loading)
+
+  def want(i):
+    if not shapes:
+      shapes.extend(_flat_expected(t) for t in param_shapes(config))
+    return shapes[i]
+
+  fetched, failures = [], []
+  for i, name in enumerate((tokenizer, transformer)):
     try:
-      paths.append(_fetch(name, cache_dir or None))
+      fetched.append(_fetch(name, cache_dir or None,
+                            lambda p, i=i: _checked_params(p, want(i))))
     except _DownloadFailure as failure:
       failures.append(failure)
   if failures:
     raise _download_error(failures, hint) from failures[0].cause
-  tok_shapes, tr_shapes = param_shapes(config)
-  return (load_params(str(paths[0]), tok_shapes), load_params(str(paths[1]), tr_shapes))
+  return (_load_fetched(fetched[0], want(0), verbose=True),
+          _load_fetched(fetched[1], want(1), verbose=True))

@@ -7,13 +7,24 @@ or in tokens of the model grid (--box_units tokens). The image is converted to
 RGB and resized to the model size; each box is edited independently in one
 batched call. Each edit and its feathered mask are resized back to the input's
 resolution and blended into the original image, so pixels outside the mask are
-unchanged. With several boxes the results go to OUT_0.png, OUT_1.png...
+unchanged. With several boxes the results go to OUT_0.png, OUT_1.png... When
+--out is an existing folder (or ends with a slash) the result is
+OUT/<image stem>_edited.png (_edited_0.png, _edited_1.png... for several boxes).
+
+Outputs are checked before any model is loaded: an existing file (or a symbolic
+link) at an output name is refused unless --overwrite (which replaces the file or
+the link itself, never a link's target). Each output is written to a temporary
+file in its folder and renamed into place.
 Every failure is one `error: ...` line on stderr and exit status 1.
 """
 
+import errno
+import os
 import pathlib
+import stat
 import sys
-from typing import Sequence
+import tempfile
+from typing import Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -29,7 +40,11 @@ flags.DEFINE_string("image", None, "Input image file.")
 flags.DEFINE_multi_string("box", [], "top,left,height,width (repeat for several boxes).")
 flags.DEFINE_enum("box_units", "pixels", ["pixels", "tokens"], "Units of --box.")
 flags.DEFINE_integer("label", None, "Target ImageNet class id.")
-flags.DEFINE_string("out", None, "Output PNG (OUT_k.png for several boxes).")
+flags.DEFINE_string("out", None, "Output PNG (OUT_k.png for several boxes), or an "
+                    "existing folder for <image stem>_edited.png files.")
+flags.DEFINE_bool("overwrite", False,
+                  "Replace existing output files (a symbolic link at an output name is "
+                  "replaced itself; its target is left alone).")
 flags.DEFINE_string("config", "imagenet256", "MaskGIT config name.")
 flags.DEFINE_string("tokenizer", None, "Tokenizer checkpoint path or name.")
 flags.DEFINE_string("transformer", None, "Transformer checkpoint path or name.")
@@ -81,13 +96,120 @@ def parse_boxes(specs: Sequence[str]) -> np.ndarray:
   return np.asarray(boxes, np.float64)
 
 
-def output_paths(out: str, count: int) -> list[pathlib.Path]:
+def output_paths(out: str, count: int, image: Optional[str] = None) -> list[pathlib.Path]:
+  """Where the `count` results go: OUT(.png), OUT_k.png, or FOLDER/<stem>_edited(_k).png."""
   path = pathlib.Path(out)
-  if path.suffix == "":
+  if os.path.isdir(out) or out.endswith(("/", os.sep)):
+    stem = pathlib.Path(image).stem if image else ""
+    path = path / f"{stem or 'image'}_edited.png"
+  elif path.suffix == "":
     path = path.with_suffix(".png")
   if count == 1:
     return [path]
   return [path.with_name(f"{path.stem}_{k}{path.suffix}") for k in range(count)]
+
+
+def _name_max(folder: pathlib.Path) -> int:
+  try:
+    return os.pathconf(folder, "PC_NAME_MAX")
+  except (OSError, ValueError):
+    return 255
+
+
+def _existing_ancestor(path: pathlib.Path) -> pathlib.Path:
+  """The nearest parent of `path` that exists (as anything, links included)."""
+  folder = path.parent
+  while not os.path.lexists(folder) and folder != folder.parent:
+    folder = folder.parent
+  return folder
+
+
+def _output_problem(path: pathlib.Path, overwrite: bool) -> Optional[str]:
+  """Why `path` cannot or must not be written (None when it can)."""
+  folder = _existing_ancestor(path)
+  if not os.path.isdir(folder):
+    what = "a file, not a folder" if os.path.isfile(folder) else "not a folder"
+    return f"cannot write {path}: {folder} is {what}"
+  limit = _name_max(folder)
+  for part in path.relative_to(folder).parts:
+    size = len(os.fsencode(part))
+    if size > limit:
+      return (f"cannot write {path}: the name {part[:20]}... is {size} bytes, longer "
+              f"than this file system allows ({limit})")
+  try:
+    info = os.lstat(path)
+  except FileNotFoundError:
+    info = None
+  except OSError as e:
+    if e.errno == errno.ENAMETOOLONG:
+      return f"cannot write {path}: file name too long for this file system"
+    return f"cannot write {path}: {e.strerror or e}"
+  if not os.access(folder, os.W_OK | os.X_OK):
+    return f"cannot write {path}: the folder {folder} is not writable"
+  if info is None:
+    return None
+  if stat.S_ISLNK(info.st_mode):
+    if overwrite:
+      return None
+    return (f"{path} is a symbolic link (to {os.readlink(path)}); pass --overwrite to "
+            "replace the link itself (its target is left alone)")
+  if stat.S_ISDIR(info.st_mode):
+    return f"cannot write {path}: it is a folder"
+  if not stat.S_ISREG(info.st_mode):
+    return f"cannot write {path}: it exists and is not a regular file"
+  if overwrite:
+    return None
+  return f"{path} already exists; pass --overwrite to replace it"
+
+
+def check_outputs(paths: Sequence[pathlib.Path], overwrite: bool = False) -> None:
+  """Raises EditCLIError (one line) if any output cannot or must not be written."""
+  problems = [p for p in (_output_problem(path, overwrite) for path in paths) if p]
+  if len(problems) > 1 and all(p.endswith("pass --overwrite to replace it")
+                                for p in problems):
+    names = ", ".join(str(path) for path in paths)
+    problems = [f"{names} already exist; pass --overwrite to replace them"]
+  if problems:
+    raise EditCLIError(problems[0])
+
+
+def _umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def save_atomically(path: pathlib.Path, picture: np.ndarray, overwrite: bool = False) -> None:
+  """Writes the uint8 image via a temp file in the same folder, then renames it.
+
+  Without `overwrite` an existing name (file or link) is never replaced, even one
+  that appeared since `check_outputs`; with it, the name itself is replaced (a link,
+  not its target).
+  """
+  path.parent.mkdir(parents=True, exist_ok=True)
+  image_format = Image.registered_extensions()[path.suffix.lower()]
+  fd, tmp_name = tempfile.mkstemp(prefix=".edit-", suffix=".tmp", dir=path.parent)
+  tmp = pathlib.Path(tmp_name)
+  try:
+    with os.fdopen(fd, "wb") as out:
+      Image.fromarray(picture).save(out, format=image_format)
+      out.flush()
+      os.fsync(out.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())
+    if overwrite:
+      os.replace(tmp, path)
+      return
+    try:
+      os.link(tmp, path)  # fails if the name exists: never replaces anything
+    except FileExistsError:
+      raise EditCLIError(f"{path} already exists; pass --overwrite to replace it") from None
+    except OSError:  # no hard links on this file system
+      if os.path.lexists(path):
+        raise EditCLIError(
+            f"{path} already exists; pass --overwrite to replace it") from None
+      os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
 
 
 def _to_uint8(picture: np.ndarray) -> np.ndarray:
@@ -120,7 +242,7 @@ def run(image: str, boxes: Sequence[str], label: int, out: str, *,
         box_units: str = "pixels", config: str = "imagenet256",
         tokenizer: str | None = None, transformer: str | None = None,
         cache_dir: str | None = None, seed: int = 0, dtype: str = "float32",
-        grow_tokens: int = 1) -> list[pathlib.Path]:
+        grow_tokens: int = 1, overwrite: bool = False) -> list[pathlib.Path]:
   """Edits the boxes of one image and writes the results (input's size); returns the paths."""
   import jax  # pylint: disable=g-import-not-at-top
   from maskgit import checkpoints, configs, editing  # pylint: disable=g-import-not-at-top
@@ -131,12 +253,15 @@ def run(image: str, boxes: Sequence[str], label: int, out: str, *,
         f"--label must be a class id in [0, {model.transformer.num_class}), got {label}")
   if not out:
     raise EditCLIError("--out is required")
-  suffix = output_paths(out, 1)[0].suffix.lower()
+  box_array = parse_boxes(boxes)
+  paths = output_paths(out, len(box_array), image)
+  suffix = paths[0].suffix.lower()
   if suffix not in Image.registered_extensions():
     raise EditCLIError(f"--out {out!r}: unknown image file extension {suffix!r}")
+  check_outputs(paths, overwrite)  # before any reading or compute
   original = load_image(image)
   height, width = original.shape[:2]
-  box_tokens = _token_boxes(parse_boxes(boxes), box_units, height, width, model)
+  box_tokens = _token_boxes(box_array, box_units, height, width, model)
   size = model.image_size
   pixels = original
   if (height, width) != (size, size):
@@ -150,10 +275,9 @@ def run(image: str, boxes: Sequence[str], label: int, out: str, *,
   result = editor(tok_params, tr_params, pixels[None], box_tokens[None],
                   np.array([label], np.int32), jax.random.PRNGKey(seed))
   raw, masks = np.asarray(result["raw"][0]), np.asarray(result["pixel_mask"][0])
-  paths = output_paths(out, len(box_tokens))
   for path, edited, mask in zip(paths, raw, masks):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(_to_uint8(composite_to_original(original, edited, mask))).save(path)
+    save_atomically(path, _to_uint8(composite_to_original(original, edited, mask)),
+                    overwrite)
     print(f"wrote {path}", flush=True)
   return paths
 
@@ -182,7 +306,7 @@ def _run_from_flags(argv: Sequence[str]) -> int:
     run(FLAGS.image, FLAGS.box, FLAGS.label, FLAGS.out, box_units=FLAGS.box_units,
         config=FLAGS.config, tokenizer=FLAGS.tokenizer, transformer=FLAGS.transformer,
         cache_dir=FLAGS.cache_dir, seed=FLAGS.seed, dtype=FLAGS.dtype,
-        grow_tokens=FLAGS.grow_tokens)
+        grow_tokens=FLAGS.grow_tokens, overwrite=FLAGS.overwrite)
   except (CheckpointError, EditCLIError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
