@@ -23,12 +23,14 @@ import numpy as np
 from ml_collections import config_flags
 
 from lr_common import benchmarking
+from lr_jax import config_files
 from lr_jax import errors
 from lr_jax import settings as settings_lib
 from lr_jax import step as step_lib
 from lr_jax.models import build_random_models
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Config file.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", config_files.resolve("configs/tiny.py")[0], "Config file.")
 _WHAT = flags.DEFINE_list("what", ["train", "edit"], "What to time: train, edit.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Images per call.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
@@ -103,7 +105,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  rows = run(_CONFIG.value, _WHAT.value, _BATCH.value, _REPEATS.value)
+  with errors.friendly_errors():
+    rows = run(_CONFIG.value, _WHAT.value, _BATCH.value, _REPEATS.value)
   print(format_table(rows))
   if _JSON.value:
     with open(_JSON.value, "w") as f:

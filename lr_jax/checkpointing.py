@@ -3,13 +3,19 @@ loading a trained RGN (`load_rgn_params`) for inference."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import pathlib
+import socket
+import time
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
+from lr_common import output_files
 from lr_common.errors import UserError
 from lr_jax import defaults
 from lr_jax import editors
@@ -125,9 +131,10 @@ def check_workdir(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
             f"continue its batch order over different images. Use a new --workdir, "
             f"or restore the data the run was started with.")
   elif jax.process_index() == 0:   # one writer on a shared filesystem
-    config_path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    output_files.write_text(config_path, config.to_json_best_effort(indent=2, sort_keys=True),
+                            overwrite=True)
     if data is not None:
-      data_path.write_text(json.dumps(data, indent=1))
+      output_files.write_text(data_path, json.dumps(data, indent=1), overwrite=True)
   return workdir
 
 
@@ -165,14 +172,114 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   manager.wait_until_finished()
 
 
+def _set_aside(directory: pathlib.Path) -> pathlib.Path:
+  """Renames a broken step folder so that nothing reads or overwrites it (nothing is
+  deleted: it can still be inspected)."""
+  aside = directory.with_name(f"broken_{directory.name}_{int(time.time())}")
+  os.replace(directory, aside)
+  return aside
+
+
 def restore_latest(manager: ocp.CheckpointManager, like: Any) -> tuple[Any, int] | None:
-  """Restores the newest checkpoint into the structure (and, for jax.Arrays, the
-  shardings) of `like`, or None if there is none."""
-  step = manager.latest_step()
-  if step is None:
-    return None
-  state = manager.restore(step, args=ocp.args.StandardRestore(like))
-  return state, step
+  """Restores the newest intact checkpoint into the structure (and, for jax.Arrays, the
+  shardings) of `like`, or None if there is none.
+
+  A checkpoint that cannot be read (a disk filled up, a file damaged) is set aside as
+  `checkpoints/broken_<step>_<time>` with a warning, and the next older one is tried;
+  when every one is broken, WorkdirError.
+  """
+  broken = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state = manager.restore(step, args=ocp.args.StandardRestore(like))
+    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many kinds)
+      directory = pathlib.Path(manager.directory) / str(step)
+      reason = _one_line(e)
+      aside = _set_aside(directory) if jax.process_index() == 0 else directory
+      logging.warning("The checkpoint of step %d cannot be read (%s); set aside as %s.",
+                      step, reason, aside)
+      broken.append(f"step {step}: {reason}")
+      manager.reload()
+      continue
+    if broken:
+      logging.warning("Resuming from step %d, the newest intact checkpoint.", step)
+    return state, step
+  if broken:
+    raise WorkdirError(f"No checkpoint in {manager.directory} can be read ({'; '.join(broken)});"
+                       f" they were set aside as broken_<step>_<time>. Use a new --workdir, "
+                       f"or move them back once repaired.")
+  return None
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+def check_finite(params: Any, where: str) -> None:
+  """Raises WorkdirError when a parameter is NaN or infinite."""
+  bad = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_leaves_with_path(params)
+         if not np.all(np.isfinite(np.asarray(x)))]
+  if bad:
+    raise WorkdirError(f"{where} holds NaN or infinite RGN parameters ({', '.join(bad[:3])}"
+                       f"{', ...' if len(bad) > 3 else ''}); it cannot be used.")
+
+
+# ---------------------------------------------------------------- one trainer per workdir
+
+LOCK_NAME = "train.lock"
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def acquire_lock(workdir: pathlib.Path) -> pathlib.Path:
+  """Marks `workdir` as trained by this process (`train.lock`: pid, host, start time).
+
+  A lock held by a live process, or by one on another host, is a WorkdirError; a lock
+  left by a run on this host that has ended (killed) is taken over with a warning."""
+  path = workdir / LOCK_NAME
+  mine = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+  try:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    try:
+      holder = json.loads(path.read_text())
+      pid, host = int(holder["pid"]), str(holder["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+      holder, pid, host = {}, None, None
+    if pid is not None and host != mine["host"]:
+      raise WorkdirError(
+          f"{workdir} is being trained by pid {pid} on host {host} (since "
+          f"{holder.get('started')}); use another --workdir, or delete {path} if that "
+          f"run is gone.") from None
+    if pid is not None and pid != mine["pid"] and _alive(pid):
+      raise WorkdirError(
+          f"{workdir} is being trained by another run (pid {pid}, since "
+          f"{holder.get('started')}); wait for it to finish or use another --workdir.") from None
+    logging.warning("Taking over %s: the run that held it (pid %s) has ended.", path, pid)
+    output_files.write_text(path, json.dumps(mine), overwrite=True)
+    return path
+  with os.fdopen(fd, "w") as f:
+    f.write(json.dumps(mine))
+  return path
+
+
+def release_lock(path: pathlib.Path) -> None:
+  """Removes this process's lock (another process's lock is left alone)."""
+  try:
+    if json.loads(path.read_text()).get("pid") == os.getpid():
+      path.unlink()
+  except (OSError, ValueError):
+    pass
 
 
 def resolve_rgn_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, int | None]:
@@ -208,12 +315,18 @@ def load_rgn_params(path: str | pathlib.Path, models: Any, config: ml_collection
       raise FileNotFoundError(f"{workdir} holds no checkpoint yet")
     try:
       state = manager.restore(step, args=ocp.args.StandardRestore(like))
-    except (ValueError, KeyError, TypeError) as e:
+    except json.JSONDecodeError as e:
       raise WorkdirError(
-          f"The checkpoint {workdir}/checkpoints/{step} does not fit this config's RGN "
-          f"(anchors, sizes, widths or DINO size differ?): {e}") from e
+          f"The checkpoint {workdir}/checkpoints/{step} is damaged ({_one_line(e)}); pass "
+          f"another checkpoints/<step> folder of that workdir.") from None
+    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many kinds)
+      raise WorkdirError(
+          f"The checkpoint {workdir}/checkpoints/{step} cannot be restored for this config "
+          f"(damaged, or another RGN: widths or DINO size differ?): {_one_line(e)}") from None
   finally:
     manager.close()
   # Host arrays: restored ones carry the training mesh's sharding, and a jitted
   # step fed those first and its own outputs next would compile twice.
-  return sharding.to_host(state.params)
+  params = sharding.to_host(state.params)
+  check_finite(params, f"{workdir}/checkpoints/{step}")
+  return params

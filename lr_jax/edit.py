@@ -12,18 +12,25 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from lr_jax import config_files
 from lr_jax import editors
 from lr_jax import errors
 from lr_jax import manifest as manifest_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", f"configs/{editors.DEFAULT_CONFIG}.py",
-                                          "Config file (configs/*.py).", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", config_files.resolve(f"configs/{editors.DEFAULT_CONFIG}.py")[0],
+    "Config file (configs/*.py; found in the repository checkout from any folder).",
+    lock_config=True)
 _IMAGE = flags.DEFINE_string("image", None, "An image file or a folder of images.")
 _PROMPT = flags.DEFINE_string("prompt", None, "What to turn the image into, e.g. 'a lion'.")
 _SOURCE = flags.DEFINE_string("source_prompt", None, "What the image shows (else CLIP guesses).")
 _CLASS_ID = flags.DEFINE_integer("class_id", None, "ImageNet class id; overrides the prompt match.")
-_MANIFEST = flags.DEFINE_string("manifest", None, "JSON/CSV of image, prompt[, source_prompt].")
-_OUT = flags.DEFINE_string("out", "lr_jax_out", "Output folder.")
+_MANIFEST = flags.DEFINE_string(
+    "manifest", None, "A JSON list, JSON lines or CSV file of image, prompt[, source_prompt]"
+    "[, class_id] rows; image paths relative to the manifest.")
+_OUT = flags.DEFINE_string("out", "lr_jax_out", "Output folder (created if needed).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace results already in --out "
+                               "(else an edit that would replace one is refused).")
 _CKPT = flags.DEFINE_string("rgn_checkpoint", None, "Training workdir or checkpoints/<step>.")
 _REFINE = flags.DEFINE_integer("refine_steps", None, "Per-image RGN steps before editing "
                                "(default: config.infer.refine_steps).")
@@ -34,23 +41,25 @@ def _examples() -> list[manifest_lib.Example]:
   if _MANIFEST.value:
     return manifest_lib.read_manifest(_MANIFEST.value)
   if not _IMAGE.value or _PROMPT.value is None:
-    raise app.UsageError("Give --image and --prompt, or --manifest.")
+    raise errors.UsageError("give --image and --prompt, or --manifest")
   return manifest_lib.examples_from_path(_IMAGE.value, _PROMPT.value, _SOURCE.value,
                                          _CLASS_ID.value)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   with errors.friendly_errors():
+    if len(argv) > 1:
+      raise errors.UsageError(f"unexpected arguments {argv[1:]}")
+    if _REFINE.value is not None and _REFINE.value < 0:
+      raise errors.UsageError(f"--refine_steps must be >= 0, got {_REFINE.value}")
     from lr_jax import inference  # pylint: disable=g-import-not-at-top
     outcomes = inference.run_edit(
         config, _examples(), out_dir=_OUT.value, rgn_checkpoint=_CKPT.value,
         refine_steps=config.infer.refine_steps if _REFINE.value is None else _REFINE.value,
-        seed=_SEED.value)
+        seed=_SEED.value, overwrite=_OVERWRITE.value)
   for o in outcomes:
     best = o.record["best_anchor"]
     print(f"{o.example.image_path}: {o.record['conditioning']}, best anchor {best}, "

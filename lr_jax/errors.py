@@ -1,9 +1,14 @@
 """Turns the project's expected errors into one clear message and exit code 1 on the command line."""
 import ast
 import contextlib
+import os
 import sys
 
 from lr_common.errors import UserError
+
+
+class UsageError(UserError, ValueError):
+  """Flags that do not go together, or a missing one."""
 
 
 @contextlib.contextmanager
@@ -28,14 +33,65 @@ def _clean(message: str) -> str:
   return str(message).replace("\n", " ").strip()
 
 
+def _with_config_found(argv: list[str]) -> list[str]:
+  """argv with its `--config PATH[:ARG]` found from any folder (defaults are found when
+  the flag is defined: `config_files.resolve`)."""
+  from lr_jax import config_files  # pylint: disable=g-import-not-at-top
+  out, i = [argv[0]], 1
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config=") or (arg == "--config" and i + 1 < len(argv)):
+      value = arg[len("--config="):] if arg.startswith("--config=") else argv[i + 1]
+      i += 1 if arg.startswith("--config=") else 2
+      out.append("--config=" + config_files.resolve(value)[0])
+      continue
+    out.append(arg)
+    i += 1
+  return out
+
+
+def _load_config_or_exit(argv: list[str]) -> None:
+  """Loads `--config` now, so a missing or broken file is one `error:` line."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from lr_jax import config_files  # pylint: disable=g-import-not-at-top
+  if "config" not in flags.FLAGS:
+    return
+  try:
+    flags.FLAGS.config.keys()   # a file that failed to load raises on first use
+  except Exception as e:  # pylint: disable=broad-except  (config_flags wraps many kinds)
+    given = [a[len("--config="):] for a in argv if a.startswith("--config=")]
+    path = given[-1] if given else _flag_default("config")
+    _, tried = config_files.resolve(path or "")
+    reason = _clean(str(e).splitlines()[-1]) if str(e) else type(e).__name__
+    if any(os.path.isfile(t) for t in tried):
+      print(f"error: cannot load config {path}: {reason}", file=sys.stderr)
+    else:
+      print(f"error: config file {path!r} not found (looked for {', '.join(tried)}); run "
+            f"from the repository folder, or set $LR_JAX_REPO to it", file=sys.stderr)
+    sys.exit(1)
+
+
+def _flag_default(name: str) -> str | None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  text = flags.FLAGS[name].default_as_str
+  return ast.literal_eval(text) if text else None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """`app.run`'s flags parser, with one `error:` line (no traceback) for unknown
-  flags, bad values and `--config.x.y=` overrides naming no config field."""
+  flags, bad values, a config file that cannot be found or loaded, and `--config.x.y=`
+  overrides naming no config field. A relative `--config` path is also looked up in
+  the repository checkout, so the CLIs work from any folder."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+  if "config" in flags.FLAGS:
+    argv = _with_config_found(list(argv))
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+  except (OSError, SyntaxError, ImportError) as e:   # the config file itself
+    print(f"error: cannot load the config file: {_clean(str(e).splitlines()[0])}",
+          file=sys.stderr)
   except flags.Error as e:
-    print(f"error: {_clean(str(e))}\nRun with --helpfull to list the flags.", file=sys.stderr)
+    print(f"error: {_clean(str(e))} (run with --helpfull to list the flags)", file=sys.stderr)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     message = _clean(e.args[0] if e.args and isinstance(e.args[0], str) else str(e))
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
@@ -46,4 +102,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       rest = message.split(None, 1)[1] if " " in message else ""
       message = f"the config has no field {word!r}. {rest}".strip()
     print(f"error: bad config override{where}: {message}", file=sys.stderr)
+  else:
+    _load_config_or_exit(argv)
+    return rest
   sys.exit(1)

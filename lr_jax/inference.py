@@ -20,6 +20,7 @@ import numpy as np
 import tqdm
 
 from lr_common import image_files as images_lib
+from lr_common import output_files
 from lr_common import pixels as pixels_lib
 from lr_jax import checkpointing
 from lr_jax import dataset
@@ -123,9 +124,10 @@ def _slug(text: str) -> str:
 def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example],
                   config, *, seed: int = 0, out_dir: str | pathlib.Path | None = None,
                   refine_steps: int = 0, checkpoint: str | None = None,
-                  progress: bool = True,
+                  progress: bool = True, overwrite: bool = False,
                   loaded: list[images_lib.LoadedImage] | None = None) -> list[EditOutcome]:
-  """Edits each example; returns the outcomes and writes them to `out_dir` if given.
+  """Edits each example; returns the outcomes and writes them to `out_dir` if given
+  (an existing result is never replaced unless `overwrite`).
 
   Images run one at a time through one compiled `infer` (inputs are resized to the
   model size first, so different original sizes never recompile)."""
@@ -151,24 +153,46 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
                      _changed_region(result, original))
     files = {}
     if out_dir is not None:
-      stem = f"{i:03d}_{pathlib.Path(ex.image_path).stem}_{_slug(ex.prompt)}"
-      files["edited"] = str(out_dir / f"{stem}_edited.png")
-      files["sheet"] = str(out_dir / f"{stem}_sheet.png")
-      files["record"] = str(out_dir / f"{stem}.json")
-      images_lib.save_image(files["edited"], result)
-      sheets.inference_sheet(files["sheet"], image=prepared.images[i], outputs=out,
-                             title=f"{ex.prompt!r} -> {prepared.summaries[i]}")
+      files = {k: str(v) for k, v in output_names(out_dir, i, ex).items()}
+      with output_files.atomic_path(files["edited"], overwrite) as tmp:
+        images_lib.save_image(tmp, result)
+      with output_files.atomic_path(files["sheet"], overwrite) as tmp:
+        sheets.inference_sheet(tmp, image=prepared.images[i], outputs=out,
+                               title=f"{ex.prompt!r} -> {prepared.summaries[i]}")
       record["files"] = files
-      pathlib.Path(files["record"]).write_text(json.dumps(record, indent=2))
+      output_files.write_text(files["record"], json.dumps(record, indent=2), overwrite)
     results.append(EditOutcome(ex, result, out, record, files))
   return results
 
 
+def output_names(out_dir: str | pathlib.Path, index: int,
+                 example: manifest_lib.Example) -> dict[str, pathlib.Path]:
+  """The files the edit of example `index` writes: edited photo, sheet, JSON record."""
+  stem = f"{index:03d}_{pathlib.Path(example.image_path).stem}_{_slug(example.prompt)}"
+  out_dir = pathlib.Path(out_dir)
+  return {"edited": out_dir / f"{stem}_edited.png", "sheet": out_dir / f"{stem}_sheet.png",
+          "record": out_dir / f"{stem}.json"}
+
+
+def check_outputs(out_dir: str | pathlib.Path | None, examples: list[manifest_lib.Example],
+                  overwrite: bool = False) -> None:
+  """Before any work: `out_dir` can be written, and no earlier result would be replaced
+  (unless `overwrite`)."""
+  if out_dir is None:
+    return
+  output_files.check_folder(out_dir)
+  output_files.check_outputs(
+      [p for i, ex in enumerate(examples) for p in output_names(out_dir, i, ex).values()],
+      overwrite)
+
+
 def run_edit(config, examples: list[manifest_lib.Example], *, out_dir=None,
              rgn_checkpoint: str | None = None, refine_steps: int = 0, seed: int = 0,
-             built: Built | None = None, progress: bool = True) -> list[EditOutcome]:
+             built: Built | None = None, progress: bool = True,
+             overwrite: bool = False) -> list[EditOutcome]:
   """Builds the models (unless given), loads or initialises the RGN, edits the examples."""
   method = check_config(config)   # bad settings fail before anything is read or loaded
+  check_outputs(out_dir, examples, overwrite)   # ... and so do unwritable or taken outputs
   loaded = dataset.load_images(examples)   # bad images fail before any model loads
   if rgn_checkpoint:   # a missing or mismatched checkpoint fails before any model loads
     checkpointing.check_compatible(checkpointing.resolve_rgn_checkpoint(rgn_checkpoint)[0],
@@ -184,4 +208,4 @@ def run_edit(config, examples: list[manifest_lib.Example], *, out_dir=None,
                                            jax.random.PRNGKey(config.seed)).params
   return edit_examples(built, rgn_params, examples, config, seed=seed, out_dir=out_dir,
                        refine_steps=refine_steps, checkpoint=rgn_checkpoint,
-                       progress=progress, loaded=loaded)
+                       progress=progress, overwrite=overwrite, loaded=loaded)

@@ -122,7 +122,13 @@ def _record_to_example(record: Any, base: pathlib.Path) -> Example:
 def _read_records(path: pathlib.Path) -> list[tuple[str, Any]]:
   """Returns (location, record) pairs; location is used in messages."""
   suffix = path.suffix.lower()
-  text = path.read_text(encoding="utf-8-sig")
+  try:
+    text = path.read_text(encoding="utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise ManifestError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x}); "
+                        f"save the manifest as UTF-8") from None
+  except OSError as e:
+    raise ManifestError(f"{path}: cannot be read ({e.strerror or e})") from None
   if suffix == ".json":
     try:
       data = json.loads(text)

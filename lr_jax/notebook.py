@@ -22,12 +22,13 @@ import ml_collections
 import numpy as np
 
 from lr_common.errors import UserError
+from lr_jax import config_files
 from lr_jax import editors
 from lr_jax import hf_weights
 from lr_jax import manifest as manifest_lib
 from lr_jax import samples
 
-REPO_ENV_VAR = "LR_JAX_REPO"
+REPO_ENV_VAR = config_files.REPO_ENV_VAR
 OFFICIAL_CONFIG = editors.DEFAULT_CONFIG
 TINY_CONFIG = "tiny"
 TRAINING_SET = samples.TRAINING_SET
@@ -45,23 +46,12 @@ def in_colab() -> bool:
     return False
 
 
-def _candidate_repos(repo_dir: str | os.PathLike | None) -> list[pathlib.Path]:
-  candidates = []
-  if repo_dir:
-    candidates.append(pathlib.Path(repo_dir).expanduser())
-  if os.environ.get(REPO_ENV_VAR):
-    candidates.append(pathlib.Path(os.environ[REPO_ENV_VAR]).expanduser())
-  candidates.append(pathlib.Path(__file__).resolve().parents[1])
-  candidates.append(pathlib.Path.cwd())
-  return candidates
-
-
 def find_config_file(name: str, repo_dir: str | os.PathLike | None = None) -> pathlib.Path:
   """Path of `configs/<name>.py` in the first repository checkout that has it."""
   if not name or "/" in name or name.endswith(".py"):
     raise ValueError(f"config name must be a bare name such as 'tiny', got {name!r}")
   searched = []
-  for repo in _candidate_repos(repo_dir):
+  for repo in config_files.checkouts(repo_dir):
     path = repo / "configs" / f"{name}.py"
     searched.append(str(path))
     if path.is_file():

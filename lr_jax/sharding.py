@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lr_common.errors import UserError
+
 DATA_AXIS = "data"
 
 
@@ -42,10 +44,14 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+class DeviceError(UserError, ValueError):
+  """The work cannot be split evenly over the devices."""
+
+
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(
+    raise DeviceError(
         f"train.batch_size={batch_size} must be a multiple of the number of devices "
         f"({n}) so that every device gets the same share of the batch.")
 

@@ -192,6 +192,7 @@ def train_step(state: TrainState, frozen: Any, batch: dict[str, Any], rng: Array
   updates, opt_state = make_optimizer(method.optim).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics["grad_norm"] = optax.tree.norm(grads)
+  metrics["param_norm"] = optax.tree.norm(params)   # NaN/inf if any parameter is
   return TrainState(state.step + 1, params, opt_state), metrics
 
 

@@ -22,12 +22,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  sharding.maybe_initialize_distributed()
   with errors.friendly_errors():
+    if len(argv) > 1:
+      raise errors.UsageError(f"unexpected arguments {argv[1:]}")
+    sharding.maybe_initialize_distributed()
     result = trainer.train(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
   last = result.metrics[-1] if result.metrics else {}
   steps = int(result.state.step)  # the metrics may be sparse (train.log_every, resumption)

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import tqdm
 
+from lr_common import output_files
 from lr_common.errors import UserError
 from lr_jax import checkpointing
 from lr_jax import dataset as data_lib
@@ -21,6 +22,7 @@ from lr_jax import sharding
 from lr_jax import sheets
 from lr_jax import step as step_lib
 from lr_jax.models import Built, build_models, check_config
+
 
 class NonFiniteLossError(UserError, FloatingPointError):
   """The loss became NaN or infinite; the message names the step and the images."""
@@ -45,13 +47,29 @@ def _host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def train(config, workdir: str | pathlib.Path, *, built: Built | None = None,
           examples=None, progress: bool = True,
           devices: list[Any] | None = None) -> TrainResult:
-  """Trains the RGN per `config`, resuming from the newest checkpoint in `workdir`."""
-  method = check_config(config)   # bad settings fail before anything is read or loaded
+  """Trains the RGN per `config`, resuming from the newest checkpoint in `workdir`.
+
+  Everything that can be checked is checked before any model is loaded: the settings,
+  the images, the batch size against the devices, the workdir (writable, not in use by
+  another run: `train.lock`, and holding no other experiment)."""
+  check_config(config)   # bad settings fail before anything is read or loaded
   run = settings_lib.train(config)
   examples = data_lib.examples_from_config(config) if examples is None else examples
   loaded = data_lib.load_images(examples)   # bad images fail before any model loads
   mesh = sharding.make_mesh(devices)
   sharding.check_batch_size(run.batch_size, mesh)
+  workdir = output_files.check_folder(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  lock = checkpointing.acquire_lock(workdir) if jax.process_index() == 0 else None
+  try:
+    return _train(config, workdir, built, examples, loaded, mesh, progress)
+  finally:
+    if lock is not None:
+      checkpointing.release_lock(lock)
+
+
+def _train(config, workdir, built, examples, loaded, mesh, progress) -> TrainResult:
+  method, run = settings_lib.method(config), settings_lib.train(config)
   workdir = checkpointing.check_workdir(workdir, config, data_lib.fingerprint(examples))
   built = build_models(config) if built is None else built
   models = built.models
@@ -90,16 +108,19 @@ def train(config, workdir: str | pathlib.Path, *, built: Built | None = None,
              **_host_metrics(metrics)}
       per_image = row.pop("per_image_loss")
       # A NaN gradient with a finite loss would poison the parameters (and the
-      # checkpoint about to be written) one step before the loss shows it.
-      if not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
+      # checkpoint about to be written) one step before the loss shows it; a parameter
+      # that overflowed is caught before it is saved.
+      if not all(math.isfinite(row[k]) for k in ("loss", "grad_norm", "param_norm")):
         bad = [str(prepared.examples[i].image_path)
                for i, l in zip(idx, per_image) if not math.isfinite(l)] or [
                    str(prepared.examples[i].image_path) for i in idx]
-        what = ("Loss" if not math.isfinite(row["loss"]) else "Gradient norm")
-        value = row["loss"] if what == "Loss" else row["grad_norm"]
+        key = next(k for k in ("loss", "grad_norm", "param_norm") if not math.isfinite(row[k]))
+        what = {"loss": "Loss", "grad_norm": "Gradient norm",
+                "param_norm": "The RGN parameter norm"}[key]
+        value = row[key]
         raise NonFiniteLossError(
-            f"{what} is {value} at step {step + 1}; images: {', '.join(bad)}. "
-            f"The last good checkpoint is in {workdir / 'checkpoints'}.")
+            f"{what} is {value} at step {step + 1}; images: {', '.join(bad)}. Nothing of "
+            f"this step was saved; the last good checkpoint is in {workdir / 'checkpoints'}.")
       history.append(row)
       if log is not None and ((step + 1) % run.log_every == 0 or step + 1 == stop):
         log.write(json.dumps(row) + "\n")
@@ -114,5 +135,6 @@ def train(config, workdir: str | pathlib.Path, *, built: Built | None = None,
       log.close()
     manager.close()
   if history and main_process:
-    sheets.loss_curve(workdir / "loss_curve.png", history)
+    with output_files.atomic_path(workdir / "loss_curve.png", overwrite=True) as tmp:
+      sheets.loss_curve(tmp, history)
   return TrainResult(sharding.to_host(state), history, prepared, workdir)

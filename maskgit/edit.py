@@ -18,12 +18,9 @@ file in its folder and renamed into place.
 Every failure is one `error: ...` line on stderr and exit status 1.
 """
 
-import errno
 import os
 import pathlib
-import stat
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 from absl import app
@@ -32,6 +29,8 @@ import numpy as np
 from PIL import Image
 
 from lr_common import image_files
+from lr_common import output_files
+from lr_common.output_files import check_outputs
 from lr_common.errors import UserError
 from lr_common.pixels import composite_to_original, to_model_input
 
@@ -109,107 +108,12 @@ def output_paths(out: str, count: int, image: Optional[str] = None) -> list[path
   return [path.with_name(f"{path.stem}_{k}{path.suffix}") for k in range(count)]
 
 
-def _name_max(folder: pathlib.Path) -> int:
-  try:
-    return os.pathconf(folder, "PC_NAME_MAX")
-  except (OSError, ValueError):
-    return 255
-
-
-def _existing_ancestor(path: pathlib.Path) -> pathlib.Path:
-  """The nearest parent of `path` that exists (as anything, links included)."""
-  folder = path.parent
-  while not os.path.lexists(folder) and folder != folder.parent:
-    folder = folder.parent
-  return folder
-
-
-def _output_problem(path: pathlib.Path, overwrite: bool) -> Optional[str]:
-  """Why `path` cannot or must not be written (None when it can)."""
-  folder = _existing_ancestor(path)
-  if not os.path.isdir(folder):
-    what = "a file, not a folder" if os.path.isfile(folder) else "not a folder"
-    return f"cannot write {path}: {folder} is {what}"
-  limit = _name_max(folder)
-  for part in path.relative_to(folder).parts:
-    size = len(os.fsencode(part))
-    if size > limit:
-      return (f"cannot write {path}: the name {part[:20]}... is {size} bytes, longer "
-              f"than this file system allows ({limit})")
-  try:
-    info = os.lstat(path)
-  except FileNotFoundError:
-    info = None
-  except OSError as e:
-    if e.errno == errno.ENAMETOOLONG:
-      return f"cannot write {path}: file name too long for this file system"
-    return f"cannot write {path}: {e.strerror or e}"
-  if not os.access(folder, os.W_OK | os.X_OK):
-    return f"cannot write {path}: the folder {folder} is not writable"
-  if info is None:
-    return None
-  if stat.S_ISLNK(info.st_mode):
-    if overwrite:
-      return None
-    return (f"{path} is a symbolic link (to {os.readlink(path)}); pass --overwrite to "
-            "replace the link itself (its target is left alone)")
-  if stat.S_ISDIR(info.st_mode):
-    return f"cannot write {path}: it is a folder"
-  if not stat.S_ISREG(info.st_mode):
-    return f"cannot write {path}: it exists and is not a regular file"
-  if overwrite:
-    return None
-  return f"{path} already exists; pass --overwrite to replace it"
-
-
-def check_outputs(paths: Sequence[pathlib.Path], overwrite: bool = False) -> None:
-  """Raises EditCLIError (one line) if any output cannot or must not be written."""
-  problems = [p for p in (_output_problem(path, overwrite) for path in paths) if p]
-  if len(problems) > 1 and all(p.endswith("pass --overwrite to replace it")
-                                for p in problems):
-    names = ", ".join(str(path) for path in paths)
-    problems = [f"{names} already exist; pass --overwrite to replace them"]
-  if problems:
-    raise EditCLIError(problems[0])
-
-
-def _umask() -> int:
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
-
-
 def save_atomically(path: pathlib.Path, picture: np.ndarray, overwrite: bool = False) -> None:
-  """Writes the uint8 image via a temp file in the same folder, then renames it.
-
-  Without `overwrite` an existing name (file or link) is never replaced, even one
-  that appeared since `check_outputs`; with it, the name itself is replaced (a link,
-  not its target).
-  """
-  path.parent.mkdir(parents=True, exist_ok=True)
+  """Writes the uint8 image through `output_files.atomic_path` (never replaces an
+  existing name unless `overwrite`; then the name itself, not a link's target)."""
   image_format = Image.registered_extensions()[path.suffix.lower()]
-  fd, tmp_name = tempfile.mkstemp(prefix=".edit-", suffix=".tmp", dir=path.parent)
-  tmp = pathlib.Path(tmp_name)
-  try:
-    with os.fdopen(fd, "wb") as out:
-      Image.fromarray(picture).save(out, format=image_format)
-      out.flush()
-      os.fsync(out.fileno())
-    os.chmod(tmp, 0o666 & ~_umask())
-    if overwrite:
-      os.replace(tmp, path)
-      return
-    try:
-      os.link(tmp, path)  # fails if the name exists: never replaces anything
-    except FileExistsError:
-      raise EditCLIError(f"{path} already exists; pass --overwrite to replace it") from None
-    except OSError:  # no hard links on this file system
-      if os.path.lexists(path):
-        raise EditCLIError(
-            f"{path} already exists; pass --overwrite to replace it") from None
-      os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
+  with output_files.atomic_path(path, overwrite) as tmp:
+    Image.fromarray(picture).save(tmp, format=image_format)
 
 
 def _to_uint8(picture: np.ndarray) -> np.ndarray:

@@ -1,0 +1,39 @@
+"""Finding config files (`configs/*.py`) from any folder: the CLIs and notebooks use the
+repository checkout that holds the imported package when a path is not found as given."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+REPO_ENV_VAR = "LR_JAX_REPO"
+
+
+def checkouts(repo_dir: str | os.PathLike | None = None) -> list[pathlib.Path]:
+  """Folders that may hold `configs/`, in the order they are searched: `repo_dir`,
+  `$LR_JAX_REPO`, the checkout holding the imported `lr_jax` (a source tree or an
+  editable install), the current folder."""
+  candidates = []
+  if repo_dir:
+    candidates.append(pathlib.Path(repo_dir).expanduser())
+  if os.environ.get(REPO_ENV_VAR):
+    candidates.append(pathlib.Path(os.environ[REPO_ENV_VAR]).expanduser())
+  candidates.append(pathlib.Path(__file__).resolve().parents[1])
+  candidates.append(pathlib.Path.cwd())
+  return candidates
+
+
+def resolve(path: str) -> tuple[str, list[str]]:
+  """(the path to load, the places tried) for a `--config` value `PATH[:ARG]`.
+
+  A path that exists as given is kept; a relative one that does not is looked up in
+  each checkout (so `configs/tiny.py` works from any folder)."""
+  file, sep, arg = path.partition(":")
+  tried = [file]
+  if os.path.isfile(file) or os.path.isabs(file):
+    return path, tried
+  for repo in checkouts():
+    candidate = repo / file
+    tried.append(str(candidate))
+    if candidate.is_file():
+      return str(candidate) + sep + arg, tried
+  return path, tried
