@@ -8,6 +8,11 @@ install), and the current folder. Nothing is duplicated in code: without a check
 raises a `ConfigNotFoundError` that says how to get one.
 
 Tiny mode (`setup(tiny=True)`) uses `configs/tiny.py`: small random models, no network.
+
+Install: `install` (standard library only; the notebooks' install cell holds a copy) clones
+REPO_URL, or the GitHub repository Colab opened the notebook from, and pip-installs it with
+the JAX extra of the machine's accelerator (`detect_runtime`); `check_accelerator` then
+raises when JAX does not use that GPU or TPU.
 """
 from __future__ import annotations
 
@@ -79,6 +84,169 @@ def describe_devices() -> str:
   devices = jax.devices()
   kinds = sorted({d.device_kind for d in devices})
   return f"JAX {jax.__version__}, backend {jax.default_backend()}: {len(devices)} x {', '.join(kinds)}"
+
+
+# -- Install (standard library only) -------------------------------------------------
+# The notebooks' install cell runs before lr_jax is installed, so it cannot import this
+# module: tools/make_notebooks.py copies the functions in BOOTSTRAP_FUNCTIONS into that
+# cell (without their docstrings), and tests/test_notebooks.py checks that the copies are
+# these functions. They use only the standard library, import inside their bodies and
+# use no module-level names.
+
+PLACEHOLDER_REPO_URL = "https://github.com/OWNER/lr_jax"
+BOOTSTRAP_FUNCTIONS = ("github_repo", "detect_runtime", "install")
+JAX_EXTRA_FOR_RUNTIME = {"gpu": "cuda", "tpu": "tpu", "cpu": ""}  # pyproject extras
+JAX_PIP_FOR_RUNTIME = {"gpu": "jax[cuda12]", "tpu": "jax[tpu]"}  # what those extras pull in
+
+
+def github_repo(source: str) -> tuple[str, str | None] | None:
+  """The GitHub repository named in `source`: (clone URL, branch or None), or None.
+
+  `source` is a URL, or any text that holds one (URL-encoded too, as in the session record
+  of Colab's Jupyter server): a repository (`https://github.com/OWNER/REPO`, `.git`,
+  `.../tree/BRANCH`), a file on GitHub (`.../blob/BRANCH/PATH`) or a notebook Colab opened
+  from GitHub (`https://colab.research.google.com/github/OWNER/REPO/blob/BRANCH/colabs/
+  edit.ipynb`). A branch with slashes is read whole from a `.../colabs/NAME.ipynb` path (the
+  notebooks' place). The placeholder owner `OWNER`, Drive, gist and non-GitHub URLs: None.
+  """
+  import re
+  import urllib.parse
+  text = urllib.parse.unquote(urllib.parse.unquote(source))
+  pattern = (r"(?<![\w.-])(?:(?:www\.)?github\.com|github(?=/[\w.-]+/[\w.-]+/blob/))"
+             r"/([\w-]+)/([\w.-]+)((?:/[^\s\"'<>?#&\\]*)?)")
+  for match in re.finditer(pattern, text):
+    owner, repo, rest = match.groups()
+    repo = repo[:-4] if repo.endswith(".git") else repo
+    if owner == "OWNER" or not repo:
+      continue
+    kind, *tail = rest.strip("/").split("/")
+    branch = None
+    if kind == "tree" and tail:
+      branch = "/".join(tail)
+    elif kind == "blob" and tail:
+      cut = len(tail) - 2 if len(tail) > 2 and tail[-2] == "colabs" else 1
+      branch = "/".join(tail[:cut])
+    return f"https://github.com/{owner}/{repo}", branch or None
+  return None
+
+
+def detect_runtime(environ: dict | None = None, dev: str = "/dev") -> str:
+  """The accelerator this machine has, told without JAX: "gpu", "tpu" or "cpu".
+
+  GPU: `nvidia-smi` on the PATH, or Colab's COLAB_GPU set and not "0". TPU: COLAB_TPU_ADDR,
+  TPU_NAME or TPU_ACCELERATOR_TYPE set, TPU device files (`/dev/accel*`, `/dev/vfio/<n>`)
+  or the libtpu package installed. `environ` (default os.environ) and `dev` are for tests.
+  """
+  import glob
+  import importlib.util
+  import os
+  import shutil
+  env = os.environ if environ is None else environ
+  if (shutil.which("nvidia-smi", path=env.get("PATH", os.defpath))
+      or env.get("COLAB_GPU", "") not in ("", "0")):
+    return "gpu"
+  if (any(env.get(name) for name in ("COLAB_TPU_ADDR", "TPU_NAME", "TPU_ACCELERATOR_TYPE"))
+      or glob.glob(os.path.join(dev, "accel*")) or glob.glob(os.path.join(dev, "vfio", "[0-9]*"))
+      or importlib.util.find_spec("libtpu") is not None):
+    return "tpu"
+  return "cpu"
+
+
+def install(repo_url: str, jax_extra: str = "auto", repo_dir: str = "lr_jax_repo", *,
+            opened_from: str | None = None, runtime: str | None = None, run=None,
+            placeholder: str = "https://github.com/OWNER/lr_jax") -> str:
+  """The notebooks' install cell: clones the lr_jax repository into `repo_dir` (kept when it
+  is a clone already) and pip-installs it; returns the pip target.
+
+  Repository: `repo_url` (its default branch), unless it is still the `placeholder`; then
+  the GitHub repository and branch Colab opened the notebook from (`github_repo` of the
+  session record of Colab's Jupyter server, $COLAB_JUPYTER_IP:$KMP_TARGET_PORT/api/sessions,
+  or of `opened_from`; Colab does not document that record, so any change in it ends here
+  too). Neither: a ValueError of one line that says to set REPO_URL in the Settings cell.
+  `jax_extra` "auto": "cuda" on a GPU, "tpu" on a TPU, "" on the CPU (`runtime`, default
+  `detect_runtime()`). pip keeps installed packages that already satisfy the requirements,
+  so a runtime's JAX that is new enough (with its plugin) stays; when JAX must be upgraded,
+  the extra upgrades its GPU/TPU plugin with it. `run` (default subprocess.run) is for tests.
+  """
+  import os
+  import re
+  import subprocess
+  import sys
+  import urllib.request
+  source = "REPO_URL"
+  branch = None
+  if repo_url.strip() in ("", placeholder):
+    if opened_from is None:
+      opened_from = ""
+      if os.environ.get("COLAB_JUPYTER_IP"):  # Colab: its Jupyter server knows the notebook
+        address = (f"http://{os.environ['COLAB_JUPYTER_IP']}:"
+                   f"{os.environ.get('KMP_TARGET_PORT', '9000')}/api/sessions")
+        try:
+          with urllib.request.urlopen(address, timeout=5) as answer:
+            opened_from = answer.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+          pass
+    found = github_repo(opened_from)
+    if found is None:
+      raise ValueError(
+          f"REPO_URL is still the placeholder {placeholder} and this notebook was not opened "
+          f"from a GitHub repository: set REPO_URL in the Settings cell to the lr_jax git "
+          f"repository (for example https://github.com/NAME/lr_jax).")
+    (repo_url, branch), source = found, "the GitHub URL Colab opened this notebook from"
+  if jax_extra == "auto":
+    runtime = runtime or detect_runtime()
+    jax_extra = {"gpu": "cuda", "tpu": "tpu"}.get(runtime, "")
+    print(f"runtime: {runtime}, so JAX_EXTRA {jax_extra!r}")
+  print(f"repository: {repo_url}" + (f", branch {branch}" if branch else "") + f" (from {source})")
+  commands = []
+  if os.path.isdir(os.path.join(repo_dir, ".git")):
+    print(f"{repo_dir} is a clone already: installing it as it is")
+  elif branch and re.fullmatch(r"[0-9a-f]{40}", branch):  # a commit (a permalink)
+    commands += [["git", "clone", "-q", repo_url, repo_dir],
+                 ["git", "-C", repo_dir, "checkout", "-q", branch]]
+  else:
+    commands.append(["git", "clone", "-q", "--depth", "1", *(["--branch", branch] if branch
+                                                            else []), repo_url, repo_dir])
+  target = os.path.abspath(repo_dir) + (f"[{jax_extra}]" if jax_extra else "")
+  commands.append([sys.executable, "-m", "pip", "install", "-q", target])
+  for command in commands:
+    shown = ["pip", *command[3:]] if command[0] == sys.executable else command
+    print("$", " ".join(shown))
+    done = (run or subprocess.run)(command, capture_output=True, text=True)
+    print((done.stdout or "") + (done.stderr or ""), end="")
+    if done.returncode:
+      raise RuntimeError(f"{' '.join(shown[:2])} failed (its message is above): check REPO_URL "
+                         f"in the Settings cell (now {repo_url}"
+                         + (f", branch {branch}" if branch else "") + ").")
+  return target
+
+
+class AcceleratorUnusedError(UserError, RuntimeError):
+  """The machine has a GPU or TPU, but JAX runs on another backend (the CPU)."""
+
+
+def check_accelerator(runtime: str | None = None, backend: str | None = None,
+                      environ: dict | None = None) -> str:
+  """JAX's default backend, checked against the machine's accelerator (`detect_runtime`).
+
+  A GPU or TPU that JAX does not use (a JAX without the matching plugin falls back to the
+  CPU with only a log line) raises an `AcceleratorUnusedError` that names the fix. When
+  $JAX_PLATFORMS is set, the choice is the user's: it prints a note instead.
+  """
+  env = os.environ if environ is None else environ
+  runtime = detect_runtime(env) if runtime is None else runtime
+  backend = jax.default_backend() if backend is None else backend
+  if runtime not in JAX_PIP_FOR_RUNTIME or backend == runtime:
+    return backend
+  if env.get("JAX_PLATFORMS"):
+    print(f"note: this machine has a {runtime.upper()}, but JAX_PLATFORMS="
+          f"{env['JAX_PLATFORMS']!r} runs JAX on the {backend.upper()}")
+    return backend
+  raise AcceleratorUnusedError(
+      f"this runtime has a {runtime.upper()}, but JAX {jax.__version__} runs on the "
+      f"{backend.upper()} (its {runtime.upper()} plugin is missing or does not match): run "
+      f"!pip install -U \"{JAX_PIP_FOR_RUNTIME[runtime]}\" in a cell, then Runtime → Restart "
+      f"session and run the notebook from the top.")
 
 
 def setup(tiny: bool, repo_dir: str | os.PathLike | None = None,

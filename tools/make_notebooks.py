@@ -1,47 +1,96 @@
-"""Builds colabs/edit.ipynb and colabs/train.ipynb (outputs cleared) with nbformat."""
+"""Builds colabs/edit.ipynb and colabs/train.ipynb (outputs cleared) with nbformat.
+
+The install cell runs before lr_jax is installed, so it holds copies (without docstrings)
+of the standard-library-only functions `lr_jax.notebook.BOOTSTRAP_FUNCTIONS`, read from
+lr_jax/notebook.py here; tests/test_notebooks.py checks that the copies match.
+"""
+import ast
 import pathlib
 import sys
 
 import nbformat
 from nbformat import v4
 
-ROOT = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parents[1]
+SOURCE_ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else SOURCE_ROOT
+BOOTSTRAP_FUNCTIONS = ("github_repo", "detect_runtime", "install")  # = notebook.BOOTSTRAP_FUNCTIONS
+
+
+def bootstrap_source(names=BOOTSTRAP_FUNCTIONS,
+                     path=SOURCE_ROOT / "lr_jax" / "notebook.py") -> str:
+  """The source of lr_jax/notebook.py's functions `names`, without their docstrings."""
+  text = path.read_text()
+  lines = text.splitlines()
+  functions = {node.name: node for node in ast.parse(text).body
+               if isinstance(node, ast.FunctionDef)}
+  parts = []
+  for name in names:
+    node = functions[name]
+    doc = node.body[0]
+    if not (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+            and isinstance(doc.value.value, str)):
+      raise ValueError(f"lr_jax/notebook.py: {name} has no docstring")
+    parts.append("\n".join(lines[node.lineno - 1:doc.lineno - 1] + lines[doc.end_lineno:node.end_lineno]))
+  return "\n\n\n".join(parts)
+
 
 SETTINGS = '''import os
 TINY = False  #@param {type:"boolean"}
 TINY = TINY or os.environ.get("LR_JAX_TINY") == "1"  # the CI test runs the offline tiny path
-REPO_URL = "https://github.com/OWNER/lr_jax"  # PLACEHOLDER: the project's git repository
+# The lr_jax git repository. Left as this placeholder: the GitHub repository (and branch)
+# Colab opened this notebook from.
+REPO_URL = "https://github.com/OWNER/lr_jax"  #@param {type:"string"}
 REPO_DIR = "lr_jax_repo"  # where the repository is cloned (its configs/ folder is used)
-JAX_EXTRA = ""  #@param ["", "cuda", "tpu"]'''
+JAX_EXTRA = "auto"  #@param ["auto", "", "cuda", "tpu"]'''
 
 SETTINGS_MD = '''**Settings.** `TINY` selects `configs/tiny.py`: small random models, no network and no
 weights (for a quick check that everything runs; its edits are noise). Leave it off for the
-real models. Set `REPO_URL` to the project's git repository. `JAX_EXTRA`: pick `cuda` on a GPU
-runtime or `tpu` on a TPU runtime when the install has to upgrade JAX (keeps JAX and its
-accelerator plugin in step); leave it empty to keep the runtime's JAX when it is new enough.'''
+real models. `REPO_URL`: the project's git repository. Opened in Colab from GitHub
+(`colab.research.google.com/github/OWNER/REPO/blob/BRANCH/colabs/...`), the placeholder needs
+no edit: the install cell clones that repository and branch. Opened any other way (Drive, an
+upload), set it here. `JAX_EXTRA`: `auto` picks `cuda` on a GPU runtime, `tpu` on a TPU
+runtime and none on the CPU; `""` installs no JAX extra.'''
 
 INSTALL_MD = '''## 1. Install
 
-The repository is cloned and installed with pip (the same as
-`pip install "lr_jax @ git+REPO_URL"`, but the clone also brings the `configs/` folder that
-`nb.setup` loads by path). Skipped when `lr_jax` is already importable. If pip upgraded JAX or
-NumPy, restart the session (*Runtime → Restart session*) and run from the top again.'''
+Clones the repository and installs it with pip (the same as
+`pip install "lr_jax[JAX_EXTRA] @ git+REPO_URL"`, but the clone also brings the `configs/`
+folder that `nb.setup` loads by path). Skipped when `lr_jax` is already importable.
+With REPO_URL still the placeholder, the repository is read from where Colab opened this
+notebook; when that is not GitHub, the cell stops with a one-line error saying to set
+REPO_URL. The code is a copy of `lr_jax.notebook.install` (standard library only: lr_jax
+is not installed yet); *Show code* displays it.
 
-INSTALL = '''import importlib.util
-PIP_TARGET = f"./{REPO_DIR}[{JAX_EXTRA}]" if JAX_EXTRA else f"./{REPO_DIR}"
+**Colab's JAX is kept when it fits.** pip leaves installed packages alone when they already
+satisfy the requirements, so a preinstalled JAX that is new enough stays as it is, together
+with its GPU or TPU plugin. Only when JAX must be upgraded does the extra matter: `cuda` /
+`tpu` upgrades the accelerator plugin in step (without it, pip would upgrade JAX alone and
+JAX would fall back to the CPU). If pip upgraded JAX or NumPy, restart the session
+(*Runtime → Restart session*) and run from the top again.'''
+
+INSTALL = ('''#@title Install lr_jax (clone and pip install) {display-mode: "form"}
+# Standard library only (lr_jax is not installed yet): copies of lr_jax/notebook.py's
+# functions of the same names, written by tools/make_notebooks.py.
+import importlib.util
+
+
+''' + bootstrap_source() + '''
+
+
 if importlib.util.find_spec("lr_jax") is None:  # not installed yet: clone, then install
-  !git clone -q --depth 1 {REPO_URL} {REPO_DIR}
-  !pip install -q "{PIP_TARGET}"'''
+  install(REPO_URL, JAX_EXTRA, REPO_DIR)''')
 
 DEVICES_MD = '''## 2. Devices and config
 
 `jax.devices()` lists the accelerators (TPU cores on a TPU runtime, the GPU on a GPU runtime,
-else the CPU). `nb.setup` loads `configs/tiny.py` or `configs/maskgit_imagenet256.py` from the
-clone.'''
+else the CPU). `nb.check_accelerator()` stops with the fix when the runtime has a GPU or TPU
+that JAX does not use (a JAX without the matching plugin silently runs on the CPU).
+`nb.setup` loads `configs/tiny.py` or `configs/maskgit_imagenet256.py` from the clone.'''
 
 DEVICES = '''import jax
 from lr_jax import notebook as nb
 print(jax.devices())
+nb.check_accelerator()
 config = nb.setup(TINY, repo_dir=REPO_DIR)'''
 
 WEIGHTS_MD = '''## 3. Pretrained weights
