@@ -78,7 +78,7 @@ def run(config, what=("train", "edit"), batch: int = 1, repeats: int = 5) -> lis
     else:
       raise app.UsageError(f"--what takes train and/or edit, not {name!r}")
     stats.update(
-        what=name, config=config.editor.name, device=str(jax.devices()[0].device_kind),
+        what=name, config=f"{config.editor.name} {size}px", device=str(jax.devices()[0].device_kind),
         backend=jax.default_backend(), batch=batch, edits_per_call=edits,
         s_per_image=stats["s_per_call"] / batch, s_per_edit=stats["s_per_call"] / edits,
         edits_per_s=edits / stats["s_per_call"],
