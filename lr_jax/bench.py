@@ -51,6 +51,11 @@ def _time(fn, args, repeats: int) -> dict[str, float]:
 
 def run(config, what=("train", "edit"), batch: int = 1, repeats: int = 5) -> list[dict]:
   """Times the jitted train step and/or inference; returns one row per function."""
+  unknown = [w for w in what if w not in ("train", "edit")]
+  if unknown or not what:
+    raise errors.UsageError(f"--what takes train and/or edit, not {','.join(unknown) or '(none)'}")
+  if batch < 1 or repeats < 1:
+    raise errors.UsageError(f"--batch and --repeats must be >= 1, got {batch} and {repeats}")
   built = build_random_models(config)
   models, frozen = built.models, built.frozen
   method = settings_lib.method(config)
@@ -71,12 +76,10 @@ def run(config, what=("train", "edit"), batch: int = 1, repeats: int = 5) -> lis
       fn = step_lib.make_train_step(models, method, donate=False)
       stats = _time(fn, (state, frozen, data, key), repeats)
       edits = batch * k * m
-    elif name == "edit":
+    else:
       fn = step_lib.make_infer(models, method)
       stats = _time(fn, (state.params, frozen, data, key), repeats)
       edits = batch * k
-    else:
-      raise app.UsageError(f"--what takes train and/or edit, not {name!r}")
     stats.update(
         what=name, config=f"{config.editor.name} {size}px", device=str(jax.devices()[0].device_kind),
         backend=jax.default_backend(), batch=batch, edits_per_call=edits,
@@ -101,11 +104,11 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   with errors.friendly_errors():
+    if len(argv) > 1:
+      raise errors.UsageError(f"unexpected arguments {argv[1:]}")
     rows = run(_CONFIG.value, _WHAT.value, _BATCH.value, _REPEATS.value)
   print(format_table(rows))
   if _JSON.value:

@@ -9,8 +9,6 @@ so that only the first train and the first edit compile; the error runs stop bef
 any compilation.
 """
 import json
-import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -25,8 +23,9 @@ from configs import tiny
 from lr_jax import checkpointing
 from lr_jax import samples
 from lr_jax.models import build_models
+from tests import cli_helpers
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = cli_helpers.REPO
 # Steps of the training runs below: enough that a run killed after its first
 # checkpoint has work left.
 EPOCHS = 4
@@ -36,38 +35,11 @@ TRAIN_FLAGS = (f"--config.train.epochs={EPOCHS}", "--config.train.checkpoint_eve
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("cli_env")
-  return dict(
-      os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-      JAX_COMPILATION_CACHE_DIR=str(tmp / "xla_cache"),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
-      LR_JAX_SAMPLES_DIR=str(tmp / "samples"),
-      # Nothing may touch the network: offline hub, and every proxied request fails fast.
-      HF_HUB_OFFLINE="1", HF_HOME=str(tmp / "hf_home"),
-      MASKGIT_CACHE_DIR=str(tmp / "maskgit_cache"),
-      HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
-      https_proxy="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9",
-      NO_PROXY="", no_proxy="")
+  return cli_helpers.offline_env(tmp_path_factory.mktemp("cli_env"))
 
 
-def _run(env, module, *args, timeout=300, **env_overrides):
-  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
-                        env=dict(env, **env_overrides), capture_output=True, text=True,
-                        timeout=timeout)
-  return proc
-
-
-def _assert_clean_error(proc, *needles):
-  """Exit 1, exactly one `error:` line, no traceback; returns the error text."""
-  assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
-  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  starts = [i for i, line in enumerate(proc.stderr.splitlines()) if line.startswith("error:")]
-  assert len(starts) == 1, proc.stderr[-3000:]
-  text = "\n".join(proc.stderr.splitlines()[starts[0]:])
-  for needle in needles:
-    assert needle in text, (needle, text)
-  return text
+_run = cli_helpers.run
+_assert_clean_error = cli_helpers.assert_clean_error
 
 
 @pytest.fixture(scope="module")
