@@ -1,19 +1,23 @@
 """Image input/output: loading with clear errors and saving. Resizing to the model
 size and compositing an edit back are `lr_common.pixels`.
 
-Pixels are float32 RGB in [0, 1], laid out (H, W, 3) (one image) as the rest of
-lr_jax expects (NHWC once batched).
+A loaded image keeps its full resolution compactly (`LoadedImage.original`): uint8
+for 8-bit files, float32 RGB in [0, 1] only where 8 bits cannot hold the values
+(16-bit, 32-bit and float files, transparency composited over white). As floats the
+pixels are (H, W, 3) in [0, 1] (`LoadedImage.pixels`), as the rest of lr_jax expects
+(NHWC once batched). Decoded files are converted a strip of rows at a time.
 """
 from __future__ import annotations
 
 import dataclasses
 import pathlib
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lr_common import pixels as pixels_lib
 from lr_common.errors import UserError
 
 SUPPORTED_EXTENSIONS = (
@@ -34,23 +38,34 @@ class ImageError(UserError, ValueError):
 class LoadedImage:
   """An image at its original resolution.
 
-  pixels: float32 (H, W, 3) in [0, 1], EXIF orientation already applied.
+  original: (H, W, 3), EXIF orientation already applied; uint8 (v stands for
+    v / 255) for 8-bit sources without transparency (RGB, grayscale, palette,
+    1-bit, CMYK, opaque RGBA), else float32 in [0, 1] (16-bit, 32-bit and float
+    sources; transparency composited over white). A 10000x10000 photo holds 300 MB.
+    `lr_common.pixels` resizes and composites either kind without a float copy.
   path: the file it came from.
   original_mode: the PIL mode of the file ("RGB", "L", "I;16", "CMYK", ...).
   notes: human-readable conversions that were applied (empty for plain RGB).
   """
-  pixels: np.ndarray
+  original: np.ndarray
   path: pathlib.Path
   original_mode: str
   notes: list[str]
 
   @property
+  def pixels(self) -> np.ndarray:
+    """float32 (H, W, 3) in [0, 1]. For a uint8 `original` this is a new full-size
+    array on every access (4 bytes per channel: 1.2 GB at 10000x10000); large images
+    are better passed as `original` to `lr_common.pixels`."""
+    return pixels_lib.to_float(self.original)
+
+  @property
   def height(self) -> int:
-    return int(self.pixels.shape[0])
+    return int(self.original.shape[0])
 
   @property
   def width(self) -> int:
-    return int(self.pixels.shape[1])
+    return int(self.original.shape[1])
 
 
 def _composite_over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -58,67 +73,94 @@ def _composite_over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
   return rgb * alpha + (1.0 - alpha)
 
 
-def _alpha_note(alpha: np.ndarray, mode: str) -> str | None:
-  if np.all(alpha >= 1.0):
-    return None
-  return f"{mode} image with transparency composited over white"
+def _rows(img: Image.Image, convert: Callable[[Image.Image], np.ndarray],
+          dtype) -> np.ndarray:
+  """(H, W, 3) `dtype` array filled a strip of rows at a time with `convert(strip)`."""
+  width, height = img.size
+  out = np.empty((height, width, 3), dtype)
+  for top, bottom in pixels_lib.strips(height):
+    out[top:bottom] = convert(img.crop((0, top, width, bottom)))
+  return out
 
 
-def _to_rgb_float(img: Image.Image, notes: list[str]) -> np.ndarray:
-  """Converts a decoded PIL image of any common mode to float32 RGB [0, 1]."""
+def _as_float_rgb(gray: np.ndarray) -> np.ndarray:
+  gray = np.clip(gray.astype(np.float32), 0.0, 1.0)
+  return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def _to_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:
+  """Converts a decoded PIL image of any common mode to `LoadedImage.original`.
+
+  The float values are those of converting the whole image to float32 RGB in
+  [0, 1] at once; uint8 is used wherever they are exactly v / 255.
+  """
   mode = img.mode
+  width, height = img.size
   if mode == "RGB":
-    return np.asarray(img, dtype=np.float32) / 255.0
+    return _rows(img, np.asarray, np.uint8)
   if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
       mode == "P" and "transparency" in img.info):
-    if mode in ("RGBa", "La"):  # premultiplied alpha: undo it via PIL first
-      img = img.convert("RGBA" if mode == "RGBa" else "LA")
-    rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
-    alpha = rgba[..., 3]
-    note = _alpha_note(alpha, mode)
-    if note:
-      notes.append(note)
+    def rgba(strip: Image.Image) -> np.ndarray:
+      if mode in ("RGBa", "La"):  # premultiplied alpha: undo it via PIL first
+        strip = strip.convert("RGBA" if mode == "RGBa" else "LA")
+      return np.asarray(strip.convert("RGBA"))
+    opaque = all(np.all(rgba(img.crop((0, top, width, bottom)))[..., 3] == 255)
+                 for top, bottom in pixels_lib.strips(height))
+    if not opaque:
+      notes.append(f"{mode} image with transparency composited over white")
     elif mode != "RGBA":
       notes.append(f"{mode} image converted to RGB (alpha was fully opaque)")
     if mode in ("LA", "La"):
       notes.append("grayscale image replicated to RGB")
-    return _composite_over_white(rgba[..., :3], alpha).astype(np.float32)
+    if opaque:  # rgb * 1 + 0: exactly the 8-bit values
+      return _rows(img, lambda strip: rgba(strip)[..., :3], np.uint8)
+
+    def over_white(strip: Image.Image) -> np.ndarray:
+      values = rgba(strip).astype(np.float32) / 255.0
+      rgb = _composite_over_white(values[..., :3], values[..., 3])
+      return np.clip(rgb.astype(np.float32), 0.0, 1.0)
+    return _rows(img, over_white, np.float32)
   if mode in ("L", "1", "P"):
     kind = {"L": "grayscale (L)", "1": "1-bit black/white",
             "P": "palette (P)"}[mode]
     notes.append(f"{kind} image converted to RGB")
-    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return _rows(img, lambda strip: np.asarray(strip.convert("RGB")), np.uint8)
   if mode.startswith("I;16"):
-    gray = np.asarray(img).astype(np.float32) / 65535.0
     notes.append(f"16-bit grayscale ({mode}) scaled by 1/65535 and "
                  "replicated to RGB")
-    return np.repeat(gray[..., None], 3, axis=-1)
+    return _rows(img, lambda strip: _as_float_rgb(
+        np.asarray(strip).astype(np.float32) / 65535.0), np.float32)
   if mode in ("I", "F"):
-    data = np.asarray(img).astype(np.float64)
-    if not np.all(np.isfinite(data)):
-      raise ValueError(f"{mode} image contains NaN or infinite values")
-    lo, hi = float(data.min()), float(data.max())
+    lo, hi = np.inf, -np.inf
+    for top, bottom in pixels_lib.strips(height):
+      data = np.asarray(img.crop((0, top, width, bottom))).astype(np.float64)
+      if not np.all(np.isfinite(data)):
+        raise ValueError(f"{mode} image contains NaN or infinite values")
+      lo, hi = min(lo, float(data.min())), max(hi, float(data.max()))
     if mode == "F" and lo >= 0.0 and hi <= 1.0:
-      gray = data
+      scale = lambda data: data
       notes.append("float grayscale (F) in [0, 1] replicated to RGB")
     elif mode == "I" and lo >= 0.0 and hi <= 65535.0:
-      gray = data / 65535.0
+      scale = lambda data: data / 65535.0
       notes.append("32-bit integer grayscale (I) with values in the 16-bit "
                    "range scaled by 1/65535 and replicated to RGB")
     else:
-      gray = (data - lo) / (hi - lo) if hi > lo else np.zeros_like(data)
+      scale = lambda data: ((data - lo) / (hi - lo) if hi > lo
+                            else np.zeros_like(data))
       notes.append(f"{mode} grayscale with range [{lo:g}, {hi:g}] rescaled "
                    "min-max to [0, 1] and replicated to RGB")
-    return np.repeat(gray.astype(np.float32)[..., None], 3, axis=-1)
+    return _rows(img, lambda strip: _as_float_rgb(
+        scale(np.asarray(strip).astype(np.float64))), np.float32)
   if mode == "CMYK":
     notes.append("CMYK image converted to RGB (naive conversion, no ICC)")
-    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return _rows(img, lambda strip: np.asarray(strip.convert("RGB")), np.uint8)
   try:
-    converted = img.convert("RGB")
+    converted = _rows(img, lambda strip: np.asarray(strip.convert("RGB")),
+                      np.uint8)
   except (ValueError, OSError) as e:
     raise ValueError(f"unsupported image mode {mode!r}") from e
   notes.append(f"{mode} image converted to RGB")
-  return np.asarray(converted, dtype=np.float32) / 255.0
+  return converted
 
 
 def _check_size(path: pathlib.Path, width: int, height: int, min_side: int,
@@ -131,12 +173,14 @@ def _check_size(path: pathlib.Path, width: int, height: int, min_side: int,
 
 def load_image(path: str | pathlib.Path, min_side: int = 64,
                max_side: int = 10000) -> LoadedImage:
-  """Reads an image file as float32 RGB in [0, 1] at its original resolution.
+  """Reads an image file at its original resolution (`LoadedImage.original`: uint8
+  for 8-bit files, float32 RGB in [0, 1] where 8 bits cannot hold the values).
 
   Grayscale, palette, 1-bit, 16-bit, float, CMYK and transparent images are
   converted (transparency composited over white); EXIF orientation is applied.
   Each conversion is described in `notes`. The size limits are checked from the
-  header, before any pixel is decoded.
+  header, before any pixel is decoded. Besides the result, only the decoded PIL
+  image and a strip of rows are held while converting.
 
   Raises:
     ImageError: missing file, not an image, truncated/corrupt data, or a side
@@ -168,32 +212,36 @@ def load_image(path: str | pathlib.Path, min_side: int = 64,
     width, height = img.size
     _check_size(path, width, height, min_side, max_side)
     n_frames = getattr(img, "n_frames", 1)
+    decoded = img
     try:
-      img.load()
-      orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+      decoded.load()
+      orientation = decoded.getexif().get(_EXIF_ORIENTATION_TAG, 1)
       if orientation not in (1, None):
-        img = ImageOps.exif_transpose(img)
+        decoded = ImageOps.exif_transpose(img)
+        img.close()  # frees the unrotated copy
         notes.append(f"EXIF orientation {orientation} applied "
-                     f"(now {img.size[0]}x{img.size[1]})")
+                     f"(now {decoded.size[0]}x{decoded.size[1]})")
     except (OSError, SyntaxError, EOFError, ValueError) as e:
       raise ImageError(
           f"{path}: image data is truncated or corrupt ({e})") from e
     try:
-      pixels = _to_rgb_float(img, notes)
+      original = _to_rgb(decoded, notes)
     except (OSError, ValueError) as e:
       raise ImageError(f"{path}: cannot convert to RGB ({e})") from e
+    finally:
+      decoded.close()
   if n_frames > 1:
     notes.append(f"used the first of {n_frames} frames")
-  pixels = np.clip(np.ascontiguousarray(pixels, dtype=np.float32), 0.0, 1.0)
-  return LoadedImage(pixels=pixels, path=path, original_mode=original_mode,
+  return LoadedImage(original=original, path=path, original_mode=original_mode,
                      notes=notes)
 
 
 def save_image(path: str | pathlib.Path, pixels: np.ndarray) -> pathlib.Path:
-  """Writes float [0, 1] pixels (H, W, 3), (H, W, 1) or (H, W) to a file.
+  """Writes pixels (H, W, 3), (H, W, 1) or (H, W) to a file: uint8 as they are,
+  floats in [0, 1] clipped and rounded to 8 bit (`lr_common.pixels.to_uint8`).
 
   The format follows the extension (PNG, JPEG at quality 95, BMP, TIFF, WEBP);
-  parent folders are created. Values are clipped to [0, 1] and rounded to 8 bit.
+  parent folders are created.
   """
   path = pathlib.Path(path)
   fmt = _SAVE_FORMATS.get(path.suffix.lower())
@@ -207,12 +255,14 @@ def save_image(path: str | pathlib.Path, pixels: np.ndarray) -> pathlib.Path:
     raise ValueError(
         f"pixels must have shape (H, W, 3), (H, W, 1) or (H, W), got "
         f"{pixels.shape}")
-  if not np.all(np.isfinite(pixels)):
+  if pixels.dtype != np.uint8 and not all(
+      np.all(np.isfinite(pixels[top:bottom]))
+      for top, bottom in pixels_lib.strips(len(pixels))):
     raise ValueError(f"{path}: pixels contain NaN or infinite values")
-  data = np.round(np.clip(pixels.astype(np.float32), 0.0, 1.0) * 255.0)
+  data = np.ascontiguousarray(pixels_lib.to_uint8(pixels))
   path.parent.mkdir(parents=True, exist_ok=True)
   options = {"quality": 95} if fmt == "JPEG" else {}
-  Image.fromarray(data.astype(np.uint8)).save(path, format=fmt, **options)
+  Image.fromarray(data).save(path, format=fmt, **options)
   return path
 
 

@@ -117,7 +117,7 @@ def prepare(built: Built, examples: list[manifest_lib.Example],
   for im in loaded:
     for note in im.notes:
       logging.warning("%s: %s", im.path, note)
-  pixels = np.stack([pixels_lib.to_model_input(im.pixels, editor.image_size) for im in loaded])
+  pixels = np.stack([pixels_lib.to_model_input(im.original, editor.image_size) for im in loaded])
   text_embed = text([ex.prompt for ex in examples])   # once, batched
   cond = editor.condition(examples, text)
   need_zero_shot = [i for i, ex in enumerate(examples) if not ex.source_prompt]

@@ -34,7 +34,7 @@ from lr_jax.models import Built, build_models, check_config
 @dataclasses.dataclass
 class EditOutcome:
   example: manifest_lib.Example
-  result: np.ndarray             # (H, W, 3) at the input's own resolution
+  result: np.ndarray             # (H, W, 3) uint8 at the input's own resolution (as written)
   outputs: step_lib.Inference    # `step.infer`'s results for this image (numpy, no batch axis)
   record: dict[str, Any]         # what the JSON file holds
   files: dict[str, str]          # written files by kind
@@ -78,12 +78,9 @@ def _tokens_to_pixels(boxes: np.ndarray, grid: int, original_shape) -> list:
 
 
 def _changed_region(result: np.ndarray, original: np.ndarray) -> list[int] | None:
-  """Bounding box (top, left, height, width) of the pixels where `result` != `original`."""
-  changed = np.any(result != original, axis=-1)
-  rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
-  if not rows.size:
-    return None
-  return [int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)]
+  """Bounding box (top, left, height, width) of the pixels where `result` != `original`
+  (in 8 bit, as written), a strip of rows at a time."""
+  return pixels_lib.changed_region(result, original)
 
 
 def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built,
@@ -146,9 +143,9 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
     out = jax.tree.map(lambda x: np.asarray(x)[0],
                        jax.device_get(infer(params, built.frozen, batch, rng)))
     best = int(out.best)
-    original = loaded[i].pixels
+    original = loaded[i].original   # uint8 for 8-bit files
     result = pixels_lib.composite_to_original(
-        original, out.edit.images[best], out.edit.pixel_mask[best])
+        original, out.edit.images[best], out.edit.pixel_mask[best], dtype=np.uint8)
     record = _record(ex, prepared, i, out, seed, config, built, original.shape, checkpoint,
                      _changed_region(result, original))
     files = {}

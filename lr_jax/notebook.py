@@ -345,8 +345,8 @@ def _display_image(*, filename: str | None = None, data: bytes | None = None,
 
 def show(item: str | os.PathLike | np.ndarray | Iterable[Any], width: int | None = None,
          title: str = "") -> None:
-  """Shows a PNG/JPEG file, an (H, W, 3) array in [0, 1], or a list of them, inline
-  (outside a notebook kernel it prints what it would show)."""
+  """Shows a PNG/JPEG file, an (H, W, 3) array (floats in [0, 1] or uint8), or a list
+  of them, inline (outside a notebook kernel it prints what it would show)."""
   if isinstance(item, (list, tuple)):
     for x in item:
       show(x, width=width, title=title)
@@ -365,8 +365,9 @@ def show(item: str | os.PathLike | np.ndarray | Iterable[Any], width: int | None
     raise ValueError(f"expected a picture path or an (H, W, 3) array, got shape {pixels.shape}")
   from PIL import Image  # pylint: disable=g-import-not-at-top
   buffer = io.BytesIO()
-  Image.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(
-      buffer, format="PNG")
+  if pixels.dtype != np.uint8:
+    pixels = np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
+  Image.fromarray(pixels).save(buffer, format="PNG")
   if not _display_image(data=buffer.getvalue(), width=width):
     print(f"[picture] array {pixels.shape}")
 

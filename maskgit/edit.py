@@ -65,17 +65,18 @@ def _warn(message: str) -> None:
   print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def load_image(path: str) -> np.ndarray:
+def load_image(path: str, compact: bool = False) -> np.ndarray:
   """Reads an image as float32 RGB (H, W, 3) in [0, 1] with lr_jax's loader (EXIF
   orientation, transparency over white, grayscale / 16-bit / CMYK converted), printing
-  each conversion as a warning."""
+  each conversion as a warning. `compact`: as the loader keeps it instead (uint8 for
+  8-bit files, see `image_files.LoadedImage.original`), a quarter of the memory."""
   try:
     loaded = image_files.load_image(path, min_side=1)
   except image_files.ImageError as e:
     raise EditCLIError(str(e)) from None
   for note in loaded.notes:
     _warn(note)
-  return loaded.pixels
+  return loaded.original if compact else loaded.pixels
 
 
 def parse_boxes(specs: Sequence[str]) -> np.ndarray:
@@ -114,10 +115,6 @@ def save_atomically(path: pathlib.Path, picture: np.ndarray, overwrite: bool = F
   image_format = Image.registered_extensions()[path.suffix.lower()]
   with output_files.atomic_path(path, overwrite) as tmp:
     Image.fromarray(picture).save(tmp, format=image_format)
-
-
-def _to_uint8(picture: np.ndarray) -> np.ndarray:
-  return np.uint8(np.round(np.clip(picture, 0., 1.) * 255.))
 
 
 def _token_boxes(box_array: np.ndarray, box_units: str, height: int, width: int,
@@ -163,15 +160,14 @@ def run(image: str, boxes: Sequence[str], label: int, out: str, *,
   if suffix not in Image.registered_extensions():
     raise EditCLIError(f"--out {out!r}: unknown image file extension {suffix!r}")
   check_outputs(paths, overwrite)  # before any reading or compute
-  original = load_image(image)
+  original = load_image(image, compact=True)
   height, width = original.shape[:2]
   box_tokens = _token_boxes(box_array, box_units, height, width, model)
   size = model.image_size
-  pixels = original
+  pixels = to_model_input(original, size)   # float32; the same values at that size
   if (height, width) != (size, size):
     note = "" if height == width else " (stretched; the result keeps the input's shape)"
     _warn(f"{width}x{height} image edited at {size}x{size}{note}")
-    pixels = to_model_input(original, size)
 
   tok_params, tr_params = checkpoints.load_maskgit(
       model, tokenizer, transformer, cache_dir, hint=CHECKPOINT_HINT)
@@ -180,7 +176,7 @@ def run(image: str, boxes: Sequence[str], label: int, out: str, *,
                   np.array([label], np.int32), jax.random.PRNGKey(seed))
   raw, masks = np.asarray(result["raw"][0]), np.asarray(result["pixel_mask"][0])
   for path, edited, mask in zip(paths, raw, masks):
-    save_atomically(path, _to_uint8(composite_to_original(original, edited, mask)),
+    save_atomically(path, composite_to_original(original, edited, mask, dtype=np.uint8),
                     overwrite)
     print(f"wrote {path}", flush=True)
   return paths

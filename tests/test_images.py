@@ -31,6 +31,10 @@ def test_rgb_png_is_exact(tmp_path):
   assert loaded.original_mode == "RGB"
   assert loaded.notes == []
   assert loaded.path == path
+  # Kept compactly: the file's own bytes.
+  assert loaded.original.dtype == np.uint8
+  np.testing.assert_array_equal(loaded.original, data)
+  assert (loaded.height, loaded.width) == (70, 90)
 
 
 def test_grayscale_is_replicated(tmp_path):
@@ -164,6 +168,49 @@ def test_exif_orientation_applied(tmp_path, orientation, rot_k):
   assert any("EXIF" in n for n in loaded.notes)
 
 
+def _kinds(rng, height, width):
+  """Files of each mode: (name, PIL image, kept as uint8?)."""
+  rgb = rng.integers(0, 256, (height, width, 3), np.uint8)
+  rgba = np.concatenate([rgb, np.full((height, width, 1), 255, np.uint8)], -1)
+  late = rgba.copy()
+  late[-1, 3, 3] = 40  # transparent only in the last strip
+  return [
+      ("rgb.png", Image.fromarray(rgb), True),
+      ("rgb.jpg", Image.fromarray(rgb), True),
+      ("l.png", Image.fromarray(rgb[..., 0]), True),
+      ("p.png", Image.fromarray(rgb).convert("P"), True),
+      ("cmyk.jpg", Image.fromarray(rgb).convert("CMYK"), True),
+      ("opaque.png", Image.fromarray(rgba), True),
+      ("late_alpha.png", Image.fromarray(late), False),
+      ("g16.png", Image.fromarray(rng.integers(0, 65536, (height, width))
+                                  .astype(np.uint16)), False),
+      ("i32.tif", Image.fromarray(rng.integers(-9, 70000, (height, width))
+                                  .astype(np.int32)), False),
+      ("f.tif", Image.fromarray((rng.random((height, width)) * 3 - 1)
+                                .astype(np.float32)), False),
+  ]
+
+
+def test_converted_a_strip_at_a_time(tmp_path, monkeypatch):
+  """With 7-row strips the values and notes are those of one strip, and 8-bit files
+  stay uint8 (transparency or more bits: float32)."""
+  rng = np.random.default_rng(7)
+  for name, img, compact in _kinds(rng, 67, 70):
+    path = _save(img, tmp_path / name)
+    whole = images.load_image(path)
+    with monkeypatch.context() as patch:
+      patch.setattr(pixels, "STRIP_ROWS", 7)
+      stripped = images.load_image(path)
+    assert stripped.original.dtype == (np.uint8 if compact else np.float32), name
+    np.testing.assert_array_equal(stripped.original, whole.original)
+    assert stripped.notes == whole.notes
+    assert stripped.pixels.dtype == np.float32
+    assert 0 <= stripped.pixels.min() and stripped.pixels.max() <= 1
+    if compact:
+      np.testing.assert_array_equal(stripped.pixels,
+                                    whole.original.astype(np.float32) / 255)
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -240,6 +287,18 @@ def test_decompression_bomb_header(tmp_path):
 # ---------------------------------------------------------------- save/list
 
 
+def test_save_uint8_as_is(tmp_path):
+  data = np.random.default_rng(5).integers(0, 256, (65, 70, 3), np.uint8)
+  out = images.save_image(tmp_path / "u.png", data)
+  np.testing.assert_array_equal(np.asarray(Image.open(out)), data)
+  # Floats are rounded as pixels.to_uint8 does.
+  floats = data / 255.0 + 0.001
+  images.save_image(tmp_path / "f.png", floats)
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "f.png")),
+                                pixels.to_uint8(floats))
+  np.testing.assert_array_equal(pixels.to_uint8(floats), data)
+
+
 def test_save_and_list(tmp_path):
   data = np.random.default_rng(2).integers(0, 256, (65, 70, 3)) / 255.0
   out = images.save_image(tmp_path / "a" / "b" / "x.png", data)
@@ -283,6 +342,18 @@ def test_to_model_input_anisotropic_linear_ramp():
   np.testing.assert_allclose(out[size // 2, 4:-4, 0], expected[4:-4], atol=2e-3)
   np.testing.assert_allclose(out[:, 10, 0], np.full(size, out[0, 10, 0]),
                              atol=1e-5)  # constant down each column
+
+
+@pytest.mark.parametrize("height,width,size", [
+    (150, 600, 64), (600, 150, 64), (300, 451, 256), (40, 72, 256), (256, 256, 256),
+    (700, 33, 64), (90, 200, 512)])
+def test_to_model_input_uint8_is_the_float_path(height, width, size):
+  data = np.random.default_rng(height).integers(0, 256, (height, width, 3), np.uint8)
+  as_float = data.astype(np.float32) / 255
+  np.testing.assert_array_equal(pixels.to_model_input(data, size),
+                                pixels.to_model_input(as_float, size))
+  assert pixels.to_float(data).dtype == np.float32
+  np.testing.assert_array_equal(pixels.to_float(data), as_float)
 
 
 # ---------------------------------------------------------------- composite
@@ -344,3 +415,92 @@ def test_composite_rejects_bad_shapes():
   with pytest.raises(ValueError, match="finite"):
     pixels.composite_to_original(original, np.zeros((16, 16, 3)),
                                  np.full((16, 16), np.nan))
+
+
+def test_composite_uint8_matches_rounded_float_composite():
+  rng = np.random.default_rng(8)
+  data = rng.integers(0, 256, (300, 200, 3), np.uint8)
+  edited = rng.random((64, 64, 3), dtype=np.float32) * 1.4 - 0.2
+  mask = np.zeros((64, 64), np.float32)
+  mask[10:30, 20:40] = rng.random((20, 20))
+  as_float = pixels.composite_to_original(data.astype(np.float32) / 255, edited, mask)
+  out = pixels.composite_to_original(data, edited, mask)
+  assert out.dtype == np.uint8 and out.shape == data.shape
+  np.testing.assert_array_equal(out, pixels.to_uint8(as_float))
+  # A float original asked for uint8 gives the same; uint8 asked for float the float.
+  np.testing.assert_array_equal(
+      pixels.composite_to_original(data.astype(np.float32) / 255, edited, mask,
+                                   dtype=np.uint8), out)
+  np.testing.assert_array_equal(
+      pixels.composite_to_original(data, edited, mask, dtype=np.float32), as_float)
+  with pytest.raises(ValueError, match="dtype"):
+    pixels.composite_to_original(data, edited, mask, dtype=np.float64)
+
+
+def test_changed_region():
+  original = np.zeros((50, 40, 3), np.uint8)
+  assert pixels.changed_region(original.copy(), original) is None
+  result = original.copy()
+  result[10, 5, 2] = 1
+  result[20, 30, 0] = 9
+  assert pixels.changed_region(result, original) == [10, 5, 11, 26]
+  # A float original is compared as it is written (8 bit).
+  assert pixels.changed_region(result, original + np.float32(0.001)) == [10, 5, 11, 26]
+  with pytest.raises(ValueError, match="shape"):
+    pixels.changed_region(result, original[1:])
+
+
+# ---------------------------------------------------------------- large photos
+
+
+def _photo(height, width):
+  """A smooth 8-bit photo with fine texture (compresses like one)."""
+  y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+  base = np.stack([x / width, y / height, (x + y) / (width + height)], -1) * 200
+  texture = np.random.default_rng(9).integers(0, 40, (height, width, 1))
+  return (base + texture).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", ["photo.jpg", "photo.png"])
+def test_large_photo_compact_path(tmp_path, name):
+  """A 4000x3000 JPEG and PNG: kept as uint8, the model input is the float path's,
+  the composite equals the float composite as written, outside the mask's window
+  every pixel is the input's, and the window bounds the upsampled mask."""
+  height, width, small = 3000, 4000, 256
+  path = _save(Image.fromarray(_photo(height, width)), tmp_path / name)
+  loaded = images.load_image(path)
+  assert loaded.original.dtype == np.uint8
+  assert loaded.original.shape == (height, width, 3)
+  as_float = loaded.pixels
+  model_input = pixels.to_model_input(loaded.original, small)
+  np.testing.assert_array_equal(model_input, pixels.to_model_input(as_float, small))
+
+  edited = 1.0 - model_input
+  mask = np.zeros((small, small), np.float32)
+  mask[64:128, 100:200] = 1.0
+  mask[60:64, 100:200] = 0.5  # feathered edge
+  result = pixels.composite_to_original(loaded.original, edited, mask)
+  assert result.dtype == np.uint8 and result.shape == (height, width, 3)
+  float_result = pixels.composite_to_original(as_float, edited, mask)
+  np.testing.assert_array_equal(result, pixels.to_uint8(float_result))
+
+  top, bottom, left, right = pixels.composite_window(mask, (height, width))
+  outside = np.ones((height, width), bool)
+  outside[top:bottom, left:right] = False
+  np.testing.assert_array_equal(result[outside], loaded.original[outside])
+  np.testing.assert_array_equal(float_result[outside], as_float[outside])
+  # The window is the upsampled mask's bounding box plus a margin of at most one
+  # model pixel (+ 2 output pixels) on each side.
+  upsampled = pixels.resize_channels(mask[..., None], (height, width),
+                                     Image.Resampling.BILINEAR)[..., 0] > 0
+  rows, cols = np.flatnonzero(upsampled.any(1)), np.flatnonzero(upsampled.any(0))
+  sy, sx = height / small, width / small
+  assert top <= rows[0] and rows[-1] < bottom
+  assert left <= cols[0] and cols[-1] < right
+  assert rows[0] - top <= sy + 2 and bottom - 1 - rows[-1] <= sy + 2
+  assert cols[0] - left <= sx + 2 and right - 1 - cols[-1] <= sx + 2
+  changed = pixels.changed_region(result, loaded.original)
+  assert changed is not None
+  c_top, c_left, c_h, c_w = changed
+  assert top <= c_top and c_top + c_h <= bottom
+  assert left <= c_left and c_left + c_w <= right

@@ -144,9 +144,10 @@ def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
   out = inference.run_edit(tiny_config(), examples, out_dir=tmp_path / "out",
                            rgn_checkpoint=str(tmp_path / "wd"), built=built, progress=False)
   assert len(out) == 2
-  chelsea = np.asarray(Image.open(examples[0].image_path), np.float32) / 255
+  chelsea = np.asarray(Image.open(examples[0].image_path))   # uint8, as the result
   first = out[0]
   assert first.result.shape == chelsea.shape == (300, 451, 3)
+  assert first.result.dtype == np.uint8
   k = tiny_config().region.num_anchors
   assert first.outputs.edit.images.shape == (k, 64, 64, 3)
   assert first.record["class"]["id"] == 291
@@ -177,7 +178,7 @@ def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
   for kind in ("edited", "sheet", "record"):
     assert pathlib.Path(first.files[kind]).exists()
   saved = np.asarray(Image.open(first.files["edited"]))
-  assert saved.shape == (300, 451, 3)
+  np.testing.assert_array_equal(saved, first.result)   # the result is what is written
   record = json.loads(pathlib.Path(first.files["record"]).read_text())
   assert record["rgn_checkpoint"] == str(tmp_path / "wd")
   assert record["versions"]["jax"] == jax.__version__
