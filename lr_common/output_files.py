@@ -90,11 +90,22 @@ def check_outputs(paths: Sequence[pathlib.Path], overwrite: bool = False,
 def check_folder(folder: str | os.PathLike) -> pathlib.Path:
   """An output folder that exists or can be created (checked, not created)."""
   folder = pathlib.Path(folder)
-  if folder.exists() and not folder.is_dir():
+  try:
+    info = os.stat(folder)
+  except FileNotFoundError:
+    info = None
+  except OSError as e:
+    reason = ("the name is too long for this file system" if e.errno == errno.ENAMETOOLONG
+              else (e.strerror or str(e)))
+    raise OutputError(f"cannot write into {folder}: {reason}") from None
+  if info is None:
+    problem = output_problem(folder)
+    if problem:
+      raise OutputError(problem)
+  elif not stat.S_ISDIR(info.st_mode):
     raise OutputError(f"cannot write into {folder}: it is a file, not a folder")
-  problem = output_problem(folder / "x")
-  if problem and "already exists" not in problem:
-    raise OutputError(problem.replace(str(folder / "x"), str(folder)))
+  elif not os.access(folder, os.W_OK | os.X_OK):
+    raise OutputError(f"cannot write into {folder}: the folder is not writable")
   return folder
 
 

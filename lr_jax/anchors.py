@@ -139,3 +139,34 @@ def box_corners(boxes: Array) -> Array:
     raise ValueError(f"boxes must have shape (..., 4), got {boxes.shape}")
   top, left, height, width = jnp.moveaxis(boxes, -1, 0)
   return jnp.stack([top, left, top + height, left + width], axis=-1)
+
+
+def random_boxes(rng: Array, shape: Tuple[int, ...], grid: int,
+                 anchors: Array | None = None) -> Tuple[Array, Array, Array]:
+  """The paper's region baselines (Sec. 4.4, Table 2): boxes centred at anchors, with
+  height and width uniform in [0, grid], clamped to the grid.
+
+  Args:
+    rng: key of the draws.
+    shape: leading shape of the boxes, e.g. (B, K).
+    grid: tokens per side.
+    anchors: (*shape, 2) anchor patches to centre on (the DINO anchors: the centre of
+      patch (r, c) is (r + 0.5, c + 0.5)); None: centres uniform over the whole grid
+      ("random anchor").
+
+  Returns:
+    (centres (*shape, 2) float, sizes (*shape, 2) float: the draws, and boxes (*shape,
+    4) int32 (top, left, height, width): the smallest whole-token box around the drawn
+    one, clamped to the grid, at least one token per side).
+  """
+  k_centre, k_size = jax.random.split(rng)
+  if anchors is None:
+    centres = jax.random.uniform(k_centre, shape + (2,)) * grid
+  else:
+    centres = jnp.asarray(anchors, jnp.float32) + 0.5
+  sizes = jax.random.uniform(k_size, shape + (2,)) * grid
+  start = jnp.clip(jnp.floor(centres - sizes / 2), 0, grid - 1)
+  end = jnp.clip(jnp.ceil(centres + sizes / 2), 1, grid)
+  end = jnp.maximum(end, start + 1)
+  boxes = jnp.concatenate([start, end - start], axis=-1).astype(jnp.int32)
+  return centres, sizes, boxes

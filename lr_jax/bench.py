@@ -31,7 +31,8 @@ from lr_jax.models import build_random_models
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", config_files.resolve("configs/tiny.py")[0], "Config file.")
-_WHAT = flags.DEFINE_list("what", ["train", "edit"], "What to time: train, edit.")
+_WHAT = flags.DEFINE_list("what", ["train", "edit"],
+                          "What to time: train, edit (K boxes), search (K x M boxes).")
 _BATCH = flags.DEFINE_integer("batch", 1, "Images per call.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls after the first.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
@@ -51,9 +52,10 @@ def _time(fn, args, repeats: int) -> dict[str, float]:
 
 def run(config, what=("train", "edit"), batch: int = 1, repeats: int = 5) -> list[dict]:
   """Times the jitted train step and/or inference; returns one row per function."""
-  unknown = [w for w in what if w not in ("train", "edit")]
+  unknown = [w for w in what if w not in ("train", "edit", "search")]
   if unknown or not what:
-    raise errors.UsageError(f"--what takes train and/or edit, not {','.join(unknown) or '(none)'}")
+    raise errors.UsageError(f"--what takes train, edit and/or search, not "
+                            f"{','.join(unknown) or '(none)'}")
   if batch < 1 or repeats < 1:
     raise errors.UsageError(f"--batch and --repeats must be >= 1, got {batch} and {repeats}")
   built = build_random_models(config)
@@ -76,10 +78,10 @@ def run(config, what=("train", "edit"), batch: int = 1, repeats: int = 5) -> lis
       fn = step_lib.make_train_step(models, method, donate=False)
       stats = _time(fn, (state, frozen, data, key), repeats)
       edits = batch * k * m
-    else:
-      fn = step_lib.make_infer(models, method)
+    else:   # inference: the RGN's K boxes, or every one of the K x M proposals
+      fn = step_lib.make_infer(models, method, "rgn" if name == "edit" else name)
       stats = _time(fn, (state.params, frozen, data, key), repeats)
-      edits = batch * k
+      edits = batch * (k if name == "edit" else k * m)
     stats.update(
         what=name, config=f"{config.editor.name} {size}px", device=str(jax.devices()[0].device_kind),
         backend=jax.default_backend(), batch=batch, edits_per_call=edits,

@@ -5,7 +5,8 @@ r"""Edits images with a text prompt, no mask needed.
 
 `--image` takes a file or a folder; `--manifest` a JSON/CSV list of (image, prompt);
 `--rgn_checkpoint` a training workdir (else the RGN is untrained: use
-`--refine_steps N` to fit it to each image first, the paper's per-image mode).
+`--refine_steps N` to fit it to each image first, the paper's per-image mode, or
+`--strategy search` to edit and score every proposal).
 """
 from absl import app
 from absl import flags
@@ -35,6 +36,11 @@ _CKPT = flags.DEFINE_string("rgn_checkpoint", None, "Training workdir or checkpo
 _REFINE = flags.DEFINE_integer("refine_steps", None, "Per-image RGN steps before editing "
                                "(default: config.infer.refine_steps).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the edits.")
+_STRATEGY = flags.DEFINE_string(
+    "strategy", None, "How the regions are chosen: rgn (the trained RGN, --rgn_checkpoint), "
+    "refine (the RGN fitted to each image, --refine_steps), search (every proposal edited and "
+    "scored: K x M edits, no training), random / dino_random (the paper's baselines). "
+    "Default: refine with --refine_steps, else rgn.")
 
 
 def _examples() -> list[manifest_lib.Example]:
@@ -59,7 +65,7 @@ def main(argv):
     outcomes = inference.run_edit(
         config, _examples(), out_dir=_OUT.value, rgn_checkpoint=_CKPT.value,
         refine_steps=config.infer.refine_steps if _REFINE.value is None else _REFINE.value,
-        seed=_SEED.value, overwrite=_OVERWRITE.value)
+        seed=_SEED.value, overwrite=_OVERWRITE.value, strategy=_STRATEGY.value)
   for o in outcomes:
     best = o.record["best_anchor"]
     print(f"{o.example.image_path}: {o.record['conditioning']}, best anchor {best}, "

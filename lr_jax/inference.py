@@ -21,6 +21,7 @@ import tqdm
 
 from lr_common import image_files as images_lib
 from lr_common import output_files
+from lr_common.errors import UserError
 from lr_common import pixels as pixels_lib
 from lr_jax import checkpointing
 from lr_jax import dataset
@@ -122,7 +123,8 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
                   config, *, seed: int = 0, out_dir: str | pathlib.Path | None = None,
                   refine_steps: int = 0, checkpoint: str | None = None,
                   progress: bool = True, overwrite: bool = False,
-                  loaded: list[images_lib.LoadedImage] | None = None) -> list[EditOutcome]:
+                  loaded: list[images_lib.LoadedImage] | None = None,
+                  strategy: str = "rgn") -> list[EditOutcome]:
   """Edits each example; returns the outcomes and writes them to `out_dir` if given
   (an existing result is never replaced unless `overwrite`).
 
@@ -131,7 +133,7 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
   method = settings_lib.method(config)
   loaded = dataset.load_images(examples) if loaded is None else loaded
   prepared = dataset.prepare(built, examples, loaded=loaded)
-  infer = step_lib.make_infer(built.models, method)
+  infer = step_lib.make_infer(built.models, method, "rgn" if strategy == "refine" else strategy)
   train_step = (step_lib.make_train_step(built.models, method, donate=False)
                 if refine_steps > 0 else None)
   out_dir = pathlib.Path(out_dir) if out_dir else None
@@ -148,6 +150,7 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
         original, out.edit.images[best], out.edit.pixel_mask[best], dtype=np.uint8)
     record = _record(ex, prepared, i, out, seed, config, built, original.shape, checkpoint,
                      _changed_region(result, original))
+    record["strategy"] = strategy
     files = {}
     if out_dir is not None:
       files = {k: str(v) for k, v in output_names(out_dir, i, ex).items()}
@@ -183,12 +186,44 @@ def check_outputs(out_dir: str | pathlib.Path | None, examples: list[manifest_li
       overwrite)
 
 
+STRATEGIES = ("rgn", "refine") + tuple(x for x in step_lib.STRATEGIES if x != "rgn")
+
+
+class StrategyError(UserError, ValueError):
+  """A region strategy that does not fit the other flags."""
+
+
+def resolve_strategy(strategy: str | None, rgn_checkpoint: str | None,
+                     refine_steps: int) -> str:
+  """The region strategy: the one named, else "refine" with refinement steps, else "rgn".
+
+  "rgn": the trained RGN's box per anchor (`--rgn_checkpoint`; without one the RGN is
+  untrained); "refine": the RGN fitted to each image first (`--refine_steps N`, from a
+  checkpoint or from scratch, the paper's per-image mode); "search": every proposal
+  edited and scored, the best kept (K x M edits, no training); "random",
+  "dino_random": the paper's baselines (random-size boxes around random / DINO anchors).
+  """
+  if strategy is None:
+    strategy = "refine" if refine_steps > 0 else "rgn"
+  if strategy not in STRATEGIES:
+    raise StrategyError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+  if strategy == "refine" and refine_steps <= 0:
+    raise StrategyError("--strategy=refine needs --refine_steps N (N > 0)")
+  if strategy != "refine" and refine_steps > 0:
+    raise StrategyError(f"--refine_steps is for --strategy=refine, not {strategy}")
+  if strategy not in ("rgn", "refine") and rgn_checkpoint:
+    raise StrategyError(f"--strategy={strategy} uses no RGN: drop --rgn_checkpoint")
+  return strategy
+
+
 def run_edit(config, examples: list[manifest_lib.Example], *, out_dir=None,
              rgn_checkpoint: str | None = None, refine_steps: int = 0, seed: int = 0,
              built: Built | None = None, progress: bool = True,
-             overwrite: bool = False) -> list[EditOutcome]:
-  """Builds the models (unless given), loads or initialises the RGN, edits the examples."""
+             overwrite: bool = False, strategy: str | None = None) -> list[EditOutcome]:
+  """Builds the models (unless given), loads or initialises the RGN, edits the examples
+  with the region strategy (`resolve_strategy`)."""
   method = check_config(config)   # bad settings fail before anything is read or loaded
+  strategy = resolve_strategy(strategy, rgn_checkpoint, refine_steps)
   check_outputs(out_dir, examples, overwrite)   # ... and so do unwritable or taken outputs
   loaded = dataset.load_images(examples)   # bad images fail before any model loads
   if rgn_checkpoint:   # a missing or mismatched checkpoint fails before any model loads
@@ -198,11 +233,12 @@ def run_edit(config, examples: list[manifest_lib.Example], *, out_dir=None,
   if rgn_checkpoint:
     rgn_params = checkpointing.load_rgn_params(rgn_checkpoint, built.models, config, method)
   else:
-    if refine_steps <= 0:
+    if strategy == "rgn":
       logging.warning("No --rgn_checkpoint and no refinement steps: the boxes are chosen "
                       "by an untrained RGN.")
     rgn_params = step_lib.init_train_state(built.models, method,
                                            jax.random.PRNGKey(config.seed)).params
   return edit_examples(built, rgn_params, examples, config, seed=seed, out_dir=out_dir,
                        refine_steps=refine_steps, checkpoint=rgn_checkpoint,
-                       progress=progress, overwrite=overwrite, loaded=loaded)
+                       progress=progress, overwrite=overwrite, loaded=loaded,
+                       strategy=strategy)

@@ -159,7 +159,7 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
   ax.set_xlim(-0.5, width - 0.5)
   ax.set_ylim(height - 0.5, -0.5)
   _plain(ax, f"attention {attention.shape[0]}x{attention.shape[1]}, "
-         f"{k} anchors")
+         f"{len(np.unique(anchors, axis=0))} anchors")
 
   ax = top_axes[2]
   ax.imshow(image)

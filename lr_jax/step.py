@@ -47,13 +47,15 @@ class Regions(NamedTuple):
 
 
 class Inference(NamedTuple):
-  """What `infer` computes for a batch; per image, index every field with [b]."""
-  regions: Regions
+  """What `infer` computes for a batch of images with N candidate boxes each (N = K, or
+  K x M for the "search" strategy); per image, index every field with [b]."""
+  regions: Regions              # attention (B,h,w); per candidate its anchor (B,N,2) and
+                                # the proposals (B,N,P,4) it was picked from; pooled
   logits: Array                 # (B, K, M) RGN scores of the proposals
-  chosen: Array                 # (B, K) the proposal picked per anchor
-  boxes: Array                  # (B, K, 4) the picked boxes, tokens
-  edit: EditOutput              # the K edits of each image, in one editor call
-  scores: scoring.QualityScore  # (B, K) S, S_t2i, S_i2i
+  chosen: Array                 # (B, N) which of its proposals each candidate is
+  boxes: Array                  # (B, N, 4) the candidate boxes, tokens
+  edit: EditOutput              # the N edits of each image, in one editor call
+  scores: scoring.QualityScore  # (B, N) S, S_t2i, S_i2i
   best: Array                   # (B,) the candidate kept
 
 
@@ -208,26 +210,65 @@ def make_train_step(models: Models, method: Method, donate: bool = True):
   return _jitted_train_step(models, method, donate and jax.default_backend() != "cpu")
 
 
+STRATEGIES = ("rgn", "search", "random", "dino_random")
+_BOX_DRAWS = 0x5EED   # folded into the edit key for the baselines' random boxes
+
+
+def _candidates(rgn_params, regions: Regions, rng: Array, models: Models, strategy: str):
+  """(logits (B,K,M), the candidate boxes (B,N,4) and, per candidate, its anchor
+  (B,N,2), the proposals it was picked from (B,N,P,4) and which one (B,N))."""
+  b, k, m = regions.boxes.shape[:3]
+  logits = models.rgn.apply({"params": rgn_params}, regions.pooled)      # (B,K,M)
+  if strategy == "rgn":   # the RGN's box per anchor
+    chosen = jnp.argmax(logits, axis=-1)                                 # (B,K)
+    boxes = jnp.take_along_axis(regions.boxes, chosen[..., None, None], axis=2)[:, :, 0]
+    return logits, boxes, regions.anchors, regions.boxes, chosen
+  if strategy == "search":   # every proposal of every anchor
+    boxes = regions.boxes.reshape(b, k * m, 4)
+    anchors = jnp.repeat(regions.anchors, m, axis=1)
+    proposals = jnp.repeat(regions.boxes, m, axis=1)
+    chosen = jnp.tile(jnp.arange(m), (b, k))
+    return logits, boxes, anchors, proposals, chosen
+  if strategy in ("random", "dino_random"):   # the paper's baselines
+    centres, _, boxes = anchors_lib.random_boxes(
+        jax.random.fold_in(rng, _BOX_DRAWS), (b, k), models.editor.grid,
+        regions.anchors if strategy == "dino_random" else None)
+    anchors = jnp.floor(centres).astype(regions.anchors.dtype)
+    return logits, boxes, anchors, boxes[:, :, None].astype(jnp.float32), jnp.zeros((b, k), int)
+  raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+
+
 def infer(rgn_params, frozen: Any, batch: dict[str, Any], rng: Array, *,
-          models: Models, method: Method) -> Inference:
-  """The RGN's box per anchor, the K edits in one call, their quality scores, the pick."""
+          models: Models, method: Method, strategy: str = "rgn") -> Inference:
+  """Candidate boxes, their edits in one call, their quality scores and the pick.
+
+  strategy: "rgn" (the RGN's box per anchor: K candidates), "search" (every proposal:
+  K x M candidates, no training), "random" / "dino_random" (the paper's baselines: K
+  boxes of random size around random / DINO anchors, drawn from `rng`).
+  """
   images = batch["images"]
   regions = find_regions(models, frozen, images, method.region)
-  logits = models.rgn.apply({"params": rgn_params}, regions.pooled)     # (B,K,M)
-  chosen = jnp.argmax(logits, axis=-1)                                   # (B,K)
-  boxes = jnp.take_along_axis(regions.boxes, chosen[..., None, None], axis=2)[:, :, 0]
+  logits, boxes, anchors, proposals, chosen = _candidates(
+      rgn_params, regions, rng, models, strategy)
   out = edit_boxes(models, frozen, images, boxes, batch["cond"], rng)
   both = jnp.concatenate([images[:, None], out.images], axis=1)          # one CLIP call
-  all_emb, _ = clip_images(models, frozen, both)                         # (B,1+K,P)
+  all_emb, _ = clip_images(models, frozen, both)                         # (B,1+N,P)
   src_emb, emb = all_emb[:, 0], all_emb[:, 1:]
   s = method.score
   scores = jax.vmap(functools.partial(scoring.quality_score, alpha=s.alpha, beta=s.beta))(
       emb, src_emb, batch["text_embed"])
   best = jax.vmap(lambda q: scoring.pick_best(q, top_t2i=s.top_t2i or None))(scores)
-  return Inference(regions, logits, chosen, boxes, out, scores, best)
+  per_candidate = Regions(regions.attention, anchors, proposals, regions.pooled)
+  return Inference(per_candidate, logits, chosen, boxes, out, scores, best)
 
 
 @functools.lru_cache(maxsize=16)
-def make_infer(models: Models, method: Method):
-  """`infer` jitted for these models and settings (one compiled function per pair)."""
-  return jax.jit(functools.partial(infer, models=models, method=method))
+def _jitted_infer(models: Models, method: Method, strategy: str):
+  return jax.jit(functools.partial(infer, models=models, method=method, strategy=strategy))
+
+
+def make_infer(models: Models, method: Method, strategy: str = "rgn"):
+  """`infer` jitted for these models, settings and strategy (one compiled function each)."""
+  if strategy not in STRATEGIES:
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+  return _jitted_infer(models, method, strategy)

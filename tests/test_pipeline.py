@@ -87,6 +87,18 @@ def test_workdir_of_another_config_is_refused(built, examples, tmp_path):
     _train(built, examples, tmp_path, **{"optim.learning_rate": 0.1})
 
 
+def test_workdir_from_before_the_editor_seam_resumes_and_loads(built, examples, tmp_path):
+  """Settings added later (`editor.name`, `score.top_t2i`) count as their defaults in a
+  workdir whose config.json predates them."""
+  _train(built, examples, tmp_path, **{"train.max_steps": 1})
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["editor"], saved["score"]["top_t2i"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  resumed = _train(built, examples, tmp_path)
+  assert [m["step"] for m in resumed.metrics] == [1, 2, 3, 4]
+  assert jax.tree.leaves(checkpointing.load_rgn_params(tmp_path, built.models, tiny_config()))
+
+
 def test_run_that_failed_before_its_first_checkpoint_can_be_rerun_corrected(
     built, examples, tmp_path):
   strict = tiny_config(**{"data.min_class_similarity": 0.99})
@@ -239,3 +251,25 @@ def test_record_boxes_round_outward():
   # A 300 x 451 photo on an 8 x 8 grid: rows x37.5, columns x56.375, outward.
   assert inference._tokens_to_pixels(boxes, 8, (300, 451)) == [[0, 169, 75, 113],
                                                               [150, 225, 150, 226]]
+
+
+def test_strategy_resolution():
+  assert inference.resolve_strategy(None, None, 0) == "rgn"
+  assert inference.resolve_strategy(None, "wd", 3) == "refine"
+  assert inference.resolve_strategy("search", None, 0) == "search"
+  for args, needle in [(("bogus", None, 0), "one of rgn, refine, search, random, dino_random"),
+                       (("refine", None, 0), "needs --refine_steps"),
+                       (("search", None, 2), "--refine_steps is for --strategy=refine"),
+                       (("dino_random", "wd", 0), "drop --rgn_checkpoint")]:
+    with pytest.raises(inference.StrategyError, match=needle):
+      inference.resolve_strategy(*args)
+
+
+def test_search_strategy_writes_the_usual_outputs(built, examples, tmp_path):
+  out = inference.run_edit(tiny_config(), examples[:1], out_dir=tmp_path, built=built,
+                           strategy="search", progress=False)[0]
+  record = json.loads(pathlib.Path(out.files["record"]).read_text())
+  k, m = tiny_config().region.num_anchors, len(tiny_config().region.sizes)
+  assert record["strategy"] == "search" and len(record["scores"]["S"]) == k * m
+  assert record["best_anchor"] == int(np.argmax(record["scores"]["S"]))
+  assert pathlib.Path(out.files["sheet"]).stat().st_size > 1000

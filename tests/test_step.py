@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lr_jax import anchors as anchors_lib
 from lr_jax import dataset
 from lr_jax import manifest as manifest_lib
 from lr_jax import samples
@@ -100,3 +101,66 @@ def test_dino_grid_must_be_a_multiple_of_the_token_grid():
                  lambda model, params, images: (jnp.zeros((1, 6, 6, 8)), jnp.zeros((1, 6, 6))))
       step_lib.find_regions(fake, {"dino": None}, jnp.zeros((1, 64, 64, 3)),
                             settings.method(tiny_config()).region)
+
+
+def test_search_edits_every_proposal_and_keeps_the_best_score(built, batch):
+  models, frozen = built.models, built.frozen
+  method = settings.method(tiny_config())
+  params = step_lib.init_train_state(models, method, jax.random.PRNGKey(0)).params
+  out = step_lib.make_infer(models, method, "search")(params, frozen, batch,
+                                                      jax.random.PRNGKey(2))
+  regions = step_lib.find_regions(models, frozen, batch["images"], method.region)
+  k, m = regions.boxes.shape[1:3]
+  np.testing.assert_array_equal(np.asarray(out.boxes[0]),
+                                np.asarray(regions.boxes[0]).reshape(k * m, 4))
+  s = np.asarray(out.scores.score[0])
+  assert s.shape == (k * m,) and int(out.best[0]) == int(np.argmax(s))
+  # Each candidate is the edit of its own box (tiny config: boxes are not grown).
+  np.testing.assert_array_equal(np.asarray(out.edit.masked_boxes), np.asarray(out.boxes))
+  assert out.regions.anchors.shape == (1, k * m, 2) and out.chosen.shape == (1, k * m)
+
+
+@pytest.mark.parametrize("strategy", ["random", "dino_random"])
+def test_baseline_boxes_follow_the_papers_definition(strategy):
+  """Sec. 4.4: centres uniform over the image (or at the DINO anchors), height and width
+  uniform in [0, H] and [0, W], clamped to the image."""
+  from scipy import stats
+  grid, shape = 16, (400, 4)
+  anchors = jax.random.randint(jax.random.PRNGKey(1), shape + (2,), 0, grid)
+  centres, sizes, boxes = anchors_lib.random_boxes(
+      jax.random.PRNGKey(0), shape, grid, anchors if strategy == "dino_random" else None)
+  centres, sizes, boxes = (np.asarray(x) for x in (centres, sizes, boxes))
+  if strategy == "dino_random":
+    np.testing.assert_array_equal(centres, np.asarray(anchors) + 0.5)
+  else:
+    for axis in range(2):
+      assert stats.kstest(centres[..., axis].ravel() / grid, "uniform").pvalue > 1e-3
+  for axis in range(2):
+    assert stats.kstest(sizes[..., axis].ravel() / grid, "uniform").pvalue > 1e-3
+  top_left, extent = boxes[..., :2], boxes[..., 2:]
+  assert (extent >= 1).all() and (top_left >= 0).all() and (top_left + extent <= grid).all()
+  # The whole-token box holds the drawn one, clipped to the grid, and its centre.
+  lo = np.clip(centres - sizes / 2, 0, grid)
+  hi = np.clip(centres + sizes / 2, 0, grid)
+  assert (top_left <= lo + 1e-6).all() and (top_left + extent >= hi - 1e-6).all()
+  assert ((top_left <= centres) & (centres <= top_left + extent)).all()
+  # Unclamped boxes are as large as drawn, up to the rounding outward.
+  inside = ((centres - sizes / 2) >= 0).all(-1) & ((centres + sizes / 2) <= grid).all(-1)
+  assert inside.sum() > 50
+  assert (extent[inside] - sizes[inside] <= 2 + 1e-6).all()
+  assert (extent[inside] >= sizes[inside] - 1e-6).all()
+
+
+def test_baselines_edit_their_random_boxes_reproducibly(built, batch):
+  models, frozen = built.models, built.frozen
+  method = settings.method(tiny_config())
+  params = step_lib.init_train_state(models, method, jax.random.PRNGKey(0)).params
+  run = step_lib.make_infer(models, method, "dino_random")
+  a = run(params, frozen, batch, jax.random.PRNGKey(2))
+  b = run(params, frozen, batch, jax.random.PRNGKey(2))
+  c = run(params, frozen, batch, jax.random.PRNGKey(3))
+  np.testing.assert_array_equal(np.asarray(a.boxes), np.asarray(b.boxes))
+  assert not np.array_equal(np.asarray(a.boxes), np.asarray(c.boxes))
+  regions = step_lib.find_regions(models, frozen, batch["images"], method.region)
+  np.testing.assert_array_equal(np.asarray(a.regions.anchors), np.asarray(regions.anchors))
+  assert int(a.best[0]) == int(np.argmax(np.asarray(a.scores.score[0])))
