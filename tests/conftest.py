@@ -13,3 +13,11 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
   return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory) -> dict:
+  """The offline environment of every CLI subprocess; one XLA cache for the session, so
+  a program compiled by one test module's runs is reused by the next module's."""
+  from tests import cli_helpers  # pylint: disable=g-import-not-at-top
+  return cli_helpers.offline_env(tmp_path_factory.mktemp("cli_env"))

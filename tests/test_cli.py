@@ -34,8 +34,8 @@ TRAIN_FLAGS = (f"--config.train.epochs={EPOCHS}", "--config.train.checkpoint_eve
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  return cli_helpers.offline_env(tmp_path_factory.mktemp("cli_env"))
+def env(cli_env):
+  return cli_env
 
 
 _run = cli_helpers.run
