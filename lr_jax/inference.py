@@ -78,12 +78,6 @@ def _tokens_to_pixels(boxes: np.ndarray, grid: int, original_shape) -> list:
   return np.stack([top, left, bottom - top, right - left], -1).astype(int).tolist()
 
 
-def _changed_region(result: np.ndarray, original: np.ndarray) -> list[int] | None:
-  """Bounding box (top, left, height, width) of the pixels where `result` != `original`
-  (in 8 bit, as written), a strip of rows at a time."""
-  return pixels_lib.changed_region(result, original)
-
-
 def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built,
             original_shape, checkpoint, changed_region):
   editor = built.models.editor
@@ -149,7 +143,7 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
     result = pixels_lib.composite_to_original(
         original, out.edit.images[best], out.edit.pixel_mask[best], dtype=np.uint8)
     record = _record(ex, prepared, i, out, seed, config, built, original.shape, checkpoint,
-                     _changed_region(result, original))
+                     pixels_lib.changed_region(result, original))
     record["strategy"] = strategy
     files = {}
     if out_dir is not None:
