@@ -33,10 +33,8 @@ from lr_jax import hf_weights
 from lr_jax import manifest as manifest_lib
 from lr_jax import samples
 
-REPO_ENV_VAR = config_files.REPO_ENV_VAR
 OFFICIAL_CONFIG = editors.DEFAULT_CONFIG
 TINY_CONFIG = "tiny"
-TRAINING_SET = samples.TRAINING_SET
 
 
 class ConfigNotFoundError(UserError, FileNotFoundError):
@@ -64,7 +62,7 @@ def find_config_file(name: str, repo_dir: str | os.PathLike | None = None) -> pa
   raise ConfigNotFoundError(
       f"configs/{name}.py not found; looked at:\n  " + "\n  ".join(searched)
       + f"\nClone the lr_jax repository (the notebooks' install cell does) and pass its "
-        f"folder as repo_dir, or set ${REPO_ENV_VAR} to it.")
+        f"folder as repo_dir, or set ${config_files.REPO_ENV_VAR} to it.")
 
 
 def load_config(name: str, repo_dir: str | os.PathLike | None = None,
@@ -286,12 +284,13 @@ def download_weights(config: ml_collections.ConfigDict) -> dict[str, pathlib.Pat
 
 
 def sample_examples(directory: str | os.PathLike) -> list[manifest_lib.Example]:
-  """Writes the sample cat and its manifest (lr_jax.samples) and reads it back."""
-  return manifest_lib.read_manifest(samples.write_samples(directory))
+  """The sample cat and its manifest in `directory` (`samples.sample_examples`: written
+  once)."""
+  return samples.sample_examples(directory)
 
 
 def write_training_set(directory: str | os.PathLike,
-                       entries: Sequence[tuple[str, str, str]] = TRAINING_SET) -> pathlib.Path:
+                       entries: Sequence[tuple[str, str, str]] = samples.TRAINING_SET) -> pathlib.Path:
   """Writes scikit-image pictures and a manifest of (image, prompt, source_prompt);
   returns the manifest's path (`samples.write_samples` with these entries)."""
   return samples.write_samples(directory, entries)
