@@ -78,8 +78,15 @@ def _tokens_to_pixels(boxes: np.ndarray, grid: int, original_shape) -> list:
   return np.stack([top, left, bottom - top, right - left], -1).astype(int).tolist()
 
 
+def token_centres_to_pixels(cells_rc: np.ndarray, grid: int, original_shape) -> list:
+  """(..., 2) token cells (row, col) -> the (row, col) of their centres in original pixels."""
+  cells = np.asarray(cells_rc, np.float64) + 0.5
+  scale = np.asarray([original_shape[0] / grid, original_shape[1] / grid])
+  return (cells * scale).tolist()
+
+
 def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built,
-            original_shape, checkpoint, changed_region):
+            original_shape, checkpoint, changed_region, number):
   editor = built.models.editor
   grid = editor.grid
   best = int(out.best)
@@ -89,6 +96,8 @@ def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built
       "conditioning": prepared.summaries[i],
       "source_prompt": prepared.source_prompts[i],
       "anchors_rc_tokens": out.regions.anchors.tolist(),
+      "anchors_rc_pixels_original": token_centres_to_pixels(out.regions.anchors, grid,
+                                                            original_shape),
       "chosen_box_index": out.chosen.tolist(),
       "boxes_tlhw_tokens": out.boxes.tolist(),
       "boxes_tlhw_pixels_original": _tokens_to_pixels(out.boxes, grid, original_shape),
@@ -101,8 +110,8 @@ def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built
       "scores": {"S": out.scores.score.tolist(), "s_t2i": out.scores.t2i.tolist(),
                  "s_i2i": out.scores.i2i.tolist(), "alpha": config.score.alpha,
                  "beta": config.score.beta, "top_t2i": config.score.top_t2i},
-      "best_anchor": best, "seed": seed, "image_index": i,
-      "edit_rng": f"fold_in(PRNGKey({seed}), {i})", "model_image_size": editor.image_size,
+      "best_anchor": best, "seed": seed, "image_index": number,
+      "edit_rng": f"fold_in(PRNGKey({seed}), {number})", "model_image_size": editor.image_size,
       **editor.record(), "models": config.models,
       "rgn_checkpoint": str(checkpoint) if checkpoint else None,
       "versions": dict(_versions()),
@@ -118,9 +127,11 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
                   refine_steps: int = 0, checkpoint: str | None = None,
                   progress: bool = True, overwrite: bool = False,
                   loaded: list[images_lib.LoadedImage] | None = None,
-                  strategy: str = "rgn") -> list[EditOutcome]:
+                  strategy: str = "rgn", start_index: int = 0) -> list[EditOutcome]:
   """Edits each example; returns the outcomes and writes them to `out_dir` if given
-  (an existing result is never replaced unless `overwrite`).
+  (an existing result is never replaced unless `overwrite`). Example i is number
+  `start_index + i` of its manifest: its edit key and file names follow that number,
+  so editing a manifest in parts gives the results of editing it whole.
 
   Images run one at a time through one compiled `infer` (inputs are resized to the
   model size first, so different original sizes never recompile)."""
@@ -134,8 +145,9 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
   results = []
   for i, ex in enumerate(tqdm.tqdm(examples, desc="edit", disable=not progress)):
     batch = prepared.batch(np.asarray([i]))
-    rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-    params = refine(rgn_params, built, batch, method, refine_steps, seed + i, train_step)
+    number = start_index + i
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), number)
+    params = refine(rgn_params, built, batch, method, refine_steps, seed + number, train_step)
     out = jax.tree.map(lambda x: np.asarray(x)[0],
                        jax.device_get(infer(params, built.frozen, batch, rng)))
     best = int(out.best)
@@ -143,11 +155,11 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
     result = pixels_lib.composite_to_original(
         original, out.edit.images[best], out.edit.pixel_mask[best], dtype=np.uint8)
     record = _record(ex, prepared, i, out, seed, config, built, original.shape, checkpoint,
-                     pixels_lib.changed_region(result, original))
+                     pixels_lib.changed_region(result, original), number)
     record["strategy"] = strategy
     files = {}
     if out_dir is not None:
-      files = {k: str(v) for k, v in output_names(out_dir, i, ex).items()}
+      files = {k: str(v) for k, v in output_names(out_dir, number, ex).items()}
       with output_files.atomic_path(files["edited"], overwrite) as tmp:
         images_lib.save_image(tmp, result)
       with output_files.atomic_path(files["sheet"], overwrite) as tmp:
