@@ -128,7 +128,7 @@ def resolve_amused(repo_or_dir: str | os.PathLike, variant: str | None = None,
   missing = _missing_files(subfolders, variant, present)
   if missing:
     where = (f"hub not asked: {offline}; not in the local cache" if offline else
-             "not downloadable: " + "; ".join(e for e in errors if e.split(":")[0] in missing))
+             "download failed: " + "; ".join(errors)[:800])
     raise WeightsError(f"could not get {missing} of Hugging Face repo '{repo_id}' ({where}). "
                        + _hint(repo_id, variant, subfolders))
   return roots[0]
@@ -211,7 +211,8 @@ def load_vq(repo_or_dir: str | os.PathLike, variant: str | None = None,
   return config, convert_vq(tensors, config, source)
 
 
-def load_tokenizer(repo_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
+def load_tokenizer(repo_or_dir: str | os.PathLike,
+                   cache_dir: str | os.PathLike | None = None) -> Any:
   """transformers' CLIPTokenizerFast from the `tokenizer/` folder."""
   from transformers import CLIPTokenizerFast  # pylint: disable=import-outside-toplevel
   directory = resolve_amused(repo_or_dir, cache_dir=cache_dir, subfolders=("tokenizer",))

@@ -15,6 +15,10 @@ Pixels are NHWC floats in [0, 1]: the aMUSEd pipelines feed the VQ model unnorma
 (`VaeImageProcessor(do_normalize=False)`) and clip decoded pixels to [0, 1]; `decode_ids`
 returns them unclipped. Token grids are (B, H / f, W / f) int32 with f = 2 ** (blocks - 1)
 (16 at full size: 256 px -> 16x16, 512 px -> 32x32).
+
+On GPUs, float32 convolutions at JAX's default precision may run in TF32 (the MaskGIT VQGAN's
+note in maskgit/vqgan.py); wrap calls in `jax.default_matmul_precision("highest")` for
+float32 parity. Code distances always use full float32 precision.
 """
 from __future__ import annotations
 
