@@ -1,5 +1,6 @@
 """aMUSEd's VQ model against diffusers' PyTorch VQModel (fixtures of tools/amused_fixtures_vq.py),
 the full-size parameter tree, and the hub loader's errors (offline)."""
+import functools
 import json
 import shutil
 import time
@@ -35,9 +36,13 @@ def tiny_copy(amused_dir, tmp_path):
   return target
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted(config, method, dtype):
+  return jax.jit(lambda p, v: VQModel(config, dtype).apply({"params": p}, v, method=method))
+
+
 def _apply(config, params, method, x, dtype=jnp.float32):
-  return np.asarray(jax.jit(lambda p, v: VQModel(config, dtype).apply(
-      {"params": p}, v, method=method))(params, x))
+  return np.asarray(_jitted(config, method, dtype)(params, x))
 
 
 def test_config_read_from_config_json(tiny, amused_dir):
