@@ -9,6 +9,7 @@ import pytest
 
 from lr_jax.amused import transformer as uvit
 from lr_jax.hf_files import WeightsError, read_json, read_safetensors
+from lr_jax.hf_weights import hf_shapes
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 TINY = {"plain": uvit.UVit2DConfig.tiny(),
@@ -67,10 +68,18 @@ def test_bfloat16_compute(amused_dir, io):
 
 @pytest.mark.parametrize("resolution", [256, 512])
 def test_full_size_tree_matches_diffusers(full_shapes, resolution):
+  config = uvit.UVit2DConfig.preset(resolution)
   expected = {k: tuple(v) for k, v in full_shapes[f"transformer_{resolution}"].items()}
-  assert uvit.expected_hf_shapes(uvit.UVit2DConfig.preset(resolution)) == expected
+  abstract = uvit.abstract_params(config)
+  assert hf_shapes(abstract, uvit.hf_name) == expected
   saved = full_shapes["transformer_configs"][str(resolution)]
-  assert uvit.transformer_config_from_json(saved) == uvit.UVit2DConfig.preset(resolution)
+  assert uvit.transformer_config_from_json(saved) == config
+  side = resolution // 16
+  inputs = (jax.ShapeDtypeStruct((2, side, side), jnp.int32), jax.ShapeDtypeStruct((2, 77, 768), jnp.float32),
+            jax.ShapeDtypeStruct((2, 768), jnp.float32), jax.ShapeDtypeStruct((2, 5), jnp.float32))
+  logits = jax.eval_shape(lambda p, *a: uvit.UVit2D(config, jnp.bfloat16).apply({"params": p}, *a),
+                          abstract, *inputs)
+  assert (logits.shape, logits.dtype) == ((2, side, side, 8192), jnp.float32)
 
 
 def test_loader_lists_every_problem(amused_dir):
@@ -89,8 +98,8 @@ def test_loader_lists_every_problem(amused_dir):
 
 
 def test_config_errors():
-  with pytest.raises(WeightsError, match="does not know: .*'use_fancy_norm'"):
-    uvit.transformer_config_from_json({"use_fancy_norm": True})
+  with pytest.raises(WeightsError, match="not divisible by num_attention_heads"):
+    uvit.transformer_config_from_json({"hidden_size": 1000})
   with pytest.raises(WeightsError, match="downsample and upsample must agree"):
     uvit.transformer_config_from_json({"downsample": True})
   assert uvit.transformer_config_from_json({"_class_name": "UVit2DModel", "hidden_dropout": 0.1,

@@ -27,8 +27,6 @@ import numpy as np
 from lr_jax.hf_files import WeightsError
 from lr_jax.hf_weights import convert_state, hf_shapes
 
-# Hub config keys that do not change the inference graph.
-_IGNORED_KEYS = ("hidden_dropout", "attention_dropout")
 _LIST_MODULES = re.compile(r"^(res_blocks|attention_blocks|transformer_layers)_(\d+)$")
 _RENAMED_MODULES = {"to_out": "to_out.0", "geglu": "net.0.proj", "ff_out": "net.2"}
 _CONV_MODULES = ("conv", "conv1", "conv2", "depthwise")
@@ -38,6 +36,10 @@ _NOTHING_IGNORED = re.compile(r"^$")
 @dataclasses.dataclass(frozen=True)
 class UVit2DConfig:
   """Sizes of a UVit2DModel; field names are the hub config's keys, defaults amused-256.
+
+  The full sizes are UVit2DModel's own defaults (those of the openMUSE checkpoints the
+  hub models were converted from); amused-512 adds down/upsampling (diffusers'
+  scripts/convert_amused.py). `transformer_config_from_json` reads a hub config as is.
 
   micro_cond_embed_dim / micro_cond_encode_dim is the number of micro-conditioning values
   (5: width, height, crop top, crop left, aesthetic score); sample_size is the token grid
@@ -111,13 +113,13 @@ class UVit2DConfig:
 
 
 def transformer_config_from_json(data: dict[str, Any]) -> UVit2DConfig:
-  """UVit2DConfig from a diffusers `transformer/config.json` dict (missing keys: diffusers'
-  defaults; `_`-prefixed and dropout keys ignored; unknown keys -> WeightsError)."""
+  """UVit2DConfig from a diffusers `transformer/config.json` dict.
+
+  As diffusers' `from_config`: missing keys take UVit2DModel's defaults (sample_size 64),
+  keys it does not take (`_class_name`, ...) are ignored, and so are the dropout rates
+  (inference). Invalid values raise WeightsError.
+  """
   fields = {f.name for f in dataclasses.fields(UVit2DConfig)}
-  unknown = sorted(k for k in data if not k.startswith("_") and k not in fields
-                   and k not in _IGNORED_KEYS)
-  if unknown:
-    raise WeightsError(f"transformer config has keys this UVit2D does not know: {unknown}")
   values = {"sample_size": 64, **{k: v for k, v in data.items() if k in fields}}
   try:
     return UVit2DConfig(**values)
