@@ -167,8 +167,11 @@ def tiny_clip_tokenizer(model_max_length: int = 77):
   return CLIPTokenizerFast(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
-def load_clip_tokenizer(directory: pathlib.Path, config: CLIPConfig):
-  """CLIPTokenizerFast from `directory`; the tiny tokenizer when it has none and the vocab fits."""
+def load_clip_tokenizer(directory: pathlib.Path, config: Any):
+  """CLIPTokenizerFast from `directory`; the tiny tokenizer when it has none and the vocab fits.
+
+  `config` is anything with a `.text` TextConfig (CLIPConfig, amused TextEncoderConfig).
+  """
   from transformers import CLIPTokenizerFast  # pylint: disable=import-outside-toplevel
   if (directory / "tokenizer.json").is_file() or (
       (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()):

@@ -9,7 +9,7 @@ import pytest
 
 from lr_jax.amused import text
 from lr_jax.hf_files import WeightsError, read_json, read_safetensors
-from lr_jax.hf_weights import IGNORED_CLIP
+from lr_jax.hf_weights import IGNORED_CLIP, load_clip_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +44,11 @@ def test_penultimate_states_and_projection_match(encoder, io):
   assert np.max(np.abs(io["nomask_penultimate"] - io["mask_penultimate"])) > 1e-2
 
 
-def test_fixture_tokenizer_gives_the_fixture_ids(amused_dir, io):
-  from transformers import CLIPTokenizerFast  # pylint: disable=import-outside-toplevel
-  tokenizer = CLIPTokenizerFast.from_pretrained(str(amused_dir / "text_tiny" / "tokenizer"))
-  ids = tokenizer(list(io["prompts"]), padding="max_length", max_length=77, truncation=True,
-                  return_tensors="np")["input_ids"]
+def test_tokenizer_subfolder_gives_the_fixture_ids(amused_dir, io):
+  # The hub's tokenizer/ subfolder through the project's CLIP tokenizer loader.
+  tokenizer = load_clip_tokenizer(amused_dir / "text_tiny" / "tokenizer", text.TextEncoderConfig.tiny())
+  ids = tokenizer(list(io["prompts"]), padding="max_length", max_length=tokenizer.model_max_length,
+                  truncation=True, return_tensors="np")["input_ids"]
   np.testing.assert_array_equal(ids, io["input_ids"])
 
 
