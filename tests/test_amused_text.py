@@ -53,7 +53,7 @@ def test_tokenizer_subfolder_gives_the_fixture_ids(amused_dir, io):
 
 
 def test_full_size_tree_matches_transformers(amused_dir):
-  shapes = json.loads((amused_dir / "full_shapes.json").read_text())["text_encoder"]
+  shapes = json.loads((amused_dir / "text_full_shapes.json").read_text())
   expected = {k: tuple(v) for k, v in shapes.items() if not IGNORED_CLIP.match(k)}
   assert text.expected_hf_shapes(text.TextEncoderConfig.clip_l14()) == expected
 

@@ -28,7 +28,7 @@ def io(amused_dir):
 
 @pytest.fixture(scope="module")
 def full_shapes(amused_dir):
-  return json.loads((amused_dir / "full_shapes.json").read_text())
+  return json.loads((amused_dir / "transformer_full_shapes.json").read_text())
 
 
 def load(amused_dir, tag):
@@ -69,10 +69,10 @@ def test_bfloat16_compute(amused_dir, io):
 @pytest.mark.parametrize("resolution", [256, 512])
 def test_full_size_tree_matches_diffusers(full_shapes, resolution):
   config = uvit.UVit2DConfig.preset(resolution)
-  expected = {k: tuple(v) for k, v in full_shapes[f"transformer_{resolution}"].items()}
+  expected = {k: tuple(v) for k, v in full_shapes[str(resolution)].items()}
   abstract = uvit.abstract_params(config)
   assert hf_shapes(abstract, uvit.hf_name) == expected
-  saved = full_shapes["transformer_configs"][str(resolution)]
+  saved = full_shapes["configs"][str(resolution)]
   assert uvit.transformer_config_from_json(saved) == config
   side = resolution // 16
   inputs = (jax.ShapeDtypeStruct((2, side, side), jnp.int32), jax.ShapeDtypeStruct((2, 77, 768), jnp.float32),

@@ -18,11 +18,11 @@ Writes, under --out:
   text_io.npz: prompts, input_ids (padded to 77, as the pipeline tokenizes), the
     penultimate hidden states (hidden_states[-2]) and text_embeds, computed without an
     attention mask (as the pipeline calls it) and with one.
-  full_shapes.json: {"transformer_256", "transformer_512", "text_encoder": {tensor: shape}}
-    of the full-size models built on torch's meta device, and "transformer_configs": the
-    config.json dicts diffusers writes for them. The full sizes are diffusers' UVit2DModel
-    defaults with downsample/upsample and sample_size as diffusers' scripts/convert_amused.py
-    sets them (16 / 32), and CLIP ViT-L/14's text tower with a 768 projection.
+  transformer_full_shapes.json: {"256", "512": {tensor: shape}} of the full-size UVit2DModels
+    built on torch's meta device, and "configs": the config.json dicts diffusers writes for
+    them. The full sizes are diffusers' UVit2DModel defaults with downsample/upsample and
+    sample_size as diffusers' scripts/convert_amused.py sets them (16 / 32).
+  text_full_shapes.json: {tensor: shape} of CLIP ViT-L/14's text tower with a 768 projection.
 """
 from __future__ import annotations
 
@@ -138,19 +138,20 @@ def shapes(model: torch.nn.Module) -> dict:
 
 
 def make_full_shapes(out: pathlib.Path) -> None:
-  result = {"transformer_configs": {}}
+  result = {"configs": {}}
   for resolution in (256, 512):
     with torch.device("meta"):
       model = UVit2DModel(**diffusers_kwargs(UVit2DConfig.preset(resolution)))
-    result[f"transformer_{resolution}"] = shapes(model)
-    result["transformer_configs"][str(resolution)] = json.loads(model.to_json_string())
+    result[str(resolution)] = shapes(model)
+    result["configs"][str(resolution)] = json.loads(model.to_json_string())
+  (out / "transformer_full_shapes.json").write_text(json.dumps(result, indent=0, sort_keys=True))
   text_config = transformers.CLIPTextConfig(
       vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
       num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
       projection_dim=768)
   with torch.device("meta"):
-    result["text_encoder"] = shapes(transformers.CLIPTextModelWithProjection(text_config))
-  (out / "full_shapes.json").write_text(json.dumps(result, indent=0, sort_keys=True))
+    text_shapes = shapes(transformers.CLIPTextModelWithProjection(text_config))
+  (out / "text_full_shapes.json").write_text(json.dumps(text_shapes, indent=0, sort_keys=True))
 
 
 def main() -> None:
@@ -163,7 +164,7 @@ def main() -> None:
   make_transformers(args.out)
   make_text(args.out)
   make_full_shapes(args.out)
-  names = ("transformer_", "text_", "full_shapes")
+  names = ("transformer_", "text_")
   total = sum(p.stat().st_size for p in args.out.rglob("*")
               if p.is_file() and p.relative_to(args.out).parts[0].startswith(names))
   print(f"wrote transformer/text fixtures to {args.out} ({total / 1e6:.2f} MB, torch "
