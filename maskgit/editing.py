@@ -168,16 +168,29 @@ def _feather_matrix(image_size: int, tokens_per_side: int, sigma: float) -> np.n
   return (blur @ upsample).astype(np.float32)
 
 
-def pixel_mask(token_mask: jax.Array, image_size: int, edit: EditConfig) -> jax.Array:
-  """(..., h, w) token masks -> (..., H, W, 1) float32 blending masks in [0, 1]."""
+def feather_sigma(image_size: int, feather: bool = True,
+                  radius: float | None = None) -> float:
+  """The Gaussian sigma of the blending mask in pixels: 0 without feathering, else
+  `radius`, by default image_size // 16 - 1 (the official demo's)."""
+  if not feather:
+    return 0.
+  return float(image_size // 16 - 1 if radius is None else radius)
+
+
+def feathered_mask(token_mask: jax.Array, image_size: int, sigma: float) -> jax.Array:
+  """(..., h, w) token masks -> (..., H, W, 1) float32 blending masks in [0, 1]: nearest
+  upsampling to image_size, then a Gaussian blur of `sigma` pixels (edge-clamped)."""
   side = token_mask.shape[-1]
-  sigma = 0.
-  if edit.feather:
-    sigma = (image_size // 16 - 1) if edit.feather_radius is None else edit.feather_radius
   matrix = jnp.asarray(_feather_matrix(image_size, side, float(sigma)))
   mask = jnp.einsum("ih,...hw,jw->...ij", matrix, token_mask.astype(jnp.float32),
                     matrix, precision=jax.lax.Precision.HIGHEST)
   return jnp.clip(mask, 0., 1.)[..., None]
+
+
+def pixel_mask(token_mask: jax.Array, image_size: int, edit: EditConfig) -> jax.Array:
+  """(..., h, w) token masks -> (..., H, W, 1) float32 blending masks in [0, 1]."""
+  return feathered_mask(token_mask, image_size,
+                        feather_sigma(image_size, edit.feather, edit.feather_radius))
 
 
 def box_keys(rng: jax.Array, batch: int, num_boxes: int) -> jax.Array:

@@ -1,0 +1,33 @@
+r"""configs/tiny.py with a tiny random aMUSEd as the editor: offline, on a CPU.
+
+Small random DINO, CLIP and aMUSEd (VQ, transformer, CLIP text tower with the offline
+byte tokenizer; 64x64 images, 16x16 tokens, 4 decoding steps). The edits are noise:
+this config checks the plumbing of free-text editing, not its quality.
+
+  python -m lr_jax.train --config configs/amused_tiny.py --workdir /tmp/lr_amused_tiny
+  python -m lr_jax.edit --config configs/amused_tiny.py --image cat.png \
+      --prompt "a cat wearing sunglasses" --out /tmp/out --rgn_checkpoint /tmp/lr_amused_tiny
+"""
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from lr_jax import editors
+
+
+def _tiny_config(arg):
+  """configs/tiny.py's config (loaded by path: config files are not a package)."""
+  spec = importlib.util.spec_from_file_location(
+      "lr_jax_configs_tiny", pathlib.Path(__file__).with_name("tiny.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = _tiny_config(arg)
+  editors.add_defaults(c, "amused")
+  c.region.sizes = (2, 4, 6)              # on the 16x16 grid
+  c.amused_edit.num_steps = 4
+  return c
