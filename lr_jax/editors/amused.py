@@ -240,21 +240,20 @@ class AmusedEditor(base.Editor):
     encoder = text_lib.TextEncoder(self.text, DTYPES[self.dtype])
     return encoder.apply({"params": params["text_encoder"]}, ids)
 
-  def edit(self, params, images, boxes, cond, rng) -> base.EditOutput:
-    settings, decode = self.settings, self.settings.decode
-    dtype = DTYPES[self.dtype]
+  def decode_boxes(self, params, images, boxes, cond, rng) -> dict[str, jax.Array]:
+    """The token part of `edit`: {"ids": (B, h, w) the input's tokens, "token_mask":
+    (B, N, h, w) the (grown) boxes, "tokens": (B, N, h, w) after inpainting}."""
+    decode = self.settings.decode
     batch, num_boxes = boxes.shape[:2]
     boxes = jnp.round(boxes).astype(jnp.int32)
     size, side = self.image_size, self.grid
-    images = images.astype(jnp.float32)
 
     # Text: once per image (conditional, and the negative prompt when guided).
     hidden, pooled = self._encode_text(params, cond["prompt_ids"])
     micro = jnp.broadcast_to(jnp.asarray(decoding.micro_conditioning(decode, size, size)),
                              (batch, 5))
     per_box = lambda x: jnp.repeat(x, num_boxes, axis=0)    # (B, ...) -> (B * N, ...)
-    conditional = tuple(map(per_box, (hidden, pooled, micro)))
-    unconditional = conditional
+    conditional = unconditional = tuple(map(per_box, (hidden, pooled, micro)))
     if decode.guided:
       neg_hidden, neg_pooled = self._encode_text(params, cond["negative_ids"])
       unconditional = tuple(map(per_box, (neg_hidden, neg_pooled, micro)))
@@ -263,27 +262,37 @@ class AmusedEditor(base.Editor):
 
     # Tokens: each image encoded once (float32), each box masked on its own row.
     vq_encoder = vq_lib.VQModel(self.vq, jnp.float32)
-    ids = vq_encoder.apply({"params": params["vq"]}, images, method=vq_lib.VQModel.encode_ids)
-    token_mask = editing.box_token_mask(boxes, side, settings.grow_tokens)   # (B, N, h, w)
-    rows_ids = per_box(ids)
-    rows_mask = token_mask.reshape(batch * num_boxes, side, side)
+    ids = vq_encoder.apply({"params": params["vq"]}, images.astype(jnp.float32),
+                           method=vq_lib.VQModel.encode_ids)
+    token_mask = editing.box_token_mask(boxes, side, self.settings.grow_tokens)
 
-    model = transformer_lib.UVit2D(self.transformer, dtype)
+    model = transformer_lib.UVit2D(self.transformer, DTYPES[self.dtype])
     logits_fn = lambda x: model.apply({"params": params["transformer"]}, x, text_hidden,
                                       pooled_text, micro_conds)
     keys = editing.box_keys(rng, batch, num_boxes)   # fold_in(fold_in(rng, b), n)
     keys = keys.reshape((batch * num_boxes,) + keys.shape[2:])
-    tokens = decoding.inpaint(logits_fn, rows_ids, rows_mask, keys, decode,
+    tokens = decoding.inpaint(logits_fn, per_box(ids),
+                              token_mask.reshape(batch * num_boxes, side, side), keys, decode,
                               mask_token_id=self.mask_token_id)
+    return {"ids": ids, "token_mask": token_mask,
+            "tokens": tokens.reshape(batch, num_boxes, side, side)}
 
-    vq_decoder = vq_lib.VQModel(self.vq, dtype)
-    raw = vq_decoder.apply({"params": params["vq"]}, tokens, method=vq_lib.VQModel.decode_ids)
+  def edit(self, params, images, boxes, cond, rng) -> base.EditOutput:
+    batch, num_boxes = boxes.shape[:2]
+    size, side, grow = self.image_size, self.grid, self.settings.grow_tokens
+    decoded = self.decode_boxes(params, images, boxes, cond, rng)
+    vq_decoder = vq_lib.VQModel(self.vq, DTYPES[self.dtype])
+    raw = vq_decoder.apply({"params": params["vq"]},
+                           decoded["tokens"].reshape(batch * num_boxes, side, side),
+                           method=vq_lib.VQModel.decode_ids)
     raw = raw.reshape(batch, num_boxes, size, size, 3)
-    sigma = editing.feather_sigma(size, True, settings.feather_radius)
-    mask = editing.feathered_mask(token_mask, size, sigma)
-    composite = raw * mask + images[:, None] * (1. - mask)
-    return base.EditOutput(images=jnp.clip(composite, 0., 1.), pixel_mask=mask,
-                           masked_boxes=editing.grown_boxes(boxes, side, settings.grow_tokens))
+    sigma = editing.feather_sigma(size, True, self.settings.feather_radius)
+    mask = editing.feathered_mask(decoded["token_mask"], size, sigma)
+    # The decoder's output is not clipped; the written photo is.
+    composite = raw * mask + images.astype(jnp.float32)[:, None] * (1. - mask)
+    return base.EditOutput(
+        images=jnp.clip(composite, 0., 1.), pixel_mask=mask,
+        masked_boxes=editing.grown_boxes(jnp.round(boxes).astype(jnp.int32), side, grow))
 
   def record(self) -> dict[str, Any]:
     return {**super().record(), "amused": self.model_name,
@@ -314,9 +323,11 @@ def _check_official(editor: AmusedEditor, directory) -> None:
   """The loaded configs must fit together and the config's resolution."""
   vq, model, text = editor.vq, editor.transformer, editor.text
   problems = []
-  if editor.size % vq.downsample_factor:
-    problems.append(f"amused.resolution {editor.size} is not a multiple of the VQ's "
-                    f"{vq.downsample_factor} pixels per token")
+  expected = vq_lib.VQConfig().downsample_factor
+  if vq.downsample_factor != expected:
+    problems.append(f"the VQ has {vq.downsample_factor} pixels per token, not aMUSEd's "
+                    f"{expected} (amused.resolution {editor.size} -> a "
+                    f"{editor.size // expected}x{editor.size // expected} token grid)")
   if model.codebook_size != vq.num_vq_embeddings:
     problems.append(f"transformer codebook_size {model.codebook_size} != the VQ's "
                     f"{vq.num_vq_embeddings} codes")
