@@ -220,7 +220,7 @@ class AmusedEditor(base.Editor):
     negative = self.settings.decode.negative_prompt
     prompt_ids, truncated = self.tokenize(prompts)
     negative_ids, _ = self.tokenize([negative] * len(prompts))
-    records = [{"amused": {"prompt": p, "negative_prompt": negative,
+    records = [{"text_condition": {"prompt": p, "negative_prompt": negative,
                            "guidance_scale": self.settings.decode.guidance_scale,
                            "truncated_to_tokens": self.max_text_length if t else None}}
                for p, t in zip(prompts, truncated)]
@@ -302,11 +302,11 @@ class AmusedEditor(base.Editor):
 def _editor(config, tiny: bool, models=None, tokenizer=None, name=None) -> AmusedEditor:
   settings = _edit_settings(config)
   _variant(config)
+  resolution = _resolution(config)   # checked for tiny configs too
   if tiny:
     vq, model, text = models or tiny_models()
     size, name = TINY_IMAGE_SIZE, name or "tiny"
   else:
-    resolution = _resolution(config)
     vq, model, text = models or full_models(resolution)
     size, name = resolution, name or _repo(config)
   return AmusedEditor(vq, model, text, size, settings, _mask_token_id(config, model), name,
