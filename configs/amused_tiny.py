@@ -1,7 +1,7 @@
 r"""configs/tiny.py with a tiny random aMUSEd as the editor: offline, on a CPU.
 
 Small random DINO, CLIP and aMUSEd (VQ, transformer, CLIP text tower with the offline
-byte tokenizer; 64x64 images, 16x16 tokens, 4 decoding steps). The edits are noise:
+byte tokenizer; 64x64 images, 8x8 tokens, 4 decoding steps). The edits are noise:
 this config checks the plumbing of free-text editing, not its quality.
 
   python -m lr_jax.train --config configs/amused_tiny.py --workdir /tmp/lr_amused_tiny
@@ -28,6 +28,5 @@ def _tiny_config(arg):
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = _tiny_config(arg)
   editors.add_defaults(c, "amused")
-  c.region.sizes = (2, 4, 6)              # on the 16x16 grid
   c.amused_edit.num_steps = 4
   return c

@@ -10,7 +10,7 @@ compositing helpers, so pixels far from the box stay the input's.
 Config sections: `amused` (which weights: a hub repo id or a local directory, the
 fp16 variant, the resolution) and `amused_edit` (decoding and compositing; defaults
 as diffusers' AmusedInpaintPipeline). Weights "tiny" is a small random aMUSEd on
-64 px images (16x16 tokens) with the offline byte tokenizer.
+64 px images (8x8 tokens, the tiny DINO's patch grid) with the offline byte tokenizer.
 """
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ CONFIG_SECTIONS = ("amused", "amused_edit")
 RGN_KEYS = ("amused.resolution",)        # the token grid: 16x16 at 256 px, 32x32 at 512
 RESUMABLE_KEYS = ("amused.cache_dir",)
 RESOLUTIONS = {256: hub.AMUSED_256, 512: hub.AMUSED_512}
-TINY_IMAGE_SIZE = 64                     # the tiny VQ has 4 px per token: a 16x16 grid
+TINY_IMAGE_SIZE = 64                     # 8 px per token: an 8x8 grid, as the tiny DINO's
+TINY_VQ_CHANNELS = (8, 12, 16, 16)       # VQConfig.tiny with one more block (4 -> 8 px per token)
 TINY_EXTRA_IDS = 8                       # ids after the codes; the last one is the mask
 DTYPES = editing.DTYPES
 
@@ -139,8 +140,9 @@ def _mask_token_id(config, model: transformer_lib.UVit2DConfig) -> int:
 
 def tiny_models() -> tuple[vq_lib.VQConfig, transformer_lib.UVit2DConfig,
                            text_lib.TextEncoderConfig]:
-  """The tiny aMUSEd: VQConfig.tiny, a UVit2DConfig.tiny over its codes, the tiny text tower."""
-  vq = vq_lib.VQConfig.tiny()
+  """The tiny aMUSEd: VQConfig.tiny with 8 px per token, a UVit2DConfig.tiny over its
+  codes, the tiny text tower."""
+  vq = dataclasses.replace(vq_lib.VQConfig.tiny(), block_out_channels=TINY_VQ_CHANNELS)
   codes = vq.num_vq_embeddings
   model = dataclasses.replace(transformer_lib.UVit2DConfig.tiny(), codebook_size=codes,
                               vocab_size=codes + TINY_EXTRA_IDS)

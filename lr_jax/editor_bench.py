@@ -1,0 +1,163 @@
+r"""Benchmark of the editors side by side: N boxes of one image in one call vs N calls.
+
+  python -m lr_jax.editor_bench --editors maskgit,amused --ns 1,4,8,28 \
+      --dtypes float32,bfloat16 --repeats 3 [--amused_steps 12] [--json out.json]
+
+Every editor runs through the contract of lr_jax/editors/base.py (`editor.edit`, jitted)
+at its full size with random weights (`build(config, "random")`; nothing is downloaded),
+from its paper config (configs/maskgit_imagenet256.py, configs/amused.py; `--resolution
+512` for the 512 models). Per (editor, dtype, N): milliseconds per edited image when the
+N boxes are edited in one call, the same for N separate one-box calls (measured, or with
+`--noseparate` taken as N times the N=1 call, which is the same compiled function), the
+first call (compile) time, peak memory, and for bfloat16 the largest pixel difference
+from float32 with the same keys. `--tiny` uses the tiny configs (a quick check).
+On a 2-core CPU keep it small: `--ns 1,4 --repeats 1 --amused_steps 2 --noseparate`.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lr_common import benchmarking
+from lr_jax import editors
+from lr_jax import errors
+from lr_jax import notebook
+from maskgit import bench_lib
+
+# name -> (paper config, tiny config, the config key of the compute dtype)
+EDITORS = {"maskgit": ("maskgit_imagenet256", "tiny", ("edit", "dtype")),
+           "amused": ("amused", "amused_tiny", ("amused_edit", "dtype"))}
+DTYPES = ("float32", "bfloat16")
+
+_EDITORS = flags.DEFINE_list("editors", list(EDITORS), "Editors to time.")
+_NS = flags.DEFINE_list("ns", ["1", "4", "8", "28"], "Boxes per call.")
+_DTYPES = flags.DEFINE_list("dtypes", list(DTYPES), "Compute dtypes.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (median).")
+_SEPARATE = flags.DEFINE_bool("separate", True, "Time N separate one-box calls (else N x "
+                              "the N=1 call).")
+_AMUSED_STEPS = flags.DEFINE_integer("amused_steps", None, "aMUSEd decoding steps "
+                                     "(default: the config's 12).")
+_RESOLUTION = flags.DEFINE_enum("resolution", "256", ["256", "512"], "Model resolution.")
+_TINY = flags.DEFINE_bool("tiny", False, "The tiny configs instead of the full sizes.")
+_JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
+
+
+def editor_config(name: str, dtype: str, resolution: str = "256", tiny: bool = False,
+                  amused_steps: int | None = None):
+  """The config of editor `name` with compute dtype `dtype`."""
+  paper, tiny_name, (section, key) = EDITORS[name]
+  config = (notebook.load_config(tiny_name) if tiny
+            else notebook.load_config(paper, arg=resolution))
+  config[section][key] = dtype
+  if name == "amused" and amused_steps is not None:
+    config.amused_edit.num_steps = amused_steps
+  return config
+
+
+def run(names: Sequence[str], ns: Sequence[int], dtypes: Sequence[str], repeats: int,
+        separate: bool = True, resolution: str = "256", tiny: bool = False,
+        amused_steps: int | None = None) -> list[dict[str, Any]]:
+  """Times each (editor, dtype, N); returns one row each (printed as they come)."""
+  bad = [n for n in names if n not in EDITORS] + [d for d in dtypes if d not in DTYPES]
+  if bad or not ns or min(ns) < 1 or repeats < 1:
+    raise errors.UsageError(f"need --editors in {tuple(EDITORS)}, --dtypes in {DTYPES}, "
+                            f"--ns >= 1 and --repeats >= 1 (bad: {bad or ns})")
+  rows = []
+  for name in names:
+    reference = {}
+    for dtype in dtypes:
+      config = editor_config(name, dtype, resolution, tiny, amused_steps)
+      module = editors.get(name)
+      module.check_config(config)
+      editor, params = module.build(config, "tiny" if tiny else "random", jax.random.PRNGKey(0))
+      params = jax.block_until_ready(params)
+      edit = jax.jit(editor.edit)
+      size = editor.image_size
+      image = jax.random.uniform(jax.random.PRNGKey(1), (1, size, size, 3))
+      cond = jax.tree.map(jnp.asarray, editor.dummy_condition(1))
+      key = jax.random.PRNGKey(2)
+      single_s = None
+      for n in ns:
+        boxes = jnp.asarray(bench_lib.bench_boxes(n, editor.grid, n))
+        call = lambda b=boxes: edit(params, image, b, cond, key)
+        start = time.perf_counter()
+        first = jax.block_until_ready(call())
+        first_s = time.perf_counter() - start
+        batched = statistics.median(benchmarking.timed(call, repeats))
+        row = dict(editor=name, model=editor.record().get(name, name), dtype=dtype, n=n,
+                   image_size=size, grid=editor.grid, first_call_s=first_s,
+                   batched_ms_per_call=1e3 * batched, batched_ms_per_image=1e3 * batched / n)
+        if name == "amused":
+          row["steps"] = editor.settings.decode.num_steps
+        if n == 1:
+          single_s = batched
+        if n > 1 and separate:
+          singles = [boxes[:, i:i + 1] for i in range(n)]
+          jax.block_until_ready(call(singles[0]))
+          loop = lambda: [call(b) for b in singles]
+          separate_s = statistics.median(benchmarking.timed(loop, repeats))
+          row.update(separate_ms_per_image=1e3 * separate_s / n, separate="measured")
+        elif n > 1 and single_s is not None:
+          row.update(separate_ms_per_image=1e3 * single_s, separate="N x the N=1 call")
+        if "separate_ms_per_image" in row:
+          row["speedup_vs_separate"] = row["separate_ms_per_image"] / row["batched_ms_per_image"]
+        pixels = np.asarray(first.images)
+        if dtype == "float32":
+          reference[n] = pixels
+        elif n in reference:
+          row["max_pixel_diff_vs_float32"] = float(np.abs(pixels - reference[n]).max())
+        row["finite"] = bool(np.isfinite(pixels).all())
+        peak, kind = benchmarking.peak_memory_bytes()
+        row.update(peak_memory_mib=peak / 2**20, memory_kind=kind,
+                   device=str(jax.devices()[0].device_kind), backend=jax.default_backend())
+        rows.append(row)
+        print(format_row(row), flush=True)
+  return rows
+
+
+HEADER = (f"{'editor':>8} {'dtype':>9} {'N':>3} {'steps':>5} {'ms/img':>10} {'sep ms/img':>10} "
+          f"{'speedup':>7} {'1st call s':>10} {'peak MiB':>9} {'max|dpx|':>8}")
+
+
+def format_row(row: dict[str, Any]) -> str:
+  fmt = lambda key, spec: format(row[key], spec) if key in row else "-"
+  return (f"{row['editor']:>8} {row['dtype']:>9} {row['n']:>3} {fmt('steps', 'd'):>5} "
+          f"{fmt('batched_ms_per_image', '10.1f'):>10} {fmt('separate_ms_per_image', '10.1f'):>10} "
+          f"{fmt('speedup_vs_separate', '7.2f'):>7} {fmt('first_call_s', '10.1f'):>10} "
+          f"{fmt('peak_memory_mib', '9.0f'):>9} {fmt('max_pixel_diff_vs_float32', '8.4f'):>8}")
+
+
+def main(argv):
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  with errors.friendly_errors():
+    if len(argv) > 1:
+      raise errors.UsageError(f"unexpected arguments {argv[1:]}")
+    try:
+      ns = [int(n) for n in _NS.value]
+    except ValueError:
+      raise errors.UsageError(f"--ns must be integers, got {_NS.value}") from None
+    device = jax.devices()[0]
+    print(f"device: {device.platform} {device.device_kind}; jax {jax.__version__}; "
+          f"{'tiny' if _TINY.value else _RESOLUTION.value + ' px, random weights'}; "
+          f"repeats {_REPEATS.value}", flush=True)
+    print(HEADER, flush=True)
+    rows = run(_EDITORS.value, ns, _DTYPES.value, _REPEATS.value, _SEPARATE.value,
+               _RESOLUTION.value, _TINY.value, _AMUSED_STEPS.value)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(rows, f, indent=1)
+    print(f"wrote {_JSON.value}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=errors.parse_flags)
