@@ -35,6 +35,8 @@ from lr_jax import samples
 
 OFFICIAL_CONFIG = editors.DEFAULT_CONFIG
 TINY_CONFIG = "tiny"
+# editor -> (its paper config, its tiny config) in configs/
+EDITOR_CONFIGS = {"maskgit": (OFFICIAL_CONFIG, TINY_CONFIG), "amused": ("amused", "amused_tiny")}
 
 
 class ConfigNotFoundError(UserError, FileNotFoundError):
@@ -248,12 +250,17 @@ def check_accelerator(runtime: str | None = None, backend: str | None = None,
 
 
 def setup(tiny: bool, repo_dir: str | os.PathLike | None = None,
-          config_name: str = OFFICIAL_CONFIG) -> ml_collections.ConfigDict:
-  """The notebook's config: `configs/tiny.py` when `tiny`, else `configs/<config_name>.py`.
+          config_name: str | None = None, editor: str = "maskgit") -> ml_collections.ConfigDict:
+  """The notebook's config: the editor's tiny config (`configs/tiny.py` for MaskGIT,
+  `configs/amused_tiny.py` for aMUSEd) when `tiny`, else `configs/<config_name>.py`
+  (default: the editor's paper config, `EDITOR_CONFIGS`).
 
   Prints the devices and what the config will load.
   """
-  name = TINY_CONFIG if tiny else config_name
+  if editor not in EDITOR_CONFIGS:
+    raise ValueError(f"editor must be one of {sorted(EDITOR_CONFIGS)}, got {editor!r}")
+  official, tiny_name = EDITOR_CONFIGS[editor]
+  name = tiny_name if tiny else (config_name or official)
   config = load_config(name, repo_dir)
   print(describe_devices())
   if config.models == "tiny":
@@ -268,8 +275,8 @@ def download_weights(config: ml_collections.ConfigDict) -> dict[str, pathlib.Pat
   """Downloads (once, with progress bars) every pretrained file `config` needs.
 
   Returns name -> local path: the editor's files (MaskGIT: "maskgit_tokenizer",
-  "maskgit_transformer"), then "dino" and "clip" (folders). A tiny config needs
-  nothing: {}.
+  "maskgit_transformer"; aMUSEd: "amused", the repo folder), then "dino" and "clip"
+  (folders). A tiny config needs nothing: {}.
   """
   if config.models == "tiny":
     print("tiny config: no weights to download")

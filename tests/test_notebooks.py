@@ -188,6 +188,29 @@ def test_download_weights_uses_local_files_without_network(tmp_path):
   assert notebook.download_weights(notebook.load_config("tiny")) == {}
 
 
+def test_setup_picks_the_editors_configs(tmp_path, capsys):
+  from lr_jax import notebook  # pylint: disable=g-import-not-at-top
+  assert notebook.setup(True, editor="amused").editor.name == "amused"
+  assert "config amused_tiny: tiny random models" in capsys.readouterr().out
+  config = notebook.setup(False, editor="amused")
+  assert (config.editor.name, config.amused.resolution, config.models) == ("amused", 256, "official")
+  assert notebook.setup(True).to_dict() == notebook.load_config("tiny").to_dict()
+  assert notebook.setup(False).editor.name == "maskgit"
+  with pytest.raises(ValueError, match="editor must be one of"):
+    notebook.setup(True, editor="muse")
+  # aMUSEd's files: one folder in the hub layout (a local one here).
+  for sub, files in (("vqvae", ("config.json", "diffusion_pytorch_model.safetensors")),
+                     ("transformer", ("config.json", "diffusion_pytorch_model.safetensors")),
+                     ("text_encoder", ("config.json", "model.safetensors")),
+                     ("tokenizer", ("tokenizer.json",))):
+    (tmp_path / "amused" / sub).mkdir(parents=True)
+    for f in files:
+      (tmp_path / "amused" / sub / f).write_text("{}")
+  config.amused.repo = str(tmp_path / "amused")
+  from lr_jax.editors import amused  # pylint: disable=g-import-not-at-top
+  assert amused.weight_files(config) == {"amused": tmp_path / "amused"}
+
+
 def test_training_set_and_single_examples(tmp_path):
   from skimage import data  # pylint: disable=g-import-not-at-top
   from lr_jax import manifest  # pylint: disable=g-import-not-at-top

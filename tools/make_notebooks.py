@@ -37,15 +37,21 @@ def bootstrap_source(names=BOOTSTRAP_FUNCTIONS,
 SETTINGS = '''import os
 TINY = False  #@param {type:"boolean"}
 TINY = TINY or os.environ.get("LR_JAX_TINY") == "1"  # the CI test runs the offline tiny path
+# The generator: MaskGIT (ImageNet classes: the prompt becomes the nearest class) or
+# aMUSEd (free text, through its own CLIP-L text encoder).
+EDITOR = "maskgit"  #@param ["maskgit", "amused"]
+EDITOR = os.environ.get("LR_JAX_EDITOR", EDITOR)
 # The lr_jax git repository. Left as this placeholder: the GitHub repository (and branch)
 # Colab opened this notebook from.
 REPO_URL = "https://github.com/OWNER/lr_jax"  #@param {type:"string"}
 REPO_DIR = "lr_jax_repo"  # where the repository is cloned (its configs/ folder is used)
 JAX_EXTRA = "auto"  #@param ["auto", "", "cuda", "tpu"]'''
 
-SETTINGS_MD = '''**Settings.** `TINY` selects `configs/tiny.py`: small random models, no network and no
-weights (for a quick check that everything runs; its edits are noise). Leave it off for the
-real models. `REPO_URL`: the project's git repository. Opened in Colab from GitHub
+SETTINGS_MD = '''**Settings.** `TINY` selects `configs/tiny.py` (`configs/amused_tiny.py` for aMUSEd):
+small random models, no network and no weights (for a quick check that everything runs; its
+edits are noise). Leave it off for the real models. `EDITOR` picks the generator that edits
+the boxes: `maskgit` (the paper's; class-conditional, so the prompt is mapped to the nearest
+ImageNet class) or `amused` (aMUSEd-256, conditioned on the prompt's text as it is). `REPO_URL`: the project's git repository. Opened in Colab from GitHub
 (`colab.research.google.com/github/OWNER/REPO/blob/BRANCH/colabs/...`), the placeholder needs
 no edit: the install cell clones that repository and branch. Opened any other way (Drive, an
 upload), set it here. `JAX_EXTRA`: `auto` picks `cuda` on a GPU runtime, `tpu` on a TPU
@@ -85,18 +91,21 @@ DEVICES_MD = '''## 2. Devices and config
 `jax.devices()` lists the accelerators (TPU cores on a TPU runtime, the GPU on a GPU runtime,
 else the CPU). `nb.check_accelerator()` stops with the fix when the runtime has a GPU or TPU
 that JAX does not use (a JAX without the matching plugin silently runs on the CPU).
-`nb.setup` loads `configs/tiny.py` or `configs/maskgit_imagenet256.py` from the clone.'''
+`nb.setup` loads the editor's config from the clone: `configs/maskgit_imagenet256.py` or
+`configs/amused.py` (tiny: `configs/tiny.py`, `configs/amused_tiny.py`).'''
 
 DEVICES = '''import jax
 from lr_jax import notebook as nb
 print(jax.devices())
 nb.check_accelerator()
-config = nb.setup(TINY, repo_dir=REPO_DIR)'''
+config = nb.setup(TINY, repo_dir=REPO_DIR, editor=EDITOR)'''
 
 WEIGHTS_MD = '''## 3. Pretrained weights
 
-Downloads, once and with progress bars, the official MaskGIT ImageNet-256 tokenizer and
-transformer (Google Cloud Storage) and DINO and CLIP (Hugging Face hub); later runs read the
+Downloads, once and with progress bars, the editor's weights (MaskGIT: the official
+ImageNet-256 tokenizer and transformer from Google Cloud Storage; aMUSEd: the
+`amused/amused-256` VQ model, transformer, CLIP-L text encoder and tokenizer from the Hugging
+Face hub, openrail++ licence) and DINO and CLIP (Hugging Face hub); later runs read the
 caches. Then all frozen models are loaded (random tiny ones in tiny mode).'''
 
 WEIGHTS = '''weights = nb.download_weights(config)'''
@@ -121,8 +130,9 @@ def common(title_md):
 EDIT = common('''# Text-driven image editing with learnable regions (lr_jax): edit
 
 Edits a photo from a text prompt alone, without a mask: a region generation network (RGN)
-proposes boxes around *K* anchor points, MaskGIT regenerates each box as the ImageNet class the
-prompt names, and CLIP scores pick the best of the *K* candidates (Lin et al., CVPR 2024).
+proposes boxes around *K* anchor points, the editor regenerates each box (MaskGIT: as the
+ImageNet class the prompt names; aMUSEd: from the prompt's text), and CLIP scores pick the best
+of the *K* candidates (Lin et al., CVPR 2024).
 Runs on a GPU or TPU runtime (*Runtime → Change runtime type*).''') + [
     md('''## 4. Edit the sample cat
 
@@ -141,8 +151,9 @@ are in `edits/`.'''),
     code('''nb.show_outcomes(outcomes)'''),
     md('''## 5. Your own image and prompt
 
-Set the prompt (an ImageNet class works best: MaskGIT is class-conditional, the prompt is
-mapped to the nearest class), the refinement steps and the seed. `SOURCE_PROMPT` describes the
+Set the prompt, the refinement steps and the seed. With MaskGIT an ImageNet class works best
+(it is class-conditional: the prompt is mapped to the nearest class); with aMUSEd any text
+("a cat wearing sunglasses") conditions the edit as it is, and each record names it. `SOURCE_PROMPT` describes the
 input (empty: CLIP guesses it).'''),
     code('''PROMPT = "a tiger"  #@param {type:"string"}
 SOURCE_PROMPT = ""  #@param {type:"string"}
