@@ -1,6 +1,7 @@
 """aMUSEd decoding: schedule, temperatures and token selection against diffusers'
 AmusedScheduler (fixture from tools/amused_fixtures_decoding.py, same injected noise)
 and against a numpy reference written here from the scheduler's formulas."""
+import dataclasses
 import functools
 import json
 import math
@@ -197,21 +198,26 @@ def test_each_step_matches_diffusers(fixture, name):
   mask = fixture[f"{name}_mask"]
   history = fixture[f"{name}_history"]
   batch, seq_len = mask.shape[0], mask[0].size
-  before = np.where(mask, vocab, fixture[f"{name}_ids"])
   fraction = jnp.asarray(mask.reshape(batch, -1).sum(-1) / seq_len, jnp.float32)
-  for run_step, after in enumerate(history):
-    step = settings.start_step + run_step
-    ids = jnp.asarray(before)
+
+  @jax.jit
+  def one_step(before, step, sample_u, choice_u):
     if settings.guided:
-      logits = decoding.guided_logits(logits_fn(jnp.concatenate([ids, ids])),
+      logits = decoding.guided_logits(logits_fn(jnp.concatenate([before, before])),
                                       settings.guidance_scale)
     else:
-      logits = logits_fn(ids)
-    masked = before.reshape(batch, -1) == vocab
+      logits = logits_fn(before)
+    flat = before.reshape(batch, -1)
     sampled, remask = decoding.select_tokens(
-        logits.reshape(batch, seq_len, -1), jnp.asarray(before.reshape(batch, -1)), masked,
-        step, fraction, fixture[f"{name}_sample_uniforms"][run_step],
-        fixture[f"{name}_choice_uniforms"][run_step], settings)
+        logits.reshape(batch, seq_len, -1), flat, flat == vocab, step, fraction, sample_u,
+        choice_u, settings)
+    return sampled, remask
+
+  before = np.where(mask, vocab, fixture[f"{name}_ids"])
+  for run_step, after in enumerate(history):
+    step = settings.start_step + run_step
+    sampled, remask = one_step(before, step, fixture[f"{name}_sample_uniforms"][run_step],
+                               fixture[f"{name}_choice_uniforms"][run_step])
     ours = np.where(remask, vocab, sampled).reshape(after.shape)
     np.testing.assert_array_equal(ours, after, err_msg=f"{name} step {step}")
     if run_step < len(history) - 1:
@@ -220,9 +226,10 @@ def test_each_step_matches_diffusers(fixture, name):
     before = after
 
 
-@pytest.mark.parametrize("name", SCENARIOS)
-def test_inpaint_with_noise_matches_diffusers(fixture, name):
-  settings = settings_of(fixture, name)
+@pytest.mark.parametrize("name, unroll", [(name, 1) for name in SCENARIOS]
+                         + [("linear_guided", True)])
+def test_inpaint_with_noise_matches_diffusers(fixture, name, unroll):
+  settings = dataclasses.replace(settings_of(fixture, name), unroll=unroll)
   vocab = fixture[f"{name}_token_tables"].shape[-1]
   sample_u = jnp.asarray(fixture[f"{name}_sample_uniforms"])
   choice_u = jnp.asarray(fixture[f"{name}_choice_uniforms"])
@@ -286,21 +293,26 @@ def test_an_image_decodes_alone_as_in_the_batch():
   for row in range(3):
     alone = run(ids[row:row + 1], mask[row:row + 1], keys[row:row + 1])
     np.testing.assert_array_equal(alone[0], together[row])
-  raw = jax.random.key_data(keys)                   # raw uint32 keys give the same
-  np.testing.assert_array_equal(run(ids, mask, raw), together)
+  raw = jax.random.key_data(keys)                   # raw uint32 keys are the same keys
+  np.testing.assert_array_equal(jax.random.key_data(decoding.image_keys(raw, 3)), raw)
+  one = decoding.image_keys(jax.random.key(7), 3)   # one key: fold_in per image
+  np.testing.assert_array_equal(jax.random.key_data(one[2]),
+                                jax.random.key_data(jax.random.fold_in(jax.random.key(7), 2)))
+  with pytest.raises(ValueError, match="Need one key or 3 keys"):
+    decoding.image_keys(keys[:2], 3)
   other = np.asarray(run(ids, mask, jax.random.split(jax.random.key(8), 3)))
   assert np.any(other != together)
 
 
 def test_guidance_doubles_the_batch_unconditional_first():
   vocab, batch = 6, 2
-  seen = []
+  traced_rows = []
   cond = jnp.zeros(vocab).at[3].set(30.)
   uncond = jnp.zeros(vocab).at[2].set(30.)
 
   def logits_fn(ids):
-    seen.append(ids.shape[0])
     rows = ids.shape[0]
+    traced_rows.append(rows)
     half = rows // 2 if rows == 2 * batch else 0
     rows_logits = jnp.where((jnp.arange(rows) < half)[:, None], uncond, cond)
     return jnp.broadcast_to(rows_logits[:, None, None], ids.shape + (vocab,))
@@ -308,29 +320,40 @@ def test_guidance_doubles_the_batch_unconditional_first():
   ids = np.zeros((batch, 3, 3), np.int32)
   mask = np.ones((batch, 3, 3), bool)
   for scale in (10.0, 1.0):
-    with jax.disable_jit():                      # a Python loop: one call per step
-      out = decoding.inpaint(logits_fn, ids, mask, jax.random.key(0),
-                             DecodeSettings(num_steps=3, guidance_scale=scale),
-                             mask_token_id=vocab)
+    settings = DecodeSettings(num_steps=3, guidance_scale=scale)
+    out = jax.jit(lambda ids, mask: decoding.inpaint(
+        logits_fn, ids, mask, jax.random.key(0), settings, mask_token_id=vocab))(ids, mask)
     np.testing.assert_array_equal(out, 3)        # swapped halves would pick token 2
-  assert seen == [2 * batch] * 3 + [batch] * 3
+  assert traced_rows == [2 * batch, batch]        # the loop body is traced once
+
+
+def test_guidance_batch_puts_unconditional_rows_first():
+  cond = dict(hidden=np.ones((2, 3, 4)), pooled=np.ones((2, 4)))
+  uncond = dict(hidden=np.zeros((2, 3, 4)), pooled=np.zeros((2, 4)))
+  both = decoding.guidance_batch(cond, uncond, DecodeSettings(guidance_scale=10.))
+  np.testing.assert_array_equal(both["hidden"][:, 0, 0], [0, 0, 1, 1])
+  np.testing.assert_array_equal(both["pooled"][:, 0], [0, 0, 1, 1])
+  assert decoding.guidance_batch(cond, uncond, DecodeSettings(guidance_scale=1.)) is cond
 
 
 def test_logits_fn_sees_mask_token_and_bfloat16_logits_work():
   vocab = 16
   ids, mask = masks_and_ids(2)
-  first_inputs = []
+  inputs_seen = []
 
   def logits_fn(inputs):
-    first_inputs.append(inputs)
+    jax.debug.callback(lambda x: inputs_seen.append(np.asarray(x)), inputs)
     return random_tables(3)(inputs).astype(jnp.bfloat16)
 
-  with jax.disable_jit():
-    out = decoding.inpaint(logits_fn, ids, mask, jax.random.key(0),
-                           DecodeSettings(num_steps=2), mask_token_id=vocab)
-  assert len(first_inputs) == 2
-  np.testing.assert_array_equal(first_inputs[0][:2], first_inputs[0][2:])
-  np.testing.assert_array_equal(first_inputs[0][2:], np.where(mask, vocab, ids))
+  out = jax.jit(lambda ids, mask: decoding.inpaint(
+      logits_fn, ids, mask, jax.random.key(0), DecodeSettings(num_steps=2),
+      mask_token_id=vocab))(ids, mask)
+  jax.effects_barrier()
+  assert len(inputs_seen) == 2
+  first = inputs_seen[0]
+  np.testing.assert_array_equal(first[:2], first[2:])
+  np.testing.assert_array_equal(first[2:], np.where(mask, vocab, ids))
+  assert np.sum(inputs_seen[1] == vocab) < np.sum(first == vocab)
   np.testing.assert_array_equal(np.asarray(out)[~mask], ids[~mask])
   assert np.all(np.asarray(out) < vocab)
 

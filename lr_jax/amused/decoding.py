@@ -168,6 +168,15 @@ def gumbel_from_uniform(uniform: jax.Array) -> jax.Array:
   return -jnp.log(jnp.maximum(-jnp.log(jnp.maximum(uniform, 1e-20)), 1e-20))
 
 
+def guidance_batch(conditional, unconditional, settings: DecodeSettings):
+  """The conditioning for `logits_fn`'s rows (arrays or pytrees of (B, ...) arrays):
+  [unconditional; conditional] along axis 0 when guided, else the conditional alone."""
+  if not settings.guided:
+    return conditional
+  return jax.tree_util.tree_map(lambda u, c: jnp.concatenate([u, c]), unconditional,
+                                conditional)
+
+
 def guided_logits(logits: jax.Array, guidance_scale: float) -> jax.Array:
   """(2B, ...) logits, unconditional rows first -> (B, ...) float32 guided logits."""
   uncond, cond = jnp.split(logits.astype(jnp.float32), 2)
