@@ -47,10 +47,13 @@ def np_keep_count(step, num_steps, start_fraction, num_masked, seq_len, schedule
 
 def np_select(logits, tokens, masked, step, start_fraction, sample_u, choice_u, num_steps,
               schedule, temperature):
-  """Rank form: sample by Gumbel-max, then re-mask the `count` least confident samples."""
-  sampled = np.where(masked, np.argmax(logits + np_gumbel(sample_u), -1), tokens)
+  """Rank form: sample by inverse CDF, then re-mask the `count` least confident samples."""
   shifted = np.exp(logits - logits.max(-1, keepdims=True))
   probs = shifted / shifted.sum(-1, keepdims=True)
+  cdf = np.cumsum(probs, -1)
+  draws = np.array([np.searchsorted(c, u * c[-1], side="right")
+                    for c, u in zip(cdf.reshape(-1, cdf.shape[-1]), sample_u.ravel())])
+  sampled = np.where(masked, draws.reshape(masked.shape), tokens)
   chosen = np.take_along_axis(probs, sampled[..., None], -1)[..., 0]
   confidence = np.log(np.maximum(chosen, 1e-20)) + temperature * np_gumbel(choice_u)
   remask = np.zeros_like(masked)
@@ -171,7 +174,7 @@ def test_select_tokens_matches_numpy_reference(schedule, step):
   masked[1, 7] = True                                   # one masked token
   masked[2] = False                                     # none masked
   start_fraction = np.array([0.9, 0.5, 0.3, 1.0], np.float32)
-  sample_u = rng.random((batch, seq_len, vocab)).astype(np.float32)
+  sample_u = rng.random((batch, seq_len)).astype(np.float32)
   choice_u = rng.random((batch, seq_len)).astype(np.float32)
   settings = DecodeSettings(schedule=schedule, temperature=(4.0, 1.0))
   sampled, remask = jax.jit(decoding.select_tokens, static_argnames="settings")(
@@ -363,3 +366,15 @@ def test_masked_fraction_is_an_exact_division_under_jit():
     masked = np.arange(seq_len + 1)[:, None] > np.arange(seq_len)[None]   # m = 0..L masked
     want = np.arange(seq_len + 1, dtype=np.float32) / np.float32(seq_len)
     np.testing.assert_array_equal(jax.jit(decoding.masked_fraction)(masked), want)
+
+
+def test_sample_categorical_draws_with_the_given_probabilities():
+  probs = np.array([0.1, 0.0, 0.25, 0.6, 0.05], np.float32)
+  uniform = jax.random.uniform(jax.random.key(0), (200_000,))
+  draws = np.asarray(jax.jit(decoding.sample_categorical)(
+      jnp.broadcast_to(probs, (200_000, 5)), uniform))
+  freq = np.bincount(draws, minlength=5) / draws.size
+  assert freq[1] == 0
+  np.testing.assert_allclose(freq, probs, atol=4 * np.sqrt(0.25 / draws.size))
+  edges = decoding.sample_categorical(jnp.asarray([probs] * 3), jnp.asarray([0., 0.35, 0.9999]))
+  np.testing.assert_array_equal(edges, [0, 3, 4])

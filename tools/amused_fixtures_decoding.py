@@ -4,8 +4,8 @@ Run by hand (needs `pip install torch==2.13.0 diffusers==0.42.1`):
   python tools/amused_fixtures_decoding.py [--out tests/fixtures/amused]
 
 torch's sampling stream cannot be reproduced in JAX, so while the runs last
-`torch.multinomial` is replaced by Gumbel-max sampling on uniforms drawn from the
-run's generator, and the uniforms that the scheduler's own `gumbel_noise` draws
+`torch.multinomial` is replaced by inverse-CDF sampling (torch's own method for
+one draw) on one uniform per token drawn from the run's generator, and the uniforms that the scheduler's own `gumbel_noise` draws
 are recorded (its formula and everything else in `step` run unchanged). Both are
 saved per step, so the JAX decoder can be fed the same noise.
 
@@ -53,10 +53,11 @@ class Recorder:
 
   def multinomial(self, probs, num_samples, generator=None):
     assert num_samples == 1
-    uniform = torch.rand(probs.shape, generator=generator)
+    uniform = torch.rand(probs.shape[:-1], generator=generator)
     self.sample_uniforms.append(uniform.numpy().copy())
-    gumbel = -torch.log((-torch.log(uniform.clamp(1e-20))).clamp(1e-20))
-    return torch.argmax(torch.log(probs) + gumbel, dim=-1, keepdim=True)
+    cdf = torch.cumsum(probs, dim=-1)
+    target = uniform * cdf[:, -1]
+    return torch.searchsorted(cdf, target[:, None], right=True)
 
   def gumbel_noise(self, t, generator=None):
     state = generator.get_state()
@@ -152,7 +153,7 @@ def scenario(name, spec, seed):
       f"{name}_ids": ids.numpy().astype(np.int32),
       f"{name}_mask": mask.numpy(),
       f"{name}_sample_uniforms": np.stack(rec.sample_uniforms).reshape(
-          run_steps, batch, seq_len, vocab),
+          run_steps, batch, seq_len),
       f"{name}_choice_uniforms": choice,
       f"{name}_mask_lens": np.stack(rec.mask_lens).astype(np.int32),
       f"{name}_history": np.stack(history).astype(np.int32),

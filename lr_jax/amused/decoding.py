@@ -3,7 +3,8 @@
 The tokens marked in `mask` start as the mask token. Each step runs the
 transformer (with classifier-free guidance on a doubled batch, unconditional rows
 first, combined as `uncond + scale * (cond - uncond)`), samples every masked token
-from the softmax of the guided logits, and re-masks the least confident samples
+from the softmax of the guided logits (inverse CDF, one uniform per token, as
+torch.multinomial does), and re-masks the least confident samples
 (log-probability plus Gumbel noise times the step's temperature) so that
 `floor(L * f0 * schedule((step + 1) / T))` stay masked, f0 being the fraction of
 the L grid tokens masked at the start. The last step keeps every sample. Tokens
@@ -33,8 +34,8 @@ MASK_TOKEN_ID = 8255   # amused-256/512: 8192 codes, vocabulary 8256, the last i
 SCHEDULES = ("linear", "cosine")
 
 LogitsFn = Callable[[jax.Array], jax.Array]
-# noise_fn(step, (B, L, V)) -> (sampling uniforms (B, L, V), re-masking uniforms (B, L)).
-NoiseFn = Callable[[jax.Array, tuple[int, int, int]], tuple[jax.Array, jax.Array]]
+# noise_fn(step, (B, L)) -> (sampling uniforms, re-masking uniforms), both (B, L) in [0, 1).
+NoiseFn = Callable[[jax.Array, tuple[int, int]], tuple[jax.Array, jax.Array]]
 
 
 def _number(value) -> bool:
@@ -168,6 +169,15 @@ def gumbel_from_uniform(uniform: jax.Array) -> jax.Array:
   return -jnp.log(jnp.maximum(-jnp.log(jnp.maximum(uniform, 1e-20)), 1e-20))
 
 
+def sample_categorical(probs: jax.Array, uniform: jax.Array) -> jax.Array:
+  """(..., V) probabilities, (...) uniforms in [0, 1) -> (...) int32 draws by inverse
+  CDF, the method of torch.multinomial; one uniform per token instead of V Gumbels.
+  Zero-probability entries are never drawn."""
+  cdf = jnp.cumsum(probs, axis=-1)
+  target = uniform * cdf[..., -1]
+  return jnp.sum(cdf <= target[..., None], axis=-1, dtype=jnp.int32)
+
+
 def guidance_batch(conditional, unconditional, settings: DecodeSettings):
   """The conditioning for `logits_fn`'s rows (arrays or pytrees of (B, ...) arrays):
   [unconditional; conditional] along axis 0 when guided, else the conditional alone."""
@@ -195,7 +205,7 @@ def select_tokens(logits: jax.Array, tokens: jax.Array, masked: jax.Array, step:
     masked: (B, L) bool, the tokens still to generate.
     step: 0-based step index in [0, num_steps).
     start_fraction: (B,) float32 share of the grid masked at the start (f0).
-    sample_uniform: (B, L, V) uniforms in [0, 1) for sampling (Gumbel-max).
+    sample_uniform: (B, L) uniforms in [0, 1) for sampling (inverse CDF).
     choice_uniform: (B, L) uniforms in [0, 1) for the re-masking confidence.
     settings: schedule and temperatures.
 
@@ -203,9 +213,9 @@ def select_tokens(logits: jax.Array, tokens: jax.Array, masked: jax.Array, step:
     (tokens, masked) after the step: every masked token sampled, known tokens
     kept; the least confident samples masked again (none at the last step).
   """
-  sampled = jnp.argmax(logits + gumbel_from_uniform(sample_uniform), axis=-1)
-  sampled = jnp.where(masked, sampled.astype(jnp.int32), tokens)
   probs = jax.nn.softmax(logits, axis=-1)
+  sampled = sample_categorical(probs, sample_uniform)
+  sampled = jnp.where(masked, sampled, tokens)
   chosen = jnp.take_along_axis(probs, sampled[..., None], axis=-1)[..., 0]
   temperature = jnp.asarray(temperatures(settings))[step]
   confidence = (jnp.log(jnp.maximum(chosen, 1e-20))
@@ -221,7 +231,7 @@ def select_tokens(logits: jax.Array, tokens: jax.Array, masked: jax.Array, step:
 def inpaint_with_noise(logits_fn: LogitsFn, ids: jax.Array, mask: jax.Array,
                        noise_fn: NoiseFn, settings: DecodeSettings = DecodeSettings(), *,
                        mask_token_id: int = MASK_TOKEN_ID) -> jax.Array:
-  """`inpaint` with the noise of each step given by `noise_fn(step, (B, L, V))`."""
+  """`inpaint` with the noise of each step given by `noise_fn(step, (B, L))`."""
   if ids.ndim != 3 or mask.shape != ids.shape:
     raise ValueError(f"ids and mask must both be (B, h, w), got {ids.shape}, {mask.shape}.")
   batch, height, width = ids.shape
@@ -239,7 +249,7 @@ def inpaint_with_noise(logits_fn: LogitsFn, ids: jax.Array, mask: jax.Array,
     else:
       logits = logits_fn(inputs).astype(jnp.float32)
     logits = logits.reshape(batch, seq_len, -1)
-    sample_uniform, choice_uniform = noise_fn(step, logits.shape)
+    sample_uniform, choice_uniform = noise_fn(step, (batch, seq_len))
     return select_tokens(logits, tokens, masked, step, start_fraction, sample_uniform,
                          choice_uniform, settings)
 
@@ -264,11 +274,11 @@ def key_noise(keys: jax.Array) -> NoiseFn:
   """Noise of each image from its own key: fold_in(key, step), split (sample, choice)."""
 
   def noise_fn(step, shape):
-    _, seq_len, vocab = shape
+    _, seq_len = shape
 
     def one(key):
       sample_key, choice_key = jax.random.split(jax.random.fold_in(key, step))
-      return (jax.random.uniform(sample_key, (seq_len, vocab)),
+      return (jax.random.uniform(sample_key, (seq_len,)),
               jax.random.uniform(choice_key, (seq_len,)))
 
     return jax.vmap(one)(keys)
