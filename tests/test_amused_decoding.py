@@ -115,6 +115,7 @@ def test_settings_defaults_are_the_inpaint_pipelines():
     (dict(temperature=(1.0,)), "temperature"), (dict(temperature=(-1, 0)), "temperature"),
     (dict(crop_coords=(0, -1)), "crop_coords"), (dict(size=(0, 256)), "size"),
     (dict(aesthetic_score=float("inf")), "aesthetic_score"),
+    (dict(negative_prompt=None), "negative_prompt"), (dict(unroll=0), "unroll"),
 ])
 def test_settings_errors(kwargs, word):
   with pytest.raises(SettingsError, match=rf"^config decode\.{word} must be") as info:

@@ -4,10 +4,12 @@ Run by hand (needs `pip install torch==2.13.0 diffusers==0.42.1`):
   python tools/amused_fixtures_decoding.py [--out tests/fixtures/amused]
 
 torch's sampling stream cannot be reproduced in JAX, so while the runs last
-`torch.multinomial` is replaced by inverse-CDF sampling (torch's own method for
-one draw) on one uniform per token drawn from the run's generator, and the uniforms that the scheduler's own `gumbel_noise` draws
-are recorded (its formula and everything else in `step` run unchanged). Both are
-saved per step, so the JAX decoder can be fed the same noise.
+`torch.multinomial` is replaced by inverse-CDF sampling (the sampler of
+lr_jax: the same categorical distribution) on one uniform per token drawn from
+the run's generator, and the
+uniforms that the scheduler's own `gumbel_noise` draws are recorded (its formula
+and everything else in `step` run unchanged). Both are saved per step, so the JAX
+decoder can be fed the same noise.
 
 The loop is the one of diffusers' AmusedInpaintPipeline (linear schedule,
 starting_mask_ratio = masked share, guidance on a doubled batch) around a fake

@@ -3,8 +3,8 @@
 The tokens marked in `mask` start as the mask token. Each step runs the
 transformer (with classifier-free guidance on a doubled batch, unconditional rows
 first, combined as `uncond + scale * (cond - uncond)`), samples every masked token
-from the softmax of the guided logits (inverse CDF, one uniform per token, as
-torch.multinomial does), and re-masks the least confident samples
+from the softmax of the guided logits (by inverse CDF, one uniform per token),
+and re-masks the least confident samples
 (log-probability plus Gumbel noise times the step's temperature) so that
 `floor(L * f0 * schedule((step + 1) / T))` stay masked, f0 being the fraction of
 the L grid tokens masked at the start. The last step keeps every sample. Tokens
@@ -50,6 +50,8 @@ class DecodeSettings:
   Attributes:
     num_steps: scheduler steps T.
     guidance_scale: classifier-free guidance; > 1 doubles the batch.
+    negative_prompt: the text of the unconditional rows (the editor encodes it;
+      "" as the pipeline when none is given).
     temperature: (start, end) of the linear re-masking temperature ramp; a single
       number t means (t, 0.01), as diffusers.
     schedule: "linear" (the inpaint pipeline's) or "cosine" (the text-to-image one).
@@ -61,6 +63,7 @@ class DecodeSettings:
   SECTION: ClassVar[str] = "decode"
   num_steps: int = 12
   guidance_scale: float = 10.0
+  negative_prompt: str = ""
   temperature: tuple[float, float] = (2.0, 0.0)
   schedule: str = "linear"
   strength: float = 1.0
@@ -70,7 +73,6 @@ class DecodeSettings:
   unroll: int | bool = 1
 
   def __post_init__(self):
-    fail = lambda name, need: _fail(self, name, need)
     if _number(self.temperature):
       object.__setattr__(self, "temperature", (self.temperature, 0.01))
     for name in ("temperature", "crop_coords", "size"):
@@ -78,27 +80,32 @@ class DecodeSettings:
         object.__setattr__(self, name, tuple(getattr(self, name)))
     if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or (
         self.num_steps < 1):
-      fail("num_steps", "an integer >= 1")
+      _fail(self, "num_steps", "an integer >= 1")
     if not _number(self.guidance_scale) or self.guidance_scale < 0:
-      fail("guidance_scale", "a finite number >= 0")
+      _fail(self, "guidance_scale", "a finite number >= 0")
     if (not isinstance(self.temperature, tuple) or len(self.temperature) != 2
         or not all(_number(t) and t >= 0 for t in self.temperature)):
-      fail("temperature", "a number or a (start, end) pair of finite numbers >= 0")
+      _fail(self, "temperature", "a number or a (start, end) pair of finite numbers >= 0")
     if self.schedule not in SCHEDULES:
-      fail("schedule", f"one of {SCHEDULES}")
+      _fail(self, "schedule", f"one of {SCHEDULES}")
     if not _number(self.strength) or not 0 < self.strength <= 1 or (
         int(self.num_steps * self.strength) < 1):
-      fail("strength", f"in (0, 1] with int(num_steps * strength) >= 1 "
+      _fail(self, "strength", f"in (0, 1] with int(num_steps * strength) >= 1 "
            f"(num_steps={self.num_steps})")
     if not _number(self.aesthetic_score):
-      fail("aesthetic_score", "a finite number")
+      _fail(self, "aesthetic_score", "a finite number")
     if (not isinstance(self.crop_coords, tuple) or len(self.crop_coords) != 2
         or not all(_number(c) and c >= 0 for c in self.crop_coords)):
-      fail("crop_coords", "a pair of numbers >= 0")
+      _fail(self, "crop_coords", "a pair of numbers >= 0")
     if self.size is not None and (
         not isinstance(self.size, tuple) or len(self.size) != 2
         or not all(_number(s) and s > 0 for s in self.size)):
-      fail("size", "None or a (width, height) pair of numbers > 0")
+      _fail(self, "size", "None or a (width, height) pair of numbers > 0")
+    if not isinstance(self.negative_prompt, str):
+      _fail(self, "negative_prompt", "a string")
+    if not isinstance(self.unroll, bool) and (
+        not isinstance(self.unroll, int) or self.unroll < 1):
+      _fail(self, "unroll", "True, False or an integer >= 1")
 
   @property
   def guided(self) -> bool:
@@ -171,8 +178,9 @@ def gumbel_from_uniform(uniform: jax.Array) -> jax.Array:
 
 def sample_categorical(probs: jax.Array, uniform: jax.Array) -> jax.Array:
   """(..., V) probabilities, (...) uniforms in [0, 1) -> (...) int32 draws by inverse
-  CDF, the method of torch.multinomial; one uniform per token instead of V Gumbels.
-  Zero-probability entries are never drawn."""
+  CDF: the distribution of torch.multinomial, from one random number per token
+  instead of V (Gumbel-max or torch's exponential race); zero-probability entries
+  are never drawn."""
   cdf = jnp.cumsum(probs, axis=-1)
   target = uniform * cdf[..., -1]
   return jnp.sum(cdf <= target[..., None], axis=-1, dtype=jnp.int32)
