@@ -140,21 +140,22 @@ def test_temperatures_match_diffusers(fixture):
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
-def test_mask_counts_match_diffusers_and_reference(fixture, schedule):
-  table = fixture[f"schedule_{schedule}"]              # (256, 11): m = 1..256 masked at start
+@pytest.mark.parametrize("side", [16, 32])
+def test_mask_counts_match_diffusers_and_reference(fixture, schedule, side):
+  table = fixture[f"schedule_{schedule}_{side}"]    # (L, 11): m = 1..L masked at the start
   settings = DecodeSettings(schedule=schedule)
-  seq_len = 256
+  seq_len = side * side
   start = np.arange(1, seq_len + 1)
   count_fn = jax.jit(functools.partial(decoding.num_still_masked, seq_len=seq_len,
                                        settings=settings))
   masked = jnp.asarray(start)
-  fraction = jnp.asarray(start, jnp.float32) / jnp.float32(seq_len)
+  fraction = decoding.masked_fraction(start[:, None] > np.arange(seq_len)[None])
   ours = []
   for step in range(settings.num_steps - 1):
     masked = count_fn(step, fraction, masked)
     ours.append(np.asarray(masked))
   np.testing.assert_array_equal(np.stack(ours, 1), table)
-  for m in (1, 2, 13, 100, 255, 256):
+  for m in (1, 2, 13, 100, seq_len - 1, seq_len):
     left, reference = m, []
     for step in range(settings.num_steps - 1):
       left = np_keep_count(step, 12, np.float32(m) / np.float32(seq_len), left, seq_len, schedule)

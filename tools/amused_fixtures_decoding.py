@@ -19,8 +19,9 @@ step's logits depend on the tokens of the previous one.
 
 Writes decoding.npz:
   temperatures_default (12,), temperatures_scalar3 (8,): scheduler.temperatures.
-  schedule_{linear,cosine}: (256, 11) int, the `mask_len` of every step but the last
-    of a 12-step run on a 16x16 grid that starts with m = 1..256 tokens masked.
+  schedule_{linear,cosine}_{16,32}: (side**2, 11) int16, the `mask_len` of every step
+    but the last of a 12-step run on a side x side grid (amused-256: 16, amused-512:
+    32) that starts with m = 1..side**2 tokens masked.
   <run>_*: per scenario its settings, tables, ids, mask, noise and outputs.
 """
 from __future__ import annotations
@@ -162,11 +163,11 @@ def scenario(name, spec, seed):
   }
 
 
-def schedule_table(schedule: str) -> np.ndarray:
-  """mask_len of steps 0..10 of a 12-step run on a 16x16 grid, for m = 1..256 masked."""
-  vocab, grid, steps = 4, 16, 12
+def schedule_table(schedule: str, grid: int) -> np.ndarray:
+  """mask_len of steps 0..10 of a 12-step run on a grid x grid map, for every m masked."""
+  vocab, steps = 4, 12
   logits = torch.randn(1, vocab, grid, grid, generator=torch.Generator().manual_seed(3))
-  table = np.zeros((grid * grid, steps - 1), np.int32)
+  table = np.zeros((grid * grid, steps - 1), np.int16)
   for m in range(1, grid * grid + 1):
     latents = torch.zeros(1, grid, grid, dtype=torch.long)
     latents.view(-1)[:m] = vocab
@@ -186,8 +187,8 @@ def main():
   arrays = {
       "temperatures_default": make_scheduler(8, 12, "linear", (2, 0)).temperatures.numpy(),
       "temperatures_scalar3": make_scheduler(8, 8, "linear", 3).temperatures.numpy(),
-      "schedule_linear": schedule_table("linear"),
-      "schedule_cosine": schedule_table("cosine"),
+      **{f"schedule_{schedule}_{grid}": schedule_table(schedule, grid)
+         for schedule in ("linear", "cosine") for grid in (16, 32)},
   }
   for seed, (name, spec) in enumerate(SCENARIOS.items()):
     arrays.update(scenario(name, spec, 10 * seed))
