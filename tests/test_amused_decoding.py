@@ -133,10 +133,17 @@ def test_micro_conditioning_order():
 # ---- schedule arithmetic ----
 
 def test_temperatures_match_diffusers(fixture):
-  np.testing.assert_allclose(decoding.temperatures(DecodeSettings()),
-                             fixture["temperatures_default"], rtol=0, atol=1e-6)
-  np.testing.assert_allclose(decoding.temperatures(DecodeSettings(num_steps=8, temperature=3)),
-                             fixture["temperatures_scalar3"], rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(decoding.temperatures(DecodeSettings()),
+                                fixture["temperatures_default"])
+  np.testing.assert_array_equal(decoding.temperatures(DecodeSettings(num_steps=8, temperature=3)),
+                                fixture["temperatures_scalar3"])
+  for (start, end, steps), want in zip(fixture["temperatures_extra_specs"],
+                                       fixture["temperatures_extra"]):
+    ours = decoding.temperatures(DecodeSettings(num_steps=int(steps),
+                                                temperature=(float(start), float(end))))
+    np.testing.assert_array_equal(ours, want[:int(steps)])
+  np.testing.assert_array_equal(decoding.temperatures(DecodeSettings(
+      num_steps=1, temperature=(1.5, 0.))), [1.5])
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])

@@ -18,7 +18,9 @@ tables for the unconditional rows, one for the conditional rows), so that each
 step's logits depend on the tokens of the previous one.
 
 Writes decoding.npz:
-  temperatures_default (12,), temperatures_scalar3 (8,): scheduler.temperatures.
+  temperatures_default (12,), temperatures_scalar3 (8,): scheduler.temperatures;
+    temperatures_extra_specs (4, 3): (start, end, steps); temperatures_extra (4, 50):
+    their values, NaN-padded.
   schedule_{linear,cosine}_{16,32}: (side**2, 11) int16, the `mask_len` of every step
     but the last of a 12-step run on a side x side grid (amused-256: 16, amused-512:
     32) that starts with m = 1..side**2 tokens masked.
@@ -35,6 +37,7 @@ import torch
 from diffusers import AmusedScheduler
 from diffusers.schedulers import scheduling_amused
 
+EXTRA_TEMPERATURES = ((2.5, 0.3, 16), (4.0, 1.0, 12), (0.7, 0.2, 13), (5.0, 0.01, 50))
 SCENARIOS = {
     # name: (grid, vocab, batch, masked per image, steps, schedule, temperature,
     #        guidance, strength)
@@ -187,6 +190,10 @@ def main():
   arrays = {
       "temperatures_default": make_scheduler(8, 12, "linear", (2, 0)).temperatures.numpy(),
       "temperatures_scalar3": make_scheduler(8, 8, "linear", 3).temperatures.numpy(),
+      "temperatures_extra_specs": np.array(EXTRA_TEMPERATURES, np.float32),
+      "temperatures_extra": np.stack([np.pad(
+          make_scheduler(8, int(n), "linear", (a, b)).temperatures.numpy(), (0, 50 - int(n)),
+          constant_values=np.nan) for a, b, n in EXTRA_TEMPERATURES]),
       **{f"schedule_{schedule}_{grid}": schedule_table(schedule, grid)
          for schedule in ("linear", "cosine") for grid in (16, 32)},
   }

@@ -132,9 +132,19 @@ def micro_conditioning(settings: DecodeSettings, height: int, width: int) -> np.
 
 
 def temperatures(settings: DecodeSettings) -> np.ndarray:
-  """(num_steps,) float32 re-masking temperature of each step: linspace(start, end)."""
-  start, end = settings.temperature
-  return np.linspace(start, end, settings.num_steps).astype(np.float32)
+  """(num_steps,) float32 re-masking temperature of each step: linspace(start, end).
+
+  Rounded as torch.linspace in float32 (the float32 step from both ends, each half
+  from its end in one rounding), so the values are the scheduler's bit for bit."""
+  start, end = (np.float32(t) for t in settings.temperature)
+  count = settings.num_steps
+  if count == 1:
+    return np.array([start], np.float32)
+  step = np.float64((end - start) / np.float32(count - 1))
+  index = np.arange(count)
+  values = np.where(index < count // 2, np.float64(start) + step * index,
+                    np.float64(end) - step * (count - 1 - index))
+  return values.astype(np.float32)
 
 
 def schedule_shares(settings: DecodeSettings) -> np.ndarray:
