@@ -14,7 +14,8 @@ Two deliberate differences from diffusers:
   * f0 is per image (diffusers uses the batch's mean), so an image decodes the
     same alone and in a batch; at batch 1 both agree.
   * known tokens get confidence +inf (diffusers: log(float32 max) ~ 88.7 plus
-    noise, which a large temperature can push below the cut-off).
+    noise, which a temperature above ~4 can push below the cut-off; and an image
+    with nothing masked loses one known token per step there, none here).
 torch's sampling stream cannot be reproduced: noise comes from one `jax.random`
 key per image, or is given directly to `inpaint_with_noise` (tests).
 """
@@ -321,6 +322,10 @@ def inpaint(logits_fn: LogitsFn, ids: jax.Array, mask: jax.Array, keys: jax.Arra
 
   Returns:
     (B, h, w) int32 tokens, jittable (settings and mask_token_id static).
+
+  Example (an editor): `cond = guidance_batch((hidden, pooled, micro), (hidden_empty,
+  pooled_empty, micro), settings)`, then `logits_fn = lambda ids:
+  transformer.apply(params, ids, *cond)`.
   """
   noise_fn = key_noise(image_keys(keys, ids.shape[0]))
   return inpaint_with_noise(logits_fn, ids, mask, noise_fn, settings,
