@@ -187,14 +187,38 @@ def gumbel_from_uniform(uniform: jax.Array) -> jax.Array:
   return -jnp.log(jnp.maximum(-jnp.log(jnp.maximum(uniform, 1e-20)), 1e-20))
 
 
-def sample_categorical(probs: jax.Array, uniform: jax.Array) -> jax.Array:
-  """(..., V) probabilities, (...) uniforms in [0, 1) -> (...) int32 draws by inverse
-  CDF: the distribution of torch.multinomial, from one random number per token
-  instead of V (Gumbel-max or torch's exponential race); zero-probability entries
-  are never drawn."""
-  cdf = jnp.cumsum(probs, axis=-1)
+def _inverse_cdf(weights: jax.Array, uniform: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(..., n) weights >= 0, (...) uniforms -> the first index whose cumulative weight
+  exceeds uniform * total (a rounding overflow falls back to the last positive
+  entry), and where the target lies inside that entry, as a uniform in [0, 1)."""
+  cdf = jnp.cumsum(weights, axis=-1)
   target = uniform * cdf[..., -1]
-  return jnp.sum(cdf <= target[..., None], axis=-1, dtype=jnp.int32)
+  index = jnp.sum(cdf <= target[..., None], axis=-1, dtype=jnp.int32)
+  size = weights.shape[-1]
+  last_positive = size - 1 - jnp.argmax(weights[..., ::-1] > 0, axis=-1).astype(jnp.int32)
+  index = jnp.where(index < size, index, last_positive)
+  take = lambda x: jnp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
+  weight = take(weights)
+  inside = (target - (take(cdf) - weight)) / jnp.where(weight > 0, weight, 1.)
+  return index, jnp.clip(inside, 0., np.float32(1) - np.finfo(np.float32).epsneg)
+
+
+def sample_categorical(probs: jax.Array, uniform: jax.Array) -> jax.Array:
+  """(..., V) probabilities, (...) uniforms in [0, 1) -> (...) int32 draws.
+
+  Inverse CDF (torch.multinomial's distribution from one random number per token
+  instead of V), in two levels: a block of ~sqrt(V) entries, then an entry of that
+  block, so no cumulative sum runs over all V. Zero-probability entries are never
+  drawn."""
+  vocab = probs.shape[-1]
+  block = 1 << max(0, math.ceil(math.log2(math.sqrt(vocab))))
+  num_blocks = -(-vocab // block)
+  padding = [(0, 0)] * (probs.ndim - 1) + [(0, num_blocks * block - vocab)]
+  blocks = jnp.pad(probs, padding).reshape(probs.shape[:-1] + (num_blocks, block))
+  block_index, inside = _inverse_cdf(blocks.sum(axis=-1), uniform)
+  chosen = jnp.take_along_axis(blocks, block_index[..., None, None], axis=-2)[..., 0, :]
+  entry, _ = _inverse_cdf(chosen, inside)
+  return block_index * block + entry
 
 
 def guidance_batch(conditional, unconditional, settings: DecodeSettings):
