@@ -135,3 +135,18 @@ def test_cli_errors_before_any_work(cli_env, data, tmp_path):
                          "--manifest", str(bad_mask), "--out", str(tmp_path / "e"))
   cli_helpers.assert_clean_error(proc, "cannot be read as a mask image")
   assert not (tmp_path / "e").exists()
+
+
+def test_clip_embedding_of_any_size_is_clips_own_preprocessing(built):
+  """The host-side canvas (PIL bicubic, shorter side, centre crop) gives the embedding of
+  `clip_preprocess` run on the full photo in JAX."""
+  import jax.numpy as jnp
+  from lr_jax import step as step_lib
+  rows, cols = np.mgrid[0:90, 0:150]
+  photo = np.stack([np.sin(rows / 9.0), np.cos(cols / 13.0), (rows + cols) / 240.0], -1)
+  photo = (np.clip(photo * 0.5 + 0.5, 0, 1) * 255).astype(np.uint8)
+  ours = evaluation.clip_embedding(built, photo)
+  reference = np.asarray(step_lib.clip_images(built.models, built.frozen,
+                                              jnp.asarray(photo / 255.0, jnp.float32)[None])[0][0])
+  assert edit_metrics.cosine(ours, reference) > 0.9999
+  np.testing.assert_allclose(ours, reference, atol=2e-3 * np.abs(reference).max())
