@@ -330,3 +330,14 @@ def test_tiny_train_and_edit_commands(cli_env, tmp_path):
   data = json.loads(record.read_text())
   assert data["editor"] == "amused" and data["text_condition"]["prompt"] == "a cat wearing sunglasses"
   assert "class" not in data
+
+
+def test_editor_benchmark_rows_tiny(capsys):
+  from lr_jax import editor_bench  # pylint: disable=g-import-not-at-top
+  rows = editor_bench.run(["amused"], [1, 2], ["float32"], repeats=1, tiny=True)
+  assert [(r["editor"], r["n"], r["steps"]) for r in rows] == [("amused", 1, 4), ("amused", 2, 4)]
+  assert all(r["finite"] and r["batched_ms_per_image"] > 0 for r in rows)
+  assert rows[1]["separate"] == "measured" and rows[1]["speedup_vs_separate"] > 0
+  assert "amused" in capsys.readouterr().out
+  with pytest.raises(Exception, match="--editors in"):
+    editor_bench.run(["muse"], [1], ["float32"], repeats=1, tiny=True)

@@ -5,6 +5,8 @@
 #   2. The same, bfloat16, part by part (encoder, transformer pass, loop, decoder).
 #   3. bfloat16 with XLA command buffers for while loops, then with the loop unrolled.
 #   4. lr_jax's full-size inference and train step.
+#   5. The editors side by side (MaskGIT and aMUSEd-256, 12 steps), N = 1, 4, 8, 28 boxes in
+#      one call vs N one-box calls, float32 and bfloat16.
 # Results (JSON) go to $OUT. The GPU image lacks ml_collections: carry its wheel,
 #   pip download --no-deps ml_collections==1.1.0 -d .whl
 set -u
@@ -31,3 +33,7 @@ timeout "${T_UNROLL:-110}" $MG --dtype bfloat16 --unroll --json "$OUT/mg_unroll.
 echo "== 4. lr_jax, ImageNet-256 sizes"
 timeout "${T_LR:-120}" python3 -m lr_jax.bench --config configs/maskgit_imagenet256.py \
   --what edit,train --repeats 3 --json "$OUT/lr_bench.json" 2>&1 | quiet | tail -4
+echo "== 5. editors: maskgit and amused, N boxes in one call vs N calls"
+timeout "${T_EDITORS:-240}" python3 -m lr_jax.editor_bench --editors maskgit,amused \
+  --ns 1,4,8,28 --dtypes float32,bfloat16 --repeats 5 --json "$OUT/editors.json" 2>&1 \
+  | quiet | tail -18
