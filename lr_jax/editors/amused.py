@@ -205,7 +205,7 @@ class AmusedEditor(base.Editor):
     length = self.max_text_length
     ids = self.tokenizer(list(prompts), padding="max_length", max_length=length,
                          truncation=True, return_tensors="np")["input_ids"]
-    full = self.tokenizer(list(prompts))["input_ids"]
+    full = self.tokenizer(list(prompts), verbose=False)["input_ids"]
     return np.asarray(ids, np.int32), [len(f) > length for f in full]
 
   def condition(self, examples: Sequence[Any], text_encoder: Any) -> base.Conditioning:
