@@ -23,12 +23,14 @@ from lr_common import image_files as images_lib
 from lr_common import output_files
 from lr_common.errors import UserError
 from lr_common import pixels as pixels_lib
+from lr_jax import canvas as canvas_lib
 from lr_jax import checkpointing
 from lr_jax import dataset
 from lr_jax import manifest as manifest_lib
 from lr_jax import settings as settings_lib
 from lr_jax import sheets
 from lr_jax import step as step_lib
+from lr_jax import window as window_lib
 from lr_jax.models import Built, build_models, check_config
 
 
@@ -67,21 +69,10 @@ def refine(rgn_params, built: Built, batch, method: settings_lib.Method, steps: 
   return state.params
 
 
-def _tokens_to_pixels(boxes: np.ndarray, grid: int, original_shape) -> list:
-  """(..., 4) token boxes (top, left, height, width) -> original-pixel boxes, rounded outward."""
-  boxes = np.asarray(boxes, np.float64)
-  sy, sx = original_shape[0] / grid, original_shape[1] / grid
-  top = np.floor(boxes[..., 0] * sy)
-  left = np.floor(boxes[..., 1] * sx)
-  bottom = np.ceil((boxes[..., 0] + boxes[..., 2]) * sy)
-  right = np.ceil((boxes[..., 1] + boxes[..., 3]) * sx)
-  return np.stack([top, left, bottom - top, right - left], -1).astype(int).tolist()
-
-
 def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built,
-            original_shape, checkpoint, changed_region):
+            checkpoint, changed_region, window: window_lib.Plan):
   editor = built.models.editor
-  grid = editor.grid
+  lay = prepared.layouts[i]
   best = int(out.best)
   return {
       "image": str(ex.image_path), "prompt": ex.prompt,
@@ -91,16 +82,22 @@ def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built
       "anchors_rc_tokens": out.regions.anchors.tolist(),
       "chosen_box_index": out.chosen.tolist(),
       "boxes_tlhw_tokens": out.boxes.tolist(),
-      "boxes_tlhw_pixels_original": _tokens_to_pixels(out.boxes, grid, original_shape),
+      "boxes_tlhw_pixels_original": canvas_lib.boxes_to_original(out.boxes, lay),
       # What the editor regenerates (MaskGIT: each box grown by edit.grow_tokens, clamped).
       "masked_boxes_tlhw_tokens": out.edit.masked_boxes.tolist(),
-      "masked_boxes_tlhw_pixels_original": _tokens_to_pixels(out.edit.masked_boxes, grid,
-                                                             original_shape),
+      "masked_boxes_tlhw_pixels_original": canvas_lib.boxes_to_original(
+          out.edit.masked_boxes, lay),
+      # Where the photo lies on the canvas that DINO, the editor and CLIP saw.
+      "canvas": lay.record(),
+      # The kept box edited again in a window of the original (`lr_jax.window`).
+      "window": window.record(config.region.window, lay),
       # Outside this box the written photo is the input, pixel for pixel.
       "changed_region_tlhw_pixels_original": changed_region,
       "scores": {"S": out.scores.score.tolist(), "s_t2i": out.scores.t2i.tolist(),
                  "s_i2i": out.scores.i2i.tolist(), "alpha": config.score.alpha,
-                 "beta": config.score.beta, "top_t2i": config.score.top_t2i},
+                 "beta": config.score.beta, "top_t2i": config.score.top_t2i,
+                 "computed_on": "the K candidate edits on the whole-photo canvas (a window "
+                                "edit is not scored)"},
       "best_anchor": best, "seed": seed, "image_index": i,
       "edit_rng": f"fold_in(PRNGKey({seed}), {i})", "model_image_size": editor.image_size,
       **editor.record(), "models": config.models,
@@ -122,11 +119,12 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
   """Edits each example; returns the outcomes and writes them to `out_dir` if given
   (an existing result is never replaced unless `overwrite`).
 
-  Images run one at a time through one compiled `infer` (inputs are resized to the
-  model size first, so different original sizes never recompile)."""
+  Images run one at a time through one compiled `infer` (inputs are put on the
+  editor's canvas first, so different original sizes never recompile); with window
+  mode (`lr_jax.window`) the kept box is edited once more in a window of the original."""
   method = settings_lib.method(config)
   loaded = dataset.load_images(examples) if loaded is None else loaded
-  prepared = dataset.prepare(built, examples, loaded=loaded)
+  prepared = dataset.prepare(built, examples, loaded=loaded, canvas=method.region.canvas)
   infer = step_lib.make_infer(built.models, method, "rgn" if strategy == "refine" else strategy)
   train_step = (step_lib.make_train_step(built.models, method, donate=False)
                 if refine_steps > 0 else None)
@@ -140,10 +138,16 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
                        jax.device_get(infer(params, built.frozen, batch, rng)))
     best = int(out.best)
     original = loaded[i].original   # uint8 for 8-bit files
-    result = pixels_lib.composite_to_original(
-        original, out.edit.images[best], out.edit.pixel_mask[best], dtype=np.uint8)
-    record = _record(ex, prepared, i, out, seed, config, built, original.shape, checkpoint,
-                     pixels_lib.changed_region(result, original))
+    lay = prepared.layouts[i]
+    window = window_lib.plan(canvas_lib.boxes_to_original(out.boxes[best], lay), lay,
+                             method.region.window, method.region.window_scale)
+    if window.used:
+      result = _window_edit(built, original, window, batch, rng)
+    else:
+      result = canvas_lib.composite(original, out.edit.images[best], out.edit.pixel_mask[best],
+                                    lay, dtype=np.uint8)
+    record = _record(ex, prepared, i, out, seed, config, built, checkpoint,
+                     pixels_lib.changed_region(result, original), window)
     record["strategy"] = strategy
     files = {}
     if out_dir is not None:
@@ -152,11 +156,28 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
         images_lib.save_image(tmp, result)
       with output_files.atomic_path(files["sheet"], overwrite) as tmp:
         sheets.inference_sheet(tmp, image=prepared.images[i], outputs=out,
-                               title=f"{ex.prompt!r} -> {prepared.summaries[i]}")
+                               title=f"{ex.prompt!r} -> {prepared.summaries[i]}",
+                               layout=lay, result=sheets.preview(result),
+                               window=window.window_tlhw if window.used else None)
       record["files"] = files
       output_files.write_text(files["record"], json.dumps(record, indent=2), overwrite)
     results.append(EditOutcome(ex, result, out, record, files))
   return results
+
+
+_WINDOW_EDIT = 0x3D17   # folded into the image's key for its window edit
+
+
+def _window_edit(built: Built, original: np.ndarray, window: window_lib.Plan, batch,
+                 rng) -> np.ndarray:
+  """The kept box edited in its window (one editor call), pasted into the original."""
+  image = window_lib.window_canvas(original, window)[None]
+  boxes = np.asarray(window.box_tlhw_tokens, np.int32)[None, None]
+  edit = step_lib.make_edit(built.models)
+  out = jax.device_get(edit({"editor": built.frozen["editor"]}, image, boxes, batch["cond"],
+                            jax.random.fold_in(rng, _WINDOW_EDIT)))
+  return window_lib.paste(original, window, np.asarray(out.images[0, 0]),
+                          np.asarray(out.pixel_mask[0, 0]))
 
 
 def output_names(out_dir: str | pathlib.Path, index: int,
