@@ -115,14 +115,15 @@ def boxes_to_original(boxes: np.ndarray, lay: Layout) -> list:
 
 def original_box_to_tokens(box_px: Sequence[int], lay: Layout) -> tuple[int, int, int, int]:
   """An original-pixel box (top, left, height, width) -> the smallest token box on this
-  canvas that covers it, inside the valid area."""
+  canvas that covers it, inside the valid area (an edge less than one canvas pixel past
+  a token boundary is snapped to it: the box was itself rounded to pixels)."""
   height, width = lay.original_hw
   top, left, h, w = lay.image_tlhw
   t = lay.token_pixels
   vt, vl, vh, vw = lay.valid_tlhw_tokens
   def span(start, length, offset, scale, lo, count):
-    a = math.floor((offset + start * scale) / t + 1e-9)
-    b = math.ceil((offset + (start + length) * scale) / t - 1e-9)
+    a = math.floor((offset + start * scale + 1) / t)
+    b = math.ceil((offset + (start + length) * scale - 1) / t)
     a = min(max(a, lo), lo + count - 1)
     return a, min(max(b, a + 1), lo + count) - a
   r0, rh = span(box_px[0], box_px[2], top, h / height, vt, vh)

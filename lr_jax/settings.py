@@ -63,9 +63,10 @@ class RegionSettings:
   # aspect ratio, "squeeze" stretches it (a trained RGN scores boxes of one canvas).
   canvas: str = dataclasses.field(default="pad", metadata=_RGN)
   # Window mode (`lr_jax.window`): the kept box edited once more in a square window
-  # cut from the original, window_scale x the box's longer side. Host side only.
-  window: str = dataclasses.field(default="auto", metadata=_RESUMABLE)
-  window_scale: float = dataclasses.field(default=2.0, metadata=_RESUMABLE)
+  # cut from the original, window_scale x the box's longer side. Host side only, so
+  # left out of equality and hash: changing them compiles nothing again.
+  window: str = dataclasses.field(default="auto", metadata=_RESUMABLE, compare=False)
+  window_scale: float = dataclasses.field(default=2.0, metadata=_RESUMABLE, compare=False)
 
   def __post_init__(self):
     s = self.SECTION

@@ -252,9 +252,9 @@ def test_old_workdir_config_is_filled_as_squeeze(tmp_path):
 @pytest.fixture(scope="module")
 def wide_examples(tmp_path_factory):
   d = tmp_path_factory.mktemp("wide")
-  image, _ = circle_image(60, 180)
+  image, _ = circle_image(64, 192)   # the loader's smallest side is 64
   Image.fromarray(image).save(d / "wide.png")
-  tall, _ = circle_image(150, 50)
+  tall, _ = circle_image(192, 64)
   Image.fromarray(tall).save(d / "tall.png")
   return [manifest_lib.Example(d / "wide.png", "a lion", "a ball", None),
           manifest_lib.Example(d / "tall.png", "a rooster", "a ball", None)]
@@ -282,7 +282,7 @@ def test_training_and_inference_put_the_photo_on_the_same_canvas(wide_examples, 
   np.testing.assert_array_equal(trained.valid, edited.valid)
   assert trained.valid.tolist() == [[1, 0, 2, 4], [0, 1, 4, 2]]   # padded, not squeezed
   expected = canvas_lib.to_canvas(np.asarray(Image.open(wide_examples[0].image_path)),
-                                  canvas_lib.layout((60, 180), 64, 4, "pad"))
+                                  canvas_lib.layout((64, 192), 64, 4, "pad"))
   np.testing.assert_array_equal(trained.images[0], expected)
   for out in outcomes:
     rows = np.asarray(out.outputs.regions.anchors)[:, 0]
@@ -297,9 +297,9 @@ def test_window_mode_end_to_end_with_a_painting_editor(tmp_path):
   config = tiny.get_config()
   editors.add_defaults(config, "tests.fake_editor")
   config.fake.grid, config.fake.noise = 4, 0.0
-  config.region.sizes = (1, 2)
+  config.region.sizes = (1,)   # a 1-token box: its window (2 tokens) is not the photo
   config.region.window = "on"
-  image, _ = circle_image(200, 600, radius=40, centre=(100, 420))
+  image, _ = circle_image(200, 800, radius=40, centre=(100, 420))
   Image.fromarray(image).save(tmp_path / "wide.png")
   examples = [manifest_lib.Example(tmp_path / "wide.png", "a lion", "a ball", None)]
   built = build_models(config)
@@ -317,14 +317,17 @@ def test_window_mode_end_to_end_with_a_painting_editor(tmp_path):
   assert wt <= ct and wl <= cl and ct + ch <= wt + wh and cl + cw <= wl + ww
   bt, bl, bh, bw = record["boxes_tlhw_pixels_original"][record["best_anchor"]]
   assert ct <= bt + 1 and cl <= bl + 1 and ct + ch >= bt + bh - 1 and cl + cw >= bl + bw - 1
-  inner = out.result[ct + 10:ct + ch - 10, cl + 10:cl + cw - 10]
+  assert ww < 800 and window["gain"] > 1                    # a window, not the photo
+  # Away from the edges' blend and bicubic ringing (3 canvas pixels).
+  inset = int(np.ceil(3 * max(window["original_pixels_per_token_rc"]["window"]) / 16))
+  inner = out.result[ct + inset:ct + ch - inset, cl + inset:cl + cw - inset]
   assert inner.size and (np.abs(inner.astype(int) - colour).max(-1) <= 1).all()
   outside = np.ones(image.shape[:2], bool)
   outside[wt:wt + wh, wl:wl + ww] = False
   np.testing.assert_array_equal(out.result[outside], image[outside])
   assert changed.any()
   pixels = window["original_pixels_per_token_rc"]
-  assert pixels["canvas"][1] == 150.0                        # 600 pixels / 4 tokens
+  assert pixels["canvas"][1] == 200.0                        # 800 pixels / 4 tokens
   assert pixels["window"][0] < pixels["canvas"][0]
   assert record["canvas"]["canvas"] == "pad" and "whole-photo canvas" in (
       record["scores"]["computed_on"])
