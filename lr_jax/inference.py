@@ -90,7 +90,7 @@ def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built
       # Where the photo lies on the canvas that DINO, the editor and CLIP saw.
       "canvas": lay.record(),
       # The kept box edited again in a window of the original (`lr_jax.window`).
-      "window": window.record(config.region.window, lay),
+      "window": window.record(lay),
       # Outside this box the written photo is the input, pixel for pixel.
       "changed_region_tlhw_pixels_original": changed_region,
       "scores": {"S": out.scores.score.tolist(), "s_t2i": out.scores.t2i.tolist(),
@@ -141,13 +141,15 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
     lay = prepared.layouts[i]
     window = window_lib.plan(canvas_lib.boxes_to_original(out.boxes[best], lay), lay,
                              method.region.window, method.region.window_scale)
+    window_masked = None
     if window.used:
-      result = _window_edit(built, original, window, batch, rng)
+      result, window_masked = _window_edit(built, original, window, batch, rng)
     else:
       result = canvas_lib.composite(original, out.edit.images[best], out.edit.pixel_mask[best],
                                     lay, dtype=np.uint8)
     record = _record(ex, prepared, i, out, seed, config, built, checkpoint,
                      pixels_lib.changed_region(result, original), window)
+    record["window"]["masked_box_tlhw_tokens_window"] = window_masked
     record["strategy"] = strategy
     files = {}
     if out_dir is not None:
@@ -169,15 +171,17 @@ _WINDOW_EDIT = 0x3D17   # folded into the image's key for its window edit
 
 
 def _window_edit(built: Built, original: np.ndarray, window: window_lib.Plan, batch,
-                 rng) -> np.ndarray:
-  """The kept box edited in its window (one editor call), pasted into the original."""
+                 rng) -> tuple[np.ndarray, list[int]]:
+  """The kept box edited in its window (one editor call), pasted into the original; and
+  the box the editor regenerated (window tokens)."""
   image = window_lib.window_canvas(original, window)[None]
   boxes = np.asarray(window.box_tlhw_tokens, np.int32)[None, None]
   edit = step_lib.make_edit(built.models)
   out = jax.device_get(edit({"editor": built.frozen["editor"]}, image, boxes, batch["cond"],
                             jax.random.fold_in(rng, _WINDOW_EDIT)))
-  return window_lib.paste(original, window, np.asarray(out.images[0, 0]),
-                          np.asarray(out.pixel_mask[0, 0]))
+  result = window_lib.paste(original, window, np.asarray(out.images[0, 0]),
+                            np.asarray(out.pixel_mask[0, 0]))
+  return result, np.asarray(out.masked_boxes[0, 0]).tolist()
 
 
 def output_names(out_dir: str | pathlib.Path, index: int,

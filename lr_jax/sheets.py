@@ -239,10 +239,10 @@ def inference_sheet(path: str | pathlib.Path, *, image: np.ndarray, outputs,
   the result's original pixels, framed (scaled to `result`)."""
   best = int(outputs.best)
   view, aspect = None, 1.0
-  if layout is not None:
+  if layout is not None and layout.canvas == "squeeze":
+    aspect = layout.original_hw[0] / layout.original_hw[1]
+  elif layout is not None:
     view = layout.image_tlhw
-    if layout.canvas == "squeeze":
-      aspect = layout.original_hw[0] / layout.original_hw[1]
   final = outputs.edit.images[best] if result is None else result
   if window is not None and layout is not None:
     scale = final.shape[0] / layout.original_hw[0]

@@ -10,7 +10,8 @@ call) and the result is composited back into the window's place at the original
 resolution. Outside the edited box every pixel stays the input's.
 
 `config.region.window`: "on", "off", or "auto": on when the window makes a token cover
-at least `AUTO_MIN_GAIN` times fewer original pixels (per side) than the whole canvas.
+at least `AUTO_MIN_GAIN` times fewer original pixels (per side) than the whole canvas,
+on the "pad" canvas ("squeeze" keeps the old behaviour unless window mode is "on").
 """
 from __future__ import annotations
 
@@ -27,14 +28,15 @@ AUTO_MIN_GAIN = 1.5
 
 class Plan(NamedTuple):
   """Whether and where the kept box is edited again."""
+  mode: str     # config.region.window
   used: bool
   window_tlhw: tuple[int, int, int, int]   # in original pixels
   layout: canvas_lib.Layout                # the window on its canvas
   box_tlhw_tokens: tuple[int, int, int, int]   # the kept box in the window's tokens
   gain: float   # whole-canvas / window original pixels per token (the coarser side)
 
-  def record(self, mode: str, whole: canvas_lib.Layout) -> dict:
-    return {"mode": mode, "used": self.used,
+  def record(self, whole: canvas_lib.Layout) -> dict:
+    return {"mode": self.mode, "used": self.used,
             "window_tlhw_pixels_original": list(self.window_tlhw),
             "box_tlhw_tokens_window": list(self.box_tlhw_tokens),
             "original_pixels_per_token_rc": {
@@ -71,8 +73,10 @@ def plan(box_px: Sequence[int], whole: canvas_lib.Layout, mode: str, scale: floa
   local = (box_px[0] - window[0], box_px[1] - window[1], box_px[2], box_px[3])
   tokens = canvas_lib.original_box_to_tokens(local, lay)
   gain = max(whole.original_pixels_per_token()) / max(lay.original_pixels_per_token())
-  used = {"on": True, "off": False}.get(mode, gain >= AUTO_MIN_GAIN)
-  return Plan(bool(used), window, lay, tokens, float(gain))
+  # "auto" leaves the squeezed canvas as it always was.
+  auto = gain >= AUTO_MIN_GAIN and whole.canvas == "pad"
+  used = {"on": True, "off": False}.get(mode, auto)
+  return Plan(mode, bool(used), window, lay, tokens, float(gain))
 
 
 def window_canvas(original: np.ndarray, window: Plan) -> np.ndarray:

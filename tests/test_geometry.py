@@ -199,7 +199,7 @@ def test_window_edit_lands_in_place_at_the_original_resolution():
   outside[t - 10:t + h + 10, l - 10:l + w + 10] = False
   assert not changed[outside].any() and changed[t:t + h, l:l + w].all()
   # A window token covers 70 original pixels, a whole-canvas one about 450.
-  record = win.record("auto", whole)
+  record = win.record(whole)
   assert record["original_pixels_per_token_rc"] == {
       "canvas": [round(v, 3) for v in whole.original_pixels_per_token()],
       "window": [70.0, 70.0]}
@@ -214,6 +214,9 @@ def test_window_auto_rule_and_clamping():
   five = window_lib.plan((1000, 1500, 1250, 1250), big, "auto", 2.0)
   assert five.used and five.window_tlhw[2:] == (2500, 2500) and five.gain == 1.6
   assert not window_lib.plan((1000, 1500, 1250, 1250), big, "off", 2.0).used
+  squeezed = canvas_lib.layout((3000, 4000), 256, 16, "squeeze")   # edits as before
+  assert not window_lib.plan((1000, 1500, 1250, 1250), squeezed, "auto", 2.0).used
+  assert window_lib.plan((1000, 1500, 1250, 1250), squeezed, "on", 2.0).used
   # A box too large for a square window: the window is cut to the photo (and padded).
   cut = window_lib.plan((500, 1000, 1800, 600), big, "auto", 2.0)
   assert cut.window_tlhw == (0, 0, 3000, 3600) and not cut.used      # gain 250 / 225
@@ -308,6 +311,7 @@ def test_window_mode_end_to_end_with_a_painting_editor(tmp_path):
   record = json.loads(pathlib.Path(out.files["record"]).read_text())
   window = record["window"]
   assert window["used"] and window["mode"] == "on"
+  assert window["masked_box_tlhw_tokens_window"] == window["box_tlhw_tokens_window"]
   wt, wl, wh, ww = window["window_tlhw_pixels_original"]
   colour = np.round(fake_editor.prompt_colour("a lion") * 255).astype(np.uint8)
   # Where the result changed it is the editor's colour, all inside the window and
