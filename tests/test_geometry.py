@@ -336,3 +336,27 @@ def test_window_mode_end_to_end_with_a_painting_editor(tmp_path):
   assert record["canvas"]["canvas"] == "pad" and "whole-photo canvas" in (
       record["scores"]["computed_on"])
   assert pathlib.Path(out.files["sheet"]).stat().st_size > 1000
+
+
+def test_sheet_panels_have_the_photos_aspect(tmp_path):
+  from types import SimpleNamespace
+  from lr_jax import sheets
+  rng = np.random.default_rng(3)
+  outputs = SimpleNamespace(
+      best=0, chosen=np.zeros(2, int), regions=SimpleNamespace(
+          attention=rng.random((4, 4)), anchors=np.array([[1, 0], [1, 2]]),
+          boxes=np.array([[[1, 0, 1, 1]], [[1, 2, 1, 1]]], np.float32)),
+      edit=SimpleNamespace(images=rng.random((2, 64, 64, 3))),
+      scores=SimpleNamespace(score=np.ones(2), t2i=np.ones(2), i2i=np.ones(2)))
+  heights = {}
+  for canvas in ("pad", "squeeze"):
+    lay = canvas_lib.layout((64, 192), 64, 4, canvas)
+    path = sheets.inference_sheet(tmp_path / f"{canvas}.png", image=rng.random((64, 64, 3)),
+                                  outputs=outputs, layout=lay, result=rng.random((64, 192, 3)))
+    heights[canvas] = Image.open(path).height
+  square = sheets.inference_sheet(tmp_path / "square.png", image=rng.random((64, 64, 3)),
+                                  outputs=outputs)
+  # 3:1 panels on both canvases (the padding cut away, the squeeze unstretched; the pad
+  # canvas's photo is 21 x 64): the rows are a third as tall as square panels.
+  assert abs(heights["pad"] - heights["squeeze"]) <= 4
+  assert max(heights.values()) < 0.6 * Image.open(square).height
