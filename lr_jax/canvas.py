@@ -113,6 +113,18 @@ def boxes_to_original(boxes: np.ndarray, lay: Layout) -> list:
   return np.stack([top, left, bottom - top, right - left], -1).astype(int).tolist()
 
 
+def token_centres_to_original(cells_rc: np.ndarray, lay: Layout) -> list:
+  """(..., 2) token cells (row, col) -> the (row, col) of their centres in original
+  pixels (nested lists of floats)."""
+  cells = np.asarray(cells_rc, np.float64) + 0.5
+  height, width = lay.original_hw
+  _, _, h, w = lay.image_tlhw
+  top_t, left_t = lay.valid_tlhw_tokens[:2]
+  rows = (cells[..., 0] - top_t) * (height / (h / lay.token_pixels))
+  cols = (cells[..., 1] - left_t) * (width / (w / lay.token_pixels))
+  return np.stack([rows, cols], -1).tolist()
+
+
 def original_box_to_tokens(box_px: Sequence[int], lay: Layout) -> tuple[int, int, int, int]:
   """An original-pixel box (top, left, height, width) -> the smallest token box on this
   canvas that covers it, inside the valid area (an edge less than one canvas pixel past

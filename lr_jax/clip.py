@@ -61,9 +61,14 @@ def eos_positions(input_ids: jax.Array, eos_token_id: int) -> jax.Array:
 
 
 class TextTransformer(nn.Module):
-  """CLIP text tower; returns (last_hidden_state (B,T,D) after final LN, pooled (B,D))."""
+  """CLIP text tower; returns (last_hidden_state (B,T,D) after final LN, pooled (B,D)).
+
+  With `output_hidden_states` it also returns HF's `hidden_states` tuple: the
+  embeddings, then each block's output (before the final LN), num_layers + 1 arrays.
+  """
   config: TextConfig
   dtype: Any = jnp.float32
+  output_hidden_states: bool = False
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None):
@@ -82,12 +87,16 @@ class TextTransformer(nn.Module):
       if attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}")
       mask = mask & (attention_mask[:, None, None, :] > 0)
+    hidden_states = [x]
     for i in range(cfg.num_layers):
       x, _ = EncoderBlock(cfg.num_heads, cfg.mlp_dim, cfg.layer_norm_eps, cfg.activation,
                           self.dtype, name=f"block_{i}")(x, mask)
+      hidden_states.append(x)
     x = nn.LayerNorm(cfg.layer_norm_eps, dtype=self.dtype, use_fast_variance=False,
                      name="final_norm")(x)
     pooled = jnp.take_along_axis(x, eos_positions(input_ids, cfg.eos_token_id)[:, None, None], axis=1)
+    if self.output_hidden_states:
+      return x, pooled[:, 0], tuple(hidden_states)
     return x, pooled[:, 0]
 
 

@@ -86,21 +86,28 @@ def _eos_token_id(value: Any) -> int:
 def clip_config_from_json(data: dict[str, Any]) -> CLIPConfig:
   """CLIPConfig from an HF CLIP config.json dict (legacy `*_config_dict` keys win, as in HF)."""
   vis = {**_CLIP_VISION_DEFAULTS, **(data.get("vision_config_dict") or data.get("vision_config") or {})}
-  txt = {**_CLIP_TEXT_DEFAULTS, **(data.get("text_config_dict") or data.get("text_config") or {})}
+  txt = data.get("text_config_dict") or data.get("text_config") or {}
   vision = ViTConfig(
       image_size=vis["image_size"], patch_size=vis["patch_size"], hidden_size=vis["hidden_size"],
       num_layers=vis["num_hidden_layers"], num_heads=vis["num_attention_heads"],
       mlp_dim=vis["intermediate_size"], layer_norm_eps=vis["layer_norm_eps"],
       activation=_activation(vis["hidden_act"]), pre_layernorm=True, final_norm="cls",
       patch_bias=False, num_channels=vis["num_channels"])
-  text = TextConfig(
+  return CLIPConfig(vision=vision, text=clip_text_config_from_json(txt),
+                    projection_dim=data.get("projection_dim", 512),
+                    logit_scale_init=data.get("logit_scale_init_value", 2.6592))
+
+
+def clip_text_config_from_json(data: dict[str, Any]) -> TextConfig:
+  """TextConfig from an HF CLIPTextConfig dict (CLIPModel's `text_config`, or the config.json
+  of a CLIPTextModel / CLIPTextModelWithProjection); missing keys take HF's defaults."""
+  txt = {**_CLIP_TEXT_DEFAULTS, **data}
+  return TextConfig(
       vocab_size=txt["vocab_size"], max_positions=txt["max_position_embeddings"],
       hidden_size=txt["hidden_size"], num_layers=txt["num_hidden_layers"],
       num_heads=txt["num_attention_heads"], mlp_dim=txt["intermediate_size"],
       layer_norm_eps=txt["layer_norm_eps"], activation=_activation(txt["hidden_act"]),
       eos_token_id=_eos_token_id(txt.get("eos_token_id")))
-  return CLIPConfig(vision=vision, text=text, projection_dim=data.get("projection_dim", 512),
-                    logit_scale_init=data.get("logit_scale_init_value", 2.6592))
 
 
 def dino_config_from_json(data: dict[str, Any], pos_interpolation: str = "dino") -> ViTConfig:
@@ -160,8 +167,11 @@ def tiny_clip_tokenizer(model_max_length: int = 77):
   return CLIPTokenizerFast(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
-def load_clip_tokenizer(directory: pathlib.Path, config: CLIPConfig):
-  """CLIPTokenizerFast from `directory`; the tiny tokenizer when it has none and the vocab fits."""
+def load_clip_tokenizer(directory: pathlib.Path, config: Any):
+  """CLIPTokenizerFast from `directory`; the tiny tokenizer when it has none and the vocab fits.
+
+  `config` is anything with a `.text` TextConfig (CLIPConfig, amused TextEncoderConfig).
+  """
   from transformers import CLIPTokenizerFast  # pylint: disable=import-outside-toplevel
   if (directory / "tokenizer.json").is_file() or (
       (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()):
@@ -181,6 +191,8 @@ def _hf_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape[::-1]
   if kind == "conv":  # Flax (kh, kw, in, out) <- torch (out, in, kh, kw)
     return (shape[3], shape[2], shape[0], shape[1])
+  if kind == "conv_transpose":  # Flax (kh, kw, in, out) <- torch ConvTranspose (in, out, kh, kw)
+    return (shape[2], shape[3], shape[0], shape[1])
   if kind == "batch1":  # torch keeps a leading batch axis of 1
     return (1, 1) + shape if len(shape) == 1 else (1,) + shape
   return shape
@@ -191,6 +203,8 @@ def _to_flax(kind: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
     return array.T
   if kind == "conv":
     return array.transpose(2, 3, 1, 0)
+  if kind == "conv_transpose":
+    return array.transpose(2, 3, 0, 1)
   return array.reshape(shape)
 
 
@@ -239,7 +253,9 @@ def _dino_name(path: tuple[str, ...], prefix: str) -> tuple[str, str] | None:
   return None
 
 
-def _clip_name(path: tuple[str, ...]) -> tuple[str, str] | None:
+def clip_hf_name(path: tuple[str, ...]) -> tuple[str, str] | None:
+  """Flax CLIP param path -> (HF CLIPModel tensor name, kind); also the key layout of
+  CLIPTextModelWithProjection (`text_model.*`, `text_projection`)."""
   head, rest = path[0], path[1:]
   if head == "logit_scale":
     return "logit_scale", "same"
@@ -305,6 +321,23 @@ def convert_state(hf_tensors: dict[str, np.ndarray], abstract_params: Any,
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract_params), leaves)
 
 
+def hf_shapes(abstract_params: Any,
+              name_fn: Callable[[tuple[str, ...]], tuple[str, str] | None]) -> dict[str, tuple[int, ...]]:
+  """{HF tensor name: HF shape} that `convert_state` expects for a Flax param tree (or its
+  `jax.eval_shape`); a param without an HF name raises WeightsError."""
+  shapes, unnamed = {}, []
+  for key_path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
+    path = tuple(str(getattr(k, "key", k)) for k in key_path)
+    mapped = name_fn(path)
+    if mapped is None:
+      unnamed.append("/".join(path))
+      continue
+    shapes[mapped[0]] = _hf_shape(mapped[1], tuple(leaf.shape))
+  if unnamed:
+    raise WeightsError(f"no HF name known for Flax params {unnamed}")
+  return shapes
+
+
 def _clip_dummy_inputs(config: CLIPConfig):
   size = config.vision.image_size
   pixels = jnp.zeros((1, size, size, config.vision.num_channels), jnp.float32)
@@ -319,7 +352,7 @@ def _abstract_params(model: Any, *inputs: Any) -> Any:
 def convert_clip(hf_tensors: dict[str, np.ndarray], config: CLIPConfig, source: str = "checkpoint") -> Any:
   """HF CLIPModel tensors -> Flax params of `CLIP(config)`."""
   abstract = _abstract_params(CLIP(config), *_clip_dummy_inputs(config))
-  return convert_state(hf_tensors, abstract, _clip_name, IGNORED_CLIP, source)
+  return convert_state(hf_tensors, abstract, clip_hf_name, IGNORED_CLIP, source)
 
 
 def convert_dino(hf_tensors: dict[str, np.ndarray], config: ViTConfig, source: str = "checkpoint") -> Any:

@@ -69,8 +69,17 @@ def refine(rgn_params, built: Built, batch, method: settings_lib.Method, steps: 
   return state.params
 
 
+def token_centres_to_pixels(cells_rc: np.ndarray, grid: int, original_shape,
+                            layout: canvas_lib.Layout | None = None) -> list:
+  """(..., 2) token cells (row, col) -> the (row, col) of their centres in original pixels,
+  on the photo's canvas `layout` (None: the squeezed canvas of a `grid` x `grid` editor)."""
+  if layout is None:
+    layout = canvas_lib.layout(original_shape, grid, grid, "squeeze")
+  return canvas_lib.token_centres_to_original(cells_rc, layout)
+
+
 def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built,
-            checkpoint, changed_region, window: window_lib.Plan):
+            checkpoint, changed_region, window: window_lib.Plan, number):
   editor = built.models.editor
   lay = prepared.layouts[i]
   best = int(out.best)
@@ -80,6 +89,8 @@ def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built
       "conditioning": prepared.summaries[i],
       "source_prompt": prepared.source_prompts[i],
       "anchors_rc_tokens": out.regions.anchors.tolist(),
+      "anchors_rc_pixels_original": canvas_lib.token_centres_to_original(out.regions.anchors,
+                                                                         lay),
       "chosen_box_index": out.chosen.tolist(),
       "boxes_tlhw_tokens": out.boxes.tolist(),
       "boxes_tlhw_pixels_original": canvas_lib.boxes_to_original(out.boxes, lay),
@@ -96,10 +107,10 @@ def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built
       "scores": {"S": out.scores.score.tolist(), "s_t2i": out.scores.t2i.tolist(),
                  "s_i2i": out.scores.i2i.tolist(), "alpha": config.score.alpha,
                  "beta": config.score.beta, "top_t2i": config.score.top_t2i,
-                 "computed_on": "the K candidate edits on the whole-photo canvas (a window "
+                 "computed_on": "the candidate edits on the whole-photo canvas (a window "
                                 "edit is not scored)"},
-      "best_anchor": best, "seed": seed, "image_index": i,
-      "edit_rng": f"fold_in(PRNGKey({seed}), {i})", "model_image_size": editor.image_size,
+      "best_anchor": best, "seed": seed, "image_index": number,
+      "edit_rng": f"fold_in(PRNGKey({seed}), {number})", "model_image_size": editor.image_size,
       **editor.record(), "models": config.models,
       "rgn_checkpoint": str(checkpoint) if checkpoint else None,
       "versions": dict(_versions()),
@@ -115,9 +126,11 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
                   refine_steps: int = 0, checkpoint: str | None = None,
                   progress: bool = True, overwrite: bool = False,
                   loaded: list[images_lib.LoadedImage] | None = None,
-                  strategy: str = "rgn") -> list[EditOutcome]:
+                  strategy: str = "rgn", start_index: int = 0) -> list[EditOutcome]:
   """Edits each example; returns the outcomes and writes them to `out_dir` if given
-  (an existing result is never replaced unless `overwrite`).
+  (an existing result is never replaced unless `overwrite`). Example i is number
+  `start_index + i` of its manifest: its edit key and file names follow that number,
+  so editing a manifest in parts gives the results of editing it whole.
 
   Images run one at a time through one compiled `infer` (inputs are put on the
   editor's canvas first, so different original sizes never recompile); with window
@@ -132,8 +145,9 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
   results = []
   for i, ex in enumerate(tqdm.tqdm(examples, desc="edit", disable=not progress)):
     batch = prepared.batch(np.asarray([i]))
-    rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-    params = refine(rgn_params, built, batch, method, refine_steps, seed + i, train_step)
+    number = start_index + i
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), number)
+    params = refine(rgn_params, built, batch, method, refine_steps, seed + number, train_step)
     out = jax.tree.map(lambda x: np.asarray(x)[0],
                        jax.device_get(infer(params, built.frozen, batch, rng)))
     best = int(out.best)
@@ -148,12 +162,12 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
       result = canvas_lib.composite(original, out.edit.images[best], out.edit.pixel_mask[best],
                                     lay, dtype=np.uint8)
     record = _record(ex, prepared, i, out, seed, config, built, checkpoint,
-                     pixels_lib.changed_region(result, original), window)
-    record["window"]["masked_box_tlhw_tokens_window"] = window_masked
+                     pixels_lib.changed_region(result, original), window, number)
+    record["window"].update(window_lib.masked_record(window, window_masked))
     record["strategy"] = strategy
     files = {}
     if out_dir is not None:
-      files = {k: str(v) for k, v in output_names(out_dir, i, ex).items()}
+      files = {k: str(v) for k, v in output_names(out_dir, number, ex).items()}
       with output_files.atomic_path(files["edited"], overwrite) as tmp:
         images_lib.save_image(tmp, result)
       with output_files.atomic_path(files["sheet"], overwrite) as tmp:

@@ -7,6 +7,11 @@ per line) or a CSV file with a header row. Keys / columns:
   prompt         the edit prompt, e.g. "a lion" (required, non-empty)
   source_prompt  a description of the input image (optional)
   class_id       an ImageNet class id for class-conditional MaskGIT (optional)
+  mask           an object mask image (white = the object), relative like `image`;
+                 only the evaluation reads it (optional)
+
+A JSON object in PIE-Bench's `mapping_file.json` layout (`lr_jax.pie_bench`) is read
+as well, with its run-length masks.
 
 Problems are reported together in one ManifestError (every bad row, every
 missing image), so a manifest can be fixed in one pass.
@@ -23,9 +28,10 @@ from typing import Any
 
 from lr_common.errors import UserError
 from lr_common import image_files as images
+from lr_jax import pie_bench
 
 REQUIRED_KEYS = ("image", "prompt")
-OPTIONAL_KEYS = ("source_prompt", "class_id")
+OPTIONAL_KEYS = ("source_prompt", "class_id", "mask")
 ALLOWED_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS
 
 
@@ -41,6 +47,8 @@ class Example:
   prompt: str
   source_prompt: str | None = None
   class_id: int | None = None
+  mask_path: pathlib.Path | None = None         # an object mask image (evaluation only)
+  mask_rle: tuple[int, ...] | None = None       # PIE-Bench: (start, length) pairs, 512x512
 
 
 def _unknown_key_message(key: str) -> str:
@@ -110,13 +118,20 @@ def _record_to_example(record: Any, base: pathlib.Path) -> Example:
       source_prompt = value
     else:
       class_id = value
+  mask = record.get("mask")
+  if mask is not None and not isinstance(mask, str):
+    problems.append(f"mask must be a path, got {mask!r}")
   if problems:
     raise ValueError("; ".join(problems))
-  image_path = pathlib.Path(image.strip()).expanduser()
-  if not image_path.is_absolute():
-    image_path = (base / image_path).resolve()
-  return Example(image_path=image_path, prompt=prompt.strip(),
-                 source_prompt=source_prompt, class_id=class_id)
+  mask = mask.strip() if mask else None
+  return Example(image_path=_resolve(image, base), prompt=prompt.strip(),
+                 source_prompt=source_prompt, class_id=class_id,
+                 mask_path=_resolve(mask, base) if mask else None)
+
+
+def _resolve(path: str, base: pathlib.Path) -> pathlib.Path:
+  resolved = pathlib.Path(path.strip()).expanduser()
+  return resolved if resolved.is_absolute() else (base / resolved).resolve()
 
 
 def _read_records(path: pathlib.Path) -> list[tuple[str, Any]]:
@@ -134,6 +149,8 @@ def _read_records(path: pathlib.Path) -> list[tuple[str, Any]]:
       data = json.loads(text)
     except json.JSONDecodeError as e:
       raise ManifestError(f"{path}: invalid JSON ({e})") from e
+    if isinstance(data, dict) and pie_bench.is_mapping(data):
+      return [("pie_bench", data)]
     if not isinstance(data, list):
       raise ManifestError(f"{path}: the JSON manifest must be a list of "
                           f"objects, got {type(data).__name__}")
@@ -187,7 +204,15 @@ def read_manifest(path: str | pathlib.Path,
     raise ManifestError(f"{path}: manifest file does not exist")
   base = path.resolve().parent
   examples, problems = [], []
-  for location, record in _read_records(path):
+  records = _read_records(path)
+  if records and records[0][0] == "pie_bench":
+    for location, fields in pie_bench.entries(records[0][1], base):
+      if isinstance(fields, str):
+        problems.append(f"  {location}: {fields}")
+      else:
+        examples.append(Example(**fields))
+    records = []
+  for location, record in records:
     try:
       examples.append(_record_to_example(record, base))
     except ValueError as e:
@@ -199,7 +224,8 @@ def read_manifest(path: str | pathlib.Path,
   if not examples:
     raise ManifestError(f"{path}: the manifest has no entries")
   if check_images:
-    missing = [str(e.image_path) for e in examples if not e.image_path.is_file()]
+    missing = [str(p) for e in examples for p in (e.image_path, e.mask_path)
+               if p is not None and not p.is_file()]
     if missing:
       raise ManifestError(f"{path}: {len(missing)} image file(s) not found:\n  "
                           + "\n  ".join(missing))

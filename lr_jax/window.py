@@ -79,6 +79,17 @@ def plan(box_px: Sequence[int], whole: canvas_lib.Layout, mode: str, scale: floa
   return Plan(mode, bool(used), window, lay, tokens, float(gain))
 
 
+def masked_record(window: Plan, masked_tokens: Sequence[int] | None) -> dict:
+  """The record of the box the editor regenerated in the window (None: no window edit),
+  in window tokens and in original pixels."""
+  if masked_tokens is None:
+    return {"masked_box_tlhw_tokens_window": None, "masked_box_tlhw_pixels_original": None}
+  top, left, h, w = canvas_lib.boxes_to_original(np.asarray(masked_tokens), window.layout)
+  return {"masked_box_tlhw_tokens_window": [int(v) for v in masked_tokens],
+          "masked_box_tlhw_pixels_original": [top + window.window_tlhw[0],
+                                              left + window.window_tlhw[1], h, w]}
+
+
 def window_canvas(original: np.ndarray, window: Plan) -> np.ndarray:
   """The window's (size, size, 3) float32 canvas, cut from the original."""
   top, left, h, w = window.window_tlhw

@@ -1,0 +1,1 @@
+"""aMUSEd (open MUSE-style masked image generator) in Flax: VQ model, transformer, decoding."""
