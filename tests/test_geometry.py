@@ -157,6 +157,12 @@ def test_squeeze_canvas_is_the_old_resize_and_box_mapping():
   # A 300 x 451 photo on an 8 x 8 grid: rows x37.5, columns x56.375, outward.
   assert canvas_lib.boxes_to_original(np.array([[0, 3, 2, 2], [4, 4, 4, 4]]), lay) == [
       [0, 169, 75, 113], [150, 225, 150, 226]]
+  assert canvas_lib.token_centres_to_original(np.array([[0, 3]]), lay) == [[18.75, 197.3125]]
+  # On the padded canvas: the photo (85 rows from canvas row 80) has its centre at
+  # canvas row 122.5, token row 7.66; that maps to the original's centre.
+  pad = canvas_lib.layout((120, 360), 256, 16, "pad")
+  (row, col), = canvas_lib.token_centres_to_original(np.array([[122.5 / 16 - 0.5, 7.5]]), pad)
+  assert abs(row - 60) < 1e-6 and abs(col - 180) < 1e-6
 
 
 def painted_edit(colour):
@@ -312,6 +318,7 @@ def test_window_mode_end_to_end_with_a_painting_editor(tmp_path):
   window = record["window"]
   assert window["used"] and window["mode"] == "on"
   assert window["masked_box_tlhw_tokens_window"] == window["box_tlhw_tokens_window"]
+  mt, ml, mh, mw = window["masked_box_tlhw_pixels_original"]   # in the window, in place
   wt, wl, wh, ww = window["window_tlhw_pixels_original"]
   colour = np.round(fake_editor.prompt_colour("a lion") * 255).astype(np.uint8)
   # Where the result changed it is the editor's colour, all inside the window and
@@ -321,6 +328,7 @@ def test_window_mode_end_to_end_with_a_painting_editor(tmp_path):
   assert wt <= ct and wl <= cl and ct + ch <= wt + wh and cl + cw <= wl + ww
   bt, bl, bh, bw = record["boxes_tlhw_pixels_original"][record["best_anchor"]]
   assert ct <= bt + 1 and cl <= bl + 1 and ct + ch >= bt + bh - 1 and cl + cw >= bl + bw - 1
+  assert abs(ct - mt) <= 4 and abs(cl - ml) <= 4 and abs(ch - mh) <= 8 and abs(cw - mw) <= 8
   assert ww < 800 and window["gain"] > 1                    # a window, not the photo
   # Away from the edges' blend and bicubic ringing (3 canvas pixels).
   inset = int(np.ceil(3 * max(window["original_pixels_per_token_rc"]["window"]) / 16))
