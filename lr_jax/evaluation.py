@@ -134,7 +134,9 @@ def measure(built: Built, config, outcome: inference.EditOutcome, source: np.nda
   edit_embed, source_embed = clip_embedding(built, result), clip_embedding(built, source)
   metrics = edit_metrics.clip_scores(edit_embed, source_embed, texts[0], texts[1],
                                      config.score.alpha, config.score.beta)
-  editor_box = record["masked_boxes_tlhw_pixels_original"][best]
+  window = record.get("window") or {}
+  editor_box = (window["masked_box_tlhw_pixels_original"] if window.get("used")
+                else record["masked_boxes_tlhw_pixels_original"][best])   # what was regenerated
   metrics.update(edit_metrics.background_metrics(
       result, source, ~edit_metrics.box_mask(result.shape, [editor_box])))
   metrics["structure_distance"] = edit_metrics.structure_distance(
