@@ -115,19 +115,29 @@ def to_model_input(pixels: np.ndarray, size: int = 256) -> np.ndarray:
 
   The resize is anisotropic (the aspect ratio is NOT kept: the whole photo is
   squeezed into the square so that a box on the model grid maps back to the
-  original by scaling rows by H/size and columns by W/size). It uses PIL's
-  bicubic filter in float precision, which widens its kernel when shrinking
-  (antialiased); values are clipped back to [0, 1]. A uint8 image gives exactly
-  the numbers of its float32 version (v / 255), without a full-size float copy.
+  original by scaling rows by H/size and columns by W/size); `resize_image` does it.
+  The geometry-preserving canvas is `lr_jax.canvas`.
   """
-  pixels = _check_image("pixels", pixels)
   if int(size) < 1:
     raise ValueError(f"size must be positive, got {size}")
-  size = int(size)
-  out = np.empty((size, size, 3), np.float32)
+  return resize_image(pixels, (int(size), int(size)))
+
+
+def resize_image(pixels: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+  """Resizes a whole (H, W, 3) image (float32 in [0, 1] or uint8) to (h, w, 3) float32.
+
+  PIL's bicubic filter in float precision, which widens its kernel when shrinking
+  (antialiased); values are clipped back to [0, 1]. A uint8 image gives exactly the
+  numbers of its float32 version (v / 255), without a full-size float copy.
+  """
+  pixels = _check_image("pixels", pixels)
+  out_h, out_w = (int(v) for v in out_hw)
+  if out_h < 1 or out_w < 1:
+    raise ValueError(f"out_hw must be positive, got {out_hw}")
+  out = np.empty((out_h, out_w, 3), np.float32)
   for c in range(3):
     channel = _channel_image(pixels, c)
-    out[..., c] = np.asarray(channel.resize((size, size), Image.Resampling.BICUBIC))
+    out[..., c] = np.asarray(channel.resize((out_w, out_h), Image.Resampling.BICUBIC))
     channel.close()
   return np.clip(out, 0.0, 1.0, out=out)
 

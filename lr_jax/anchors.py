@@ -39,13 +39,30 @@ def _grid_hw(grid: GridSize) -> Tuple[int, int]:
   return rows, cols
 
 
-def top_k_anchors(attention: Array, k: int) -> Array:
+def valid_corners(valid: Array | None, grid: GridSize) -> Tuple[Array, Array, Array, Array]:
+  """(y1, x1, y2, x2) float32 of the valid areas (..., 4) (top, left, height, width)
+  in tokens (`lr_jax.canvas`); None: the whole grid."""
+  if valid is None:
+    rows, cols = _grid_hw(grid)
+    valid = jnp.asarray([0, 0, rows, cols])
+  valid = jnp.asarray(valid, jnp.float32)
+  if valid.shape[-1:] != (4,):
+    raise ValueError(f"valid must have shape (..., 4), got {valid.shape}")
+  top, left, height, width = jnp.moveaxis(valid, -1, 0)
+  return top, left, top + height, left + width
+
+
+def top_k_anchors(attention: Array, k: int, valid: Array | None = None) -> Array:
   """Returns the (row, col) of the `k` highest-scoring patches.
 
   Args:
     attention: (h, w) or (..., h, w) attention map (e.g. DINO [CLS] attention
       reshaped to the patch grid, row-major).
     k: number of anchors (static Python int), 1 <= k <= h * w.
+    valid: optional (..., 4) (top, left, height, width) token area per map (the
+      photo on a padded canvas): patches outside it are never picked, whatever their
+      score (with fewer valid patches than k, the surplus anchors are moved onto the
+      nearest valid patch).
 
   Returns:
     int32 array (..., k, 2) of distinct (row, col) positions, highest score
@@ -61,16 +78,25 @@ def top_k_anchors(attention: Array, k: int) -> Array:
     raise ValueError(f"k must be a Python int, got {type(k).__name__}")
   if k < 1 or k > h * w:
     raise ValueError(f"k must be in [1, h*w={h * w}], got {k}")
+  if valid is not None:
+    y1, x1, y2, x2 = (v[..., None, None] for v in valid_corners(valid, (h, w)))
+    r = jnp.arange(h, dtype=jnp.float32)[:, None]
+    c = jnp.arange(w, dtype=jnp.float32)[None, :]
+    inside = (r >= y1) & (r < y2) & (c >= x1) & (c < x2)
+    attention = jnp.where(inside, attention, -jnp.inf)
   flat = attention.reshape(attention.shape[:-2] + (h * w,))
   _, idx = jax.lax.top_k(flat, int(k))
   rows = idx // w
   cols = idx % w
+  if valid is not None:
+    y1, x1, y2, x2 = (v[..., None].astype(jnp.int32) for v in valid_corners(valid, (h, w)))
+    rows, cols = jnp.clip(rows, y1, y2 - 1), jnp.clip(cols, x1, x2 - 1)
   return jnp.stack([rows, cols], axis=-1).astype(jnp.int32)
 
 
 def box_proposals(anchors: Array,
                   sizes: Sequence[int] = DEFAULT_SIZES,
-                  grid: GridSize = 16) -> Array:
+                  grid: GridSize = 16, valid: Array | None = None) -> Array:
   """Square boxes of each size centred on each anchor, clamped to the grid.
 
   A box of side `s` around anchor patch (r, c) starts at row
@@ -86,6 +112,9 @@ def box_proposals(anchors: Array,
     anchors: (..., K, 2) (row, col) anchor patches, int or float.
     sizes: M box sides in patches (static), each >= 1.
     grid: grid size, int or (rows, cols).
+    valid: optional (..., 4) token area (top, left, height, width) per image that
+      the boxes are intersected with instead of the grid (the photo on a padded
+      canvas; anchors must lie in it).
 
   Returns:
     float32 (..., K, M, 4) boxes (top, left, height, width) in patch units.
@@ -104,10 +133,14 @@ def box_proposals(anchors: Array,
   c = anchors[..., 1][..., None]
   top = r - half_before
   left = c - half_before
-  y1 = jnp.clip(top, 0.0, rows)
-  x1 = jnp.clip(left, 0.0, cols)
-  y2 = jnp.clip(top + s, 0.0, rows)
-  x2 = jnp.clip(left + s, 0.0, cols)
+  if valid is None:
+    lo_r, lo_c, hi_r, hi_c = 0.0, 0.0, rows, cols
+  else:
+    lo_r, lo_c, hi_r, hi_c = (v[..., None, None] for v in valid_corners(valid, grid))
+  y1 = jnp.clip(top, lo_r, hi_r)
+  x1 = jnp.clip(left, lo_c, hi_c)
+  y2 = jnp.clip(top + s, lo_r, hi_r)
+  x2 = jnp.clip(left + s, lo_c, hi_c)
   return jnp.stack([y1, x1, y2 - y1, x2 - x1], axis=-1)
 
 
@@ -142,9 +175,15 @@ def box_corners(boxes: Array) -> Array:
 
 
 def random_boxes(rng: Array, shape: Tuple[int, ...], grid: int,
-                 anchors: Array | None = None) -> Tuple[Array, Array, Array]:
+                 anchors: Array | None = None,
+                 valid: Array | None = None) -> Tuple[Array, Array, Array]:
   """The paper's region baselines (Sec. 4.4, Table 2): boxes centred at anchors, with
   height and width uniform in [0, grid], clamped to the grid.
+
+  With `valid` (an area (top, left, height, width) in tokens broadcastable to (*shape,
+  4): the photo on a padded canvas), that area stands for the grid: random centres are
+  uniform over it, sizes uniform in [0, its height] x [0, its width], boxes clamped to
+  it (the whole grid gives the same draws as no `valid`).
 
   Args:
     rng: key of the draws.
@@ -160,13 +199,19 @@ def random_boxes(rng: Array, shape: Tuple[int, ...], grid: int,
     one, clamped to the grid, at least one token per side).
   """
   k_centre, k_size = jax.random.split(rng)
+  if valid is None:
+    low, extent = 0.0, grid
+  else:
+    y1, x1, y2, x2 = valid_corners(valid, grid)
+    low = jnp.stack([y1, x1], -1)
+    extent = jnp.stack([y2 - y1, x2 - x1], -1)
   if anchors is None:
-    centres = jax.random.uniform(k_centre, shape + (2,)) * grid
+    centres = jax.random.uniform(k_centre, shape + (2,)) * extent + low
   else:
     centres = jnp.asarray(anchors, jnp.float32) + 0.5
-  sizes = jax.random.uniform(k_size, shape + (2,)) * grid
-  start = jnp.clip(jnp.floor(centres - sizes / 2), 0, grid - 1)
-  end = jnp.clip(jnp.ceil(centres + sizes / 2), 1, grid)
+  sizes = jax.random.uniform(k_size, shape + (2,)) * extent
+  start = jnp.clip(jnp.floor(centres - sizes / 2), low, low + extent - 1)
+  end = jnp.clip(jnp.ceil(centres + sizes / 2), low + 1, low + extent)
   end = jnp.maximum(end, start + 1)
   boxes = jnp.concatenate([start, end - start], axis=-1).astype(jnp.int32)
   return centres, sizes, boxes

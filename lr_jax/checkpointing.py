@@ -66,16 +66,21 @@ def _as_flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return _flatten(json.loads(config.to_json_best_effort()))
 
 
+# Settings added to lr_jax whose default is not what runs made before them did: a
+# saved config without the key is filled with the old behaviour instead.
+LEGACY_VALUES = {"region.canvas": "squeeze"}   # runs before the canvas setting squeezed
+
+
 def _saved_flat(config_path: pathlib.Path) -> dict[str, Any]:
   """The saved config, with settings added to lr_jax after the run was made filled
-  in with their defaults (which is what the run did: e.g. `editor.name`)."""
+  in with what the run did: their defaults (e.g. `editor.name`), or `LEGACY_VALUES`."""
   saved = _flatten(json.loads(config_path.read_text()))
   base = defaults.base_config()
   name = saved.get("editor.name", editors.DEFAULT)
   if name != editors.DEFAULT:
     editors.add_defaults(base, name)
   for key, value in _as_flat(base).items():
-    saved.setdefault(key, value)
+    saved.setdefault(key, LEGACY_VALUES.get(key, value))
   return saved
 
 

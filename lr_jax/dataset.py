@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from lr_common import image_files as images_lib
-from lr_common import pixels as pixels_lib
+from lr_jax import canvas as canvas_lib
 from lr_jax import imagenet
 from lr_jax import manifest as manifest_lib
 from lr_jax import step as step_lib
@@ -26,19 +26,26 @@ _IMAGE_BATCH = 8   # images per zero-shot image-encoder call
 class Prepared:
   """Everything the jitted steps need about a set of examples, as host arrays."""
   examples: list[manifest_lib.Example]
-  images: np.ndarray            # (N, S, S, 3) float32 at the editor's size
+  images: np.ndarray            # (N, S, S, 3) float32 canvases at the editor's size
   text_embed: np.ndarray        # (N, P) CLIP text embeddings of the target prompts
   src_text_embed: np.ndarray    # (N, P) ... of the source prompts
   cond: dict[str, np.ndarray]   # the editor's conditioning arrays, one row per example
   cond_records: list[dict]      # the editor's per-example record (MaskGIT: the class match)
   summaries: list[str]          # ... and its one-line summary
   source_prompts: list[str]
+  layouts: list[canvas_lib.Layout]   # where each photo lies on its canvas
+
+  @property
+  def valid(self) -> np.ndarray:
+    """(N, 4) int32: the token area of each canvas that shows the photo."""
+    return np.asarray([lay.valid_tlhw_tokens for lay in self.layouts], np.int32).reshape(-1, 4)
 
   def __len__(self) -> int:
     return len(self.examples)
 
   def batch(self, indices: np.ndarray) -> dict[str, Any]:
-    return dict(images=self.images[indices], text_embed=self.text_embed[indices],
+    return dict(images=self.images[indices], valid=self.valid[indices],
+                text_embed=self.text_embed[indices],
                 src_text_embed=self.src_text_embed[indices],
                 cond={k: v[indices] for k, v in self.cond.items()})
 
@@ -103,9 +110,24 @@ def image_embeddings(built: Built, images: np.ndarray) -> np.ndarray:
   return np.concatenate(out) if out else np.zeros((0, built.models.clip.config.projection_dim))
 
 
+def canvases(built: Built, loaded: list[images_lib.LoadedImage], canvas: str
+             ) -> tuple[np.ndarray, list[canvas_lib.Layout]]:
+  """The (N, S, S, 3) float32 canvases of loaded images and their layouts: what
+  training and inference both feed DINO, the editor and CLIP."""
+  editor = built.models.editor
+  layouts = [canvas_lib.layout(im.original.shape, editor.image_size, editor.grid, canvas)
+             for im in loaded]
+  pixels = [canvas_lib.to_canvas(im.original, lay) for im, lay in zip(loaded, layouts)]
+  size = editor.image_size
+  return (np.stack(pixels).astype(np.float32) if pixels
+          else np.zeros((0, size, size, 3), np.float32)), layouts
+
+
 def prepare(built: Built, examples: list[manifest_lib.Example],
-            loaded: list[images_lib.LoadedImage] | None = None) -> Prepared:
-  """Loads and resizes every image, asks the editor for its conditioning, embeds the texts.
+            loaded: list[images_lib.LoadedImage] | None = None,
+            canvas: str = "pad") -> Prepared:
+  """Loads every image and puts it on its `canvas` ("pad" or "squeeze": `lr_jax.canvas`),
+  asks the editor for its conditioning, embeds the texts.
 
   All problems with the images are collected and reported together.
   """
@@ -117,7 +139,7 @@ def prepare(built: Built, examples: list[manifest_lib.Example],
   for im in loaded:
     for note in im.notes:
       logging.warning("%s: %s", im.path, note)
-  pixels = np.stack([pixels_lib.to_model_input(im.original, editor.image_size) for im in loaded])
+  pixels, layouts = canvases(built, loaded, canvas)
   text_embed = text([ex.prompt for ex in examples])   # once, batched
   cond = editor.condition(examples, text)
   need_zero_shot = [i for i, ex in enumerate(examples) if not ex.source_prompt]
@@ -131,7 +153,7 @@ def prepare(built: Built, examples: list[manifest_lib.Example],
                   text_embed=np.asarray(text_embed, np.float32),
                   src_text_embed=np.asarray(src_text_embed, np.float32),
                   cond=cond.arrays, cond_records=cond.records, summaries=cond.summaries,
-                  source_prompts=sources)
+                  source_prompts=sources, layouts=layouts)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -29,6 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.region.sizes = (3, 5, 7, 9, 11, 13, 15)         # M = 7 square sides, tokens
   c.region.roi_size = 7
   c.region.sampling_ratio = 2
+  c.region.canvas = "pad"       # keep the aspect ratio, pad to the square ("squeeze": stretch)
+  c.region.window = "auto"      # re-edit the kept box in a window of the original: auto/on/off
+  c.region.window_scale = 2.0   # window side = this x the box's longer side
 
   c.rgn = ml_collections.ConfigDict()
   c.rgn.conv_features = (256, 128)

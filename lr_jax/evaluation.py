@@ -23,6 +23,7 @@ from PIL import Image
 from lr_common import output_files
 from lr_common import pixels as pixels_lib
 from lr_common.errors import UserError
+from lr_jax import canvas as canvas_lib
 from lr_jax import checkpointing
 from lr_jax import dataset
 from lr_jax import dino as dino_lib
@@ -133,7 +134,9 @@ def measure(built: Built, config, outcome: inference.EditOutcome, source: np.nda
   edit_embed, source_embed = clip_embedding(built, result), clip_embedding(built, source)
   metrics = edit_metrics.clip_scores(edit_embed, source_embed, texts[0], texts[1],
                                      config.score.alpha, config.score.beta)
-  editor_box = record["masked_boxes_tlhw_pixels_original"][best]
+  window = record.get("window") or {}
+  editor_box = (window["masked_box_tlhw_pixels_original"] if window.get("used")
+                else record["masked_boxes_tlhw_pixels_original"][best])   # what was regenerated
   metrics.update(edit_metrics.background_metrics(
       result, source, ~edit_metrics.box_mask(result.shape, [editor_box])))
   metrics["structure_distance"] = edit_metrics.structure_distance(
@@ -142,10 +145,13 @@ def measure(built: Built, config, outcome: inference.EditOutcome, source: np.nda
   chosen = record["boxes_tlhw_pixels_original"][best]
   regions = None
   if mask is not None:
-    grid = built.models.editor.grid
-    top_cell = np.unravel_index(np.argmax(outcome.outputs.regions.attention), (grid, grid))
-    anchors = {"top_anchor": inference.token_centres_to_pixels(np.asarray(top_cell), grid,
-                                                               result.shape),
+    editor = built.models.editor
+    lay = canvas_lib.layout(result.shape, editor.image_size, editor.grid,
+                            record["canvas"]["canvas"])
+    vt, vl, vh, vw = lay.valid_tlhw_tokens   # the photo's tokens (not the padding)
+    attention = np.asarray(outcome.outputs.regions.attention)[vt:vt + vh, vl:vl + vw]
+    top_cell = np.add(np.unravel_index(np.argmax(attention), attention.shape), (vt, vl))
+    anchors = {"top_anchor": canvas_lib.token_centres_to_original(top_cell, lay),
                "chosen_anchor": record["anchors_rc_pixels_original"][best]}
     regions = edit_metrics.region_metrics(mask, chosen, anchors)
     outside = {f"{k}_outside_object": v for k, v in

@@ -23,12 +23,14 @@ from lr_common import image_files as images_lib
 from lr_common import output_files
 from lr_common.errors import UserError
 from lr_common import pixels as pixels_lib
+from lr_jax import canvas as canvas_lib
 from lr_jax import checkpointing
 from lr_jax import dataset
 from lr_jax import manifest as manifest_lib
 from lr_jax import settings as settings_lib
 from lr_jax import sheets
 from lr_jax import step as step_lib
+from lr_jax import window as window_lib
 from lr_jax.models import Built, build_models, check_config
 
 
@@ -67,28 +69,19 @@ def refine(rgn_params, built: Built, batch, method: settings_lib.Method, steps: 
   return state.params
 
 
-def _tokens_to_pixels(boxes: np.ndarray, grid: int, original_shape) -> list:
-  """(..., 4) token boxes (top, left, height, width) -> original-pixel boxes, rounded outward."""
-  boxes = np.asarray(boxes, np.float64)
-  sy, sx = original_shape[0] / grid, original_shape[1] / grid
-  top = np.floor(boxes[..., 0] * sy)
-  left = np.floor(boxes[..., 1] * sx)
-  bottom = np.ceil((boxes[..., 0] + boxes[..., 2]) * sy)
-  right = np.ceil((boxes[..., 1] + boxes[..., 3]) * sx)
-  return np.stack([top, left, bottom - top, right - left], -1).astype(int).tolist()
-
-
-def token_centres_to_pixels(cells_rc: np.ndarray, grid: int, original_shape) -> list:
-  """(..., 2) token cells (row, col) -> the (row, col) of their centres in original pixels."""
-  cells = np.asarray(cells_rc, np.float64) + 0.5
-  scale = np.asarray([original_shape[0] / grid, original_shape[1] / grid])
-  return (cells * scale).tolist()
+def token_centres_to_pixels(cells_rc: np.ndarray, grid: int, original_shape,
+                            layout: canvas_lib.Layout | None = None) -> list:
+  """(..., 2) token cells (row, col) -> the (row, col) of their centres in original pixels,
+  on the photo's canvas `layout` (None: the squeezed canvas of a `grid` x `grid` editor)."""
+  if layout is None:
+    layout = canvas_lib.layout(original_shape, grid, grid, "squeeze")
+  return canvas_lib.token_centres_to_original(cells_rc, layout)
 
 
 def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built,
-            original_shape, checkpoint, changed_region, number):
+            checkpoint, changed_region, window: window_lib.Plan, number):
   editor = built.models.editor
-  grid = editor.grid
+  lay = prepared.layouts[i]
   best = int(out.best)
   return {
       "image": str(ex.image_path), "prompt": ex.prompt,
@@ -96,20 +89,26 @@ def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built
       "conditioning": prepared.summaries[i],
       "source_prompt": prepared.source_prompts[i],
       "anchors_rc_tokens": out.regions.anchors.tolist(),
-      "anchors_rc_pixels_original": token_centres_to_pixels(out.regions.anchors, grid,
-                                                            original_shape),
+      "anchors_rc_pixels_original": canvas_lib.token_centres_to_original(out.regions.anchors,
+                                                                         lay),
       "chosen_box_index": out.chosen.tolist(),
       "boxes_tlhw_tokens": out.boxes.tolist(),
-      "boxes_tlhw_pixels_original": _tokens_to_pixels(out.boxes, grid, original_shape),
+      "boxes_tlhw_pixels_original": canvas_lib.boxes_to_original(out.boxes, lay),
       # What the editor regenerates (MaskGIT: each box grown by edit.grow_tokens, clamped).
       "masked_boxes_tlhw_tokens": out.edit.masked_boxes.tolist(),
-      "masked_boxes_tlhw_pixels_original": _tokens_to_pixels(out.edit.masked_boxes, grid,
-                                                             original_shape),
+      "masked_boxes_tlhw_pixels_original": canvas_lib.boxes_to_original(
+          out.edit.masked_boxes, lay),
+      # Where the photo lies on the canvas that DINO, the editor and CLIP saw.
+      "canvas": lay.record(),
+      # The kept box edited again in a window of the original (`lr_jax.window`).
+      "window": window.record(lay),
       # Outside this box the written photo is the input, pixel for pixel.
       "changed_region_tlhw_pixels_original": changed_region,
       "scores": {"S": out.scores.score.tolist(), "s_t2i": out.scores.t2i.tolist(),
                  "s_i2i": out.scores.i2i.tolist(), "alpha": config.score.alpha,
-                 "beta": config.score.beta, "top_t2i": config.score.top_t2i},
+                 "beta": config.score.beta, "top_t2i": config.score.top_t2i,
+                 "computed_on": "the candidate edits on the whole-photo canvas (a window "
+                                "edit is not scored)"},
       "best_anchor": best, "seed": seed, "image_index": number,
       "edit_rng": f"fold_in(PRNGKey({seed}), {number})", "model_image_size": editor.image_size,
       **editor.record(), "models": config.models,
@@ -133,11 +132,12 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
   `start_index + i` of its manifest: its edit key and file names follow that number,
   so editing a manifest in parts gives the results of editing it whole.
 
-  Images run one at a time through one compiled `infer` (inputs are resized to the
-  model size first, so different original sizes never recompile)."""
+  Images run one at a time through one compiled `infer` (inputs are put on the
+  editor's canvas first, so different original sizes never recompile); with window
+  mode (`lr_jax.window`) the kept box is edited once more in a window of the original."""
   method = settings_lib.method(config)
   loaded = dataset.load_images(examples) if loaded is None else loaded
-  prepared = dataset.prepare(built, examples, loaded=loaded)
+  prepared = dataset.prepare(built, examples, loaded=loaded, canvas=method.region.canvas)
   infer = step_lib.make_infer(built.models, method, "rgn" if strategy == "refine" else strategy)
   train_step = (step_lib.make_train_step(built.models, method, donate=False)
                 if refine_steps > 0 else None)
@@ -152,10 +152,18 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
                        jax.device_get(infer(params, built.frozen, batch, rng)))
     best = int(out.best)
     original = loaded[i].original   # uint8 for 8-bit files
-    result = pixels_lib.composite_to_original(
-        original, out.edit.images[best], out.edit.pixel_mask[best], dtype=np.uint8)
-    record = _record(ex, prepared, i, out, seed, config, built, original.shape, checkpoint,
-                     pixels_lib.changed_region(result, original), number)
+    lay = prepared.layouts[i]
+    window = window_lib.plan(canvas_lib.boxes_to_original(out.boxes[best], lay), lay,
+                             method.region.window, method.region.window_scale)
+    window_masked = None
+    if window.used:
+      result, window_masked = _window_edit(built, original, window, batch, rng)
+    else:
+      result = canvas_lib.composite(original, out.edit.images[best], out.edit.pixel_mask[best],
+                                    lay, dtype=np.uint8)
+    record = _record(ex, prepared, i, out, seed, config, built, checkpoint,
+                     pixels_lib.changed_region(result, original), window, number)
+    record["window"].update(window_lib.masked_record(window, window_masked))
     record["strategy"] = strategy
     files = {}
     if out_dir is not None:
@@ -164,11 +172,30 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
         images_lib.save_image(tmp, result)
       with output_files.atomic_path(files["sheet"], overwrite) as tmp:
         sheets.inference_sheet(tmp, image=prepared.images[i], outputs=out,
-                               title=f"{ex.prompt!r} -> {prepared.summaries[i]}")
+                               title=f"{ex.prompt!r} -> {prepared.summaries[i]}",
+                               layout=lay, result=sheets.preview(result),
+                               window=window.window_tlhw if window.used else None)
       record["files"] = files
       output_files.write_text(files["record"], json.dumps(record, indent=2), overwrite)
     results.append(EditOutcome(ex, result, out, record, files))
   return results
+
+
+_WINDOW_EDIT = 0x3D17   # folded into the image's key for its window edit
+
+
+def _window_edit(built: Built, original: np.ndarray, window: window_lib.Plan, batch,
+                 rng) -> tuple[np.ndarray, list[int]]:
+  """The kept box edited in its window (one editor call), pasted into the original; and
+  the box the editor regenerated (window tokens)."""
+  image = window_lib.window_canvas(original, window)[None]
+  boxes = np.asarray(window.box_tlhw_tokens, np.int32)[None, None]
+  edit = step_lib.make_edit(built.models)
+  out = jax.device_get(edit({"editor": built.frozen["editor"]}, image, boxes, batch["cond"],
+                            jax.random.fold_in(rng, _WINDOW_EDIT)))
+  result = window_lib.paste(original, window, np.asarray(out.images[0, 0]),
+                            np.asarray(out.pixel_mask[0, 0]))
+  return result, np.asarray(out.masked_boxes[0, 0]).tolist()
 
 
 def output_names(out_dir: str | pathlib.Path, index: int,

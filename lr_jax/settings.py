@@ -23,6 +23,8 @@ from lr_jax import losses
 from lr_jax import rgn as rgn_lib
 
 _RGN = {"rgn": True}
+CANVASES = ("pad", "squeeze")          # lr_jax.canvas
+WINDOW_MODES = ("auto", "on", "off")   # lr_jax.window
 _RESUMABLE = {"resumable": True}
 
 
@@ -57,9 +59,22 @@ class RegionSettings:
   sizes: tuple[int, ...] = dataclasses.field(default=(3, 5, 7, 9, 11, 13, 15), metadata=_RGN)
   roi_size: int = dataclasses.field(default=7, metadata=_RGN)
   sampling_ratio: int = dataclasses.field(default=2, metadata=_RGN)
+  # How a photo is placed in the editor's square (`lr_jax.canvas`): "pad" keeps its
+  # aspect ratio, "squeeze" stretches it (a trained RGN scores boxes of one canvas).
+  canvas: str = dataclasses.field(default="pad", metadata=_RGN)
+  # Window mode (`lr_jax.window`): the kept box edited once more in a square window
+  # cut from the original, window_scale x the box's longer side. Host side only, so
+  # left out of equality and hash: changing them compiles nothing again.
+  window: str = dataclasses.field(default="auto", metadata=_RESUMABLE, compare=False)
+  window_scale: float = dataclasses.field(default=2.0, metadata=_RESUMABLE, compare=False)
 
   def __post_init__(self):
     s = self.SECTION
+    if self.canvas not in CANVASES:
+      _fail(s, "canvas", self.canvas, f"one of {', '.join(CANVASES)}")
+    if self.window not in WINDOW_MODES:
+      _fail(s, "window", self.window, f"one of {', '.join(WINDOW_MODES)}")
+    _finite(s, "window_scale", self.window_scale, 1.0)
     _int(s, "num_anchors", self.num_anchors, 1)
     sizes = self.sizes
     if (not isinstance(sizes, tuple) or not sizes

@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
 import numpy as np  # noqa: E402
 from matplotlib import patches  # noqa: E402
 
+from lr_common import pixels as pixels_lib  # noqa: E402
+
 _ANCHOR_COLOURS = plt.get_cmap("tab10").colors
 _BEST_COLOUR = "#ffe066"  # highlight behind the best title
 
@@ -97,7 +99,9 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
                candidates: np.ndarray, scores: np.ndarray,
                components: Mapping[str, np.ndarray] | None = None,
                best: int, result: np.ndarray, title: str = "",
-               dpi: int = 100) -> pathlib.Path:
+               dpi: int = 100, view: Sequence[int] | None = None,
+               pixel_aspect: float = 1.0,
+               window: Sequence[int] | None = None) -> pathlib.Path:
   """Writes a PNG explaining one edit.
 
   Top row: the input; the attention map over the (dimmed) input with the K
@@ -114,6 +118,11 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
     candidates: (K, H', W', 3) the K edits.
     scores: (K,) final quality scores; components: optional name -> (K,).
     best: index of the selected candidate; result: (H'', W'', 3) final image.
+    view: (top, left, height, width) of `image` (and the candidates) to show, image
+      pixels: the photo on a padded canvas (None: all of it).
+    pixel_aspect: displayed height / width of one image pixel (a squeezed canvas is
+      shown with the photo's aspect: H / W).
+    window: (top, left, height, width) of the result framed as the window-mode window.
   """
   (image, attention, anchors, proposals, chosen, candidates, scores,
    components) = _check_edit_inputs(image, attention, anchors, proposals,
@@ -124,13 +133,21 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
   k = anchors.shape[0]
   height, width = image.shape[:2]
   sy, sx = height / attention.shape[0], width / attention.shape[1]
+  v_top, v_left, v_h, v_w = (0, 0, height, width) if view is None else (int(v) for v in view)
+  xlim, ylim = (v_left - 0.5, v_left + v_w - 0.5), (v_top + v_h - 0.5, v_top - 0.5)
+
+  def frame(ax):   # the photo's part of the canvas, at the photo's aspect
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect(pixel_aspect)
 
   ncols = max(4, min(k, 5))
   cand_rows = math.ceil(k / ncols)
   # Row heights follow the pictures' aspect ratios so wide photos leave no gaps.
   panel = 2.4  # inches per column
-  top_aspect = max(height / width, result.shape[0] / result.shape[1])
-  cand_aspect = candidates.shape[1] / candidates.shape[2]
+  view_aspect = pixel_aspect * v_h / v_w
+  top_aspect = max(view_aspect, result.shape[0] / result.shape[1])
+  cand_aspect = view_aspect
   row_heights = [panel * top_aspect] + [panel * cand_aspect] * cand_rows
   title_space = 0.5 if components else 0.3  # inches above each row
   top_margin = 0.3 + (0.35 if title else 0.05)  # top-row titles are one line
@@ -146,7 +163,8 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
 
   ax = top_axes[0]
   ax.imshow(image)
-  _plain(ax, f"input {width}x{height}")
+  frame(ax)
+  _plain(ax, f"input {v_w}x{v_h}" + ("" if view is None else " (padding cut)"))
 
   ax = top_axes[1]
   ax.imshow(image.mean(axis=-1), cmap="gray", vmin=0, vmax=1, alpha=1.0)
@@ -156,8 +174,7 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
     ax.plot((col + 0.5) * sx - 0.5, (row + 0.5) * sy - 0.5, marker="o",
             markersize=7, markeredgecolor="white", markeredgewidth=1.2,
             color=_colour(i), linestyle="none")
-  ax.set_xlim(-0.5, width - 0.5)
-  ax.set_ylim(height - 0.5, -0.5)
+  frame(ax)
   _plain(ax, f"attention {attention.shape[0]}x{attention.shape[1]}, "
          f"{len(np.unique(anchors, axis=0))} anchors")
 
@@ -169,13 +186,15 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
         _draw_box(ax, proposals[i, m], sy, sx, _colour(i), 0.8, 0.35)
   for i in range(k):
     _draw_box(ax, proposals[i, chosen[i]], sy, sx, _colour(i), 2.5, 1.0)
-  ax.set_xlim(-0.5, width - 0.5)
-  ax.set_ylim(height - 0.5, -0.5)
+  frame(ax)
   _plain(ax, f"proposals ({proposals.shape[1]}/anchor), chosen bold")
 
   ax = top_axes[3]
   ax.imshow(result)
-  _plain(ax, f"result (#{best}) {result.shape[1]}x{result.shape[0]}")
+  if window is not None:
+    _draw_box(ax, window, 1, 1, "white", 1.5, 1.0)
+  _plain(ax, f"result (#{best}) {result.shape[1]}x{result.shape[0]}"
+         + (", window framed" if window is not None else ""))
   for c in range(4, ncols):
     fig.add_subplot(grid[0, c]).axis("off")
 
@@ -185,6 +204,7 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
       ax.axis("off")
       continue
     ax.imshow(candidates[i])
+    frame(ax)
     parts = [f"#{i} score {scores[i]:.3f}"]
     extra = "  ".join(f"{name} {v[i]:.3f}" for name, v in components.items())
     if extra:
@@ -208,15 +228,44 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
 
 
 def inference_sheet(path: str | pathlib.Path, *, image: np.ndarray, outputs,
-                    title: str = "", dpi: int = 100) -> pathlib.Path:
-  """`edit_sheet` of one image's `step.Inference` (numpy, no batch axis) as it is."""
+                    title: str = "", dpi: int = 100, layout=None,
+                    result: np.ndarray | None = None,
+                    window: Sequence[int] | None = None) -> pathlib.Path:
+  """`edit_sheet` of one image's `step.Inference` (numpy, no batch axis).
+
+  layout: the image's `canvas.Layout`: the panels show the photo's part of the canvas
+  at the photo's aspect (None: the whole canvas as it is). result: the written photo
+  (e.g. `preview(...)`; None: the kept candidate). window: the window-mode window in
+  the result's original pixels, framed (scaled to `result`)."""
   best = int(outputs.best)
+  view, aspect = None, 1.0
+  if layout is not None and layout.canvas == "squeeze":
+    aspect = layout.original_hw[0] / layout.original_hw[1]
+  elif layout is not None:
+    view = layout.image_tlhw
+  final = outputs.edit.images[best] if result is None else result
+  if window is not None and layout is not None:
+    scale = final.shape[0] / layout.original_hw[0]
+    window = [v * scale for v in window]
   return edit_sheet(
       path, image=image, attention=outputs.regions.attention, anchors=outputs.regions.anchors,
       proposals=outputs.regions.boxes, chosen=outputs.chosen, candidates=outputs.edit.images,
       scores=outputs.scores.score,
       components={"t2i": outputs.scores.t2i, "i2i": outputs.scores.i2i}, best=best,
-      result=outputs.edit.images[best], title=title, dpi=dpi)
+      result=final, title=title, dpi=dpi, view=view, pixel_aspect=aspect,
+      window=window)
+
+
+def preview(pixels: np.ndarray, max_side: int = 768) -> np.ndarray:
+  """(H, W, 3) uint8 or float pixels -> float32 in [0, 1], shrunk (aspect kept) so that
+  the longer side is at most `max_side`, for a sheet panel."""
+  pixels = np.asarray(pixels)
+  height, width = pixels.shape[:2]
+  scale = min(1.0, max_side / max(height, width))
+  out_hw = (max(1, round(height * scale)), max(1, round(width * scale)))
+  if out_hw == (height, width):
+    return pixels_lib.to_float(pixels)
+  return pixels_lib.resize_image(pixels, out_hw)
 
 
 def _is_number(value) -> bool:

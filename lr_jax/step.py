@@ -6,8 +6,10 @@ key) and of static `Models` and `settings.Method`; `lr_jax.trainer` and
 editor's image size, boxes (top, left, height, width) in the editor's token units,
 (row, col) order everywhere.
 
-A batch is {"images" (B,S,S,3), "text_embed" (B,P), "src_text_embed" (B,P), "cond":
-the editor's conditioning arrays}.
+A batch is {"images" (B,S,S,3): the canvases (`lr_jax.canvas`), "valid" (B,4) int: the
+token area (top, left, height, width) of each canvas that shows the photo (optional:
+the whole grid), "text_embed" (B,P), "src_text_embed" (B,P), "cond": the editor's
+conditioning arrays}.
 """
 from __future__ import annotations
 
@@ -83,8 +85,12 @@ def init_train_state(models: Models, method: Method, rng: Array) -> TrainState:
   return _init_fn(models, method)(rng)
 
 
-def find_regions(models: Models, frozen: Any, images: Array, region: RegionSettings) -> Regions:
-  """DINO attention -> top-K anchors -> M square proposals each -> ROI-aligned features."""
+def find_regions(models: Models, frozen: Any, images: Array, region: RegionSettings,
+                 valid: Array | None = None) -> Regions:
+  """DINO attention -> top-K anchors -> M square proposals each -> ROI-aligned features.
+
+  valid: (B, 4) token areas showing the photo (None: the whole grid); anchors are
+  picked inside them and the proposals clamped to them."""
   feats, attention = dino_lib.dino_features(models.dino, frozen["dino"], images)  # (B,g,g,D)
   grid = models.editor.grid
   feat_grid = feats.shape[1]
@@ -95,8 +101,8 @@ def find_regions(models: Models, frozen: Any, images: Array, region: RegionSetti
   if feat_grid != grid:  # e.g. DINO B/8: average the attention onto the token grid
     f = feat_grid // grid
     attention = attention.reshape(attention.shape[0], grid, f, grid, f).mean((2, 4))
-  anchors = anchors_lib.top_k_anchors(attention, region.num_anchors)
-  boxes = anchors_lib.box_proposals(anchors, sizes=region.sizes, grid=grid)
+  anchors = anchors_lib.top_k_anchors(attention, region.num_anchors, valid)
+  boxes = anchors_lib.box_proposals(anchors, sizes=region.sizes, grid=grid, valid=valid)
   pooled = roi_lib.roi_align_batched(
       feats, boxes, output_size=region.roi_size, sampling_ratio=region.sampling_ratio,
       spatial_scale=feat_grid / grid)
@@ -108,6 +114,12 @@ def edit_boxes(models: Models, frozen: Any, images: Array, boxes: Array, cond: A
   """The editor's edits of every box (B, N, 4) in one call: constants for the RGN."""
   out = models.editor.edit(frozen["editor"], images, boxes, cond, rng)
   return jax.tree.map(jax.lax.stop_gradient, out)
+
+
+@functools.lru_cache(maxsize=16)
+def make_edit(models: Models):
+  """`edit_boxes` jitted for these models: one more editor call (`lr_jax.window`)."""
+  return jax.jit(functools.partial(edit_boxes, models))
 
 
 def clip_images(models: Models, frozen: Any, images: Array) -> tuple[Array, Array]:
@@ -161,7 +173,8 @@ def loss_fn(rgn_params, models: Models, frozen: Any, batch: dict[str, Any], rng:
   images = batch["images"]
   b = images.shape[0]
   rng_edit, rng_gumbel, rng_views = jax.random.split(rng, 3)
-  regions = jax.lax.stop_gradient(find_regions(models, frozen, images, method.region))
+  regions = jax.lax.stop_gradient(
+      find_regions(models, frozen, images, method.region, batch.get("valid")))
   k, m = regions.boxes.shape[1:3]
   edits = edit_boxes(models, frozen, images, regions.boxes.reshape(b, k * m, 4),
                      batch["cond"], rng_edit).images
@@ -214,7 +227,8 @@ STRATEGIES = ("rgn", "search", "random", "dino_random")
 _BOX_DRAWS = 0x5EED   # folded into the edit key for the baselines' random boxes
 
 
-def _candidates(rgn_params, regions: Regions, rng: Array, models: Models, strategy: str):
+def _candidates(rgn_params, regions: Regions, rng: Array, models: Models, strategy: str,
+                valid: Array | None = None):
   """(logits (B,K,M), the candidate boxes (B,N,4) and, per candidate, its anchor
   (B,N,2), the proposals it was picked from (B,N,P,4) and which one (B,N))."""
   b, k, m = regions.boxes.shape[:3]
@@ -232,7 +246,8 @@ def _candidates(rgn_params, regions: Regions, rng: Array, models: Models, strate
   if strategy in ("random", "dino_random"):   # the paper's baselines
     centres, _, boxes = anchors_lib.random_boxes(
         jax.random.fold_in(rng, _BOX_DRAWS), (b, k), models.editor.grid,
-        regions.anchors if strategy == "dino_random" else None)
+        regions.anchors if strategy == "dino_random" else None,
+        None if valid is None else valid[:, None])
     anchors = jnp.floor(centres).astype(regions.anchors.dtype)
     return logits, boxes, anchors, boxes[:, :, None].astype(jnp.float32), jnp.zeros((b, k), int)
   raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -247,9 +262,10 @@ def infer(rgn_params, frozen: Any, batch: dict[str, Any], rng: Array, *,
   boxes of random size around random / DINO anchors, drawn from `rng`).
   """
   images = batch["images"]
-  regions = find_regions(models, frozen, images, method.region)
+  valid = batch.get("valid")
+  regions = find_regions(models, frozen, images, method.region, valid)
   logits, boxes, anchors, proposals, chosen = _candidates(
-      rgn_params, regions, rng, models, strategy)
+      rgn_params, regions, rng, models, strategy, valid)
   out = edit_boxes(models, frozen, images, boxes, batch["cond"], rng)
   both = jnp.concatenate([images[:, None], out.images], axis=1)          # one CLIP call
   all_emb, _ = clip_images(models, frozen, both)                         # (B,1+N,P)

@@ -73,7 +73,7 @@ def _train(config, workdir, built, examples, loaded, mesh, progress) -> TrainRes
   workdir = checkpointing.check_workdir(workdir, config, data_lib.fingerprint(examples))
   built = build_models(config) if built is None else built
   models = built.models
-  prepared = data_lib.prepare(built, examples, loaded=loaded)
+  prepared = data_lib.prepare(built, examples, loaded=loaded, canvas=method.region.canvas)
   n, bs = len(prepared), run.batch_size
 
   rng = jax.random.PRNGKey(config.seed)

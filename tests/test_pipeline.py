@@ -153,8 +153,10 @@ def test_nan_loss_names_step_and_image(built, examples, tmp_path):
 
 def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
   _train(built, examples, tmp_path / "wd")
-  out = inference.run_edit(tiny_config(), examples, out_dir=tmp_path / "out",
-                           rgn_checkpoint=str(tmp_path / "wd"), built=built, progress=False)
+  # The whole-canvas composite (window mode: tests/test_geometry.py).
+  out = inference.run_edit(tiny_config(**{"region.window": "off"}), examples,
+                           out_dir=tmp_path / "out", rgn_checkpoint=str(tmp_path / "wd"),
+                           built=built, progress=False)
   assert len(out) == 2
   chelsea = np.asarray(Image.open(examples[0].image_path))   # uint8, as the result
   first = out[0]
@@ -170,8 +172,10 @@ def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
   mask = first.outputs.edit.pixel_mask[first.record["best_anchor"]][..., 0]
   padded = np.pad(mask, 1)
   near = np.max([padded[i:i + 64, j:j + 64] for i in range(3) for j in range(3)], axis=0)
-  rows = (np.arange(300) * 64 // 300)[:, None]
-  cols = (np.arange(451) * 64 // 451)[None, :]
+  top_c, left_c, h_c, w_c = first.record["canvas"]["image_tlhw_pixels_canvas"]
+  assert (left_c, w_c) == (0, 64) and h_c == 43   # the photo's aspect on the canvas
+  rows = (top_c + np.arange(300) * h_c // 300)[:, None]
+  cols = (left_c + np.arange(451) * w_c // 451)[None, :]
   untouched = near[rows, cols] == 0
   np.testing.assert_array_equal(first.result[untouched], chelsea[untouched])
   assert (first.result != chelsea).any()
@@ -199,8 +203,8 @@ def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
   method = settings.method(tiny_config())
   assert step_lib.make_infer(built.models, method)._cache_size() == 1
   # Same trained RGN, same seed: the edit is reproducible.
-  again = inference.run_edit(tiny_config(), examples[:1], rgn_checkpoint=str(tmp_path / "wd"),
-                             built=built, progress=False)
+  again = inference.run_edit(tiny_config(**{"region.window": "off"}), examples[:1],
+                             rgn_checkpoint=str(tmp_path / "wd"), built=built, progress=False)
   np.testing.assert_array_equal(again[0].result, first.result)
 
 
@@ -244,13 +248,6 @@ def test_missing_weights_offline_name_the_files(tmp_path, monkeypatch):
   for needed in ("facebook/dino-vitb16", "openai/clip-vit-base-patch16",
                  "tokenizer_imagenet256", "model.safetensors"):
     assert needed in text
-
-
-def test_record_boxes_round_outward():
-  boxes = np.array([[0, 3, 2, 2], [4, 4, 4, 4]])
-  # A 300 x 451 photo on an 8 x 8 grid: rows x37.5, columns x56.375, outward.
-  assert inference._tokens_to_pixels(boxes, 8, (300, 451)) == [[0, 169, 75, 113],
-                                                              [150, 225, 150, 226]]
 
 
 def test_strategy_resolution():

@@ -69,7 +69,7 @@ def test_guard_keys_are_derived():
   c = tiny.get_config()
   assert checkpointing.rgn_keys(c) == (
       "models", "editor.name", "region.sizes", "region.roi_size", "region.sampling_ratio",
-      "rgn.conv_features", "rgn.dense_features", "maskgit.name")
+      "region.canvas", "rgn.conv_features", "rgn.dense_features", "maskgit.name")
   assert checkpointing.resumable_keys(c) == (
-      "train.max_steps", "train.log_every", "train.checkpoint_every", "train.max_to_keep",
+      "region.window", "region.window_scale", "train.max_steps", "train.log_every", "train.checkpoint_every", "train.max_to_keep",
       "infer.refine_steps", "maskgit.cache_dir")
