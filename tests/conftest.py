@@ -16,6 +16,12 @@ def fixtures_dir() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def amused_dir() -> pathlib.Path:
+  """The aMUSEd parity fixtures (written by tools/amused_fixtures_*.py)."""
+  return FIXTURES / "amused"
+
+
+@pytest.fixture(scope="session")
 def cli_env(tmp_path_factory) -> dict:
   """The offline environment of every CLI subprocess; one XLA cache for the session, so
   a program compiled by one test module's runs is reused by the next module's."""

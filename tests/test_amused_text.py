@@ -13,11 +13,6 @@ from lr_jax.hf_weights import IGNORED_CLIP, load_clip_tokenizer
 
 
 @pytest.fixture(scope="module")
-def amused_dir(fixtures_dir):
-  return fixtures_dir / "amused"
-
-
-@pytest.fixture(scope="module")
 def io(amused_dir):
   return dict(np.load(amused_dir / "text_io.npz"))
 

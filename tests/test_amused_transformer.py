@@ -17,11 +17,6 @@ TINY = {"plain": uvit.UVit2DConfig.tiny(),
 
 
 @pytest.fixture(scope="module")
-def amused_dir(fixtures_dir):
-  return fixtures_dir / "amused"
-
-
-@pytest.fixture(scope="module")
 def io(amused_dir):
   return dict(np.load(amused_dir / "transformer_io.npz"))
 

@@ -19,11 +19,6 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 @pytest.fixture(scope="module")
-def amused_dir(fixtures_dir):
-  return fixtures_dir / "amused"
-
-
-@pytest.fixture(scope="module")
 def tiny(amused_dir):
   config, params = hub.load_vq(amused_dir / "vq_tiny")
   return config, params, dict(np.load(amused_dir / "vq_tiny_io.npz"))
