@@ -6,6 +6,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
 
 def peak_memory_bytes() -> tuple[int, str]:
@@ -37,3 +38,12 @@ def timed(fn: Callable[[], object], repeats: int) -> list[float]:
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return times
+
+
+def bench_boxes(num_boxes: int, side: int, seed: int) -> np.ndarray:
+  """(1, K, 4) token boxes of varied sizes inside the grid."""
+  rng = np.random.default_rng(seed)
+  sizes = rng.integers(max(1, side // 8), max(2, side // 2) + 1, (num_boxes, 2))
+  corners = [rng.integers(0, side - s + 1) for s in sizes.reshape(-1)]
+  corners = np.asarray(corners).reshape(num_boxes, 2)
+  return np.concatenate([corners, sizes], axis=1)[None].astype(np.int32)

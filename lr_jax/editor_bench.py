@@ -31,7 +31,6 @@ from lr_common import benchmarking
 from lr_jax import editors
 from lr_jax import errors
 from lr_jax import notebook
-from maskgit import bench_lib
 
 # name -> (paper config, tiny config, the config key of the compute dtype)
 EDITORS = {"maskgit": ("maskgit_imagenet256", "tiny", ("edit", "dtype")),
@@ -87,7 +86,7 @@ def run(names: Sequence[str], ns: Sequence[int], dtypes: Sequence[str], repeats:
       key = jax.random.PRNGKey(2)
       single_s = None
       for n in ns:
-        boxes = jnp.asarray(bench_lib.bench_boxes(n, editor.grid, n))
+        boxes = jnp.asarray(benchmarking.bench_boxes(n, editor.grid, n))
         call = lambda b=boxes: edit(params, image, b, cond, key)
         start = time.perf_counter()
         first = jax.block_until_ready(call())

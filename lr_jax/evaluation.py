@@ -125,13 +125,22 @@ def pair_key(index: int, example: manifest_lib.Example, strategy: str) -> str:
   return f"{index}|{example.image_path}|{example.prompt}|{strategy}"
 
 
+def source_features(built: Built, source: np.ndarray) -> dict[str, np.ndarray]:
+  """What `measure` compares every edit of one photo with (computed once per photo)."""
+  return {"clip": clip_embedding(built, source),
+          "dino_self_similarity": dino_self_similarity(built, source)}
+
+
 def measure(built: Built, config, outcome: inference.EditOutcome, source: np.ndarray,
-            mask: np.ndarray | None) -> dict[str, Any]:
-  """Every metric of one edit, on the written photo against the source photo."""
+            mask: np.ndarray | None, features: dict[str, np.ndarray] | None = None
+            ) -> dict[str, Any]:
+  """Every metric of one edit, on the written photo against the source photo
+  (`features`: its `source_features`, if already computed)."""
   record, result = outcome.record, outcome.result
+  features = features or source_features(built, source)
   best = int(record["best_anchor"])
   texts = built.text_encoder([record["prompt"], record["source_prompt"]])
-  edit_embed, source_embed = clip_embedding(built, result), clip_embedding(built, source)
+  edit_embed, source_embed = clip_embedding(built, result), features["clip"]
   metrics = edit_metrics.clip_scores(edit_embed, source_embed, texts[0], texts[1],
                                      config.score.alpha, config.score.beta)
   window = record.get("window") or {}
@@ -140,7 +149,7 @@ def measure(built: Built, config, outcome: inference.EditOutcome, source: np.nda
   metrics.update(edit_metrics.background_metrics(
       result, source, ~edit_metrics.box_mask(result.shape, [editor_box])))
   metrics["structure_distance"] = edit_metrics.structure_distance(
-      dino_self_similarity(built, source), dino_self_similarity(built, result))
+      features["dino_self_similarity"], dino_self_similarity(built, result))
   metrics["edited_area_fraction"] = edit_metrics.changed_fraction(result, source)
   chosen = record["boxes_tlhw_pixels_original"][best]
   regions = None
@@ -273,6 +282,7 @@ def evaluate(config, examples: list[manifest_lib.Example],
   bar = tqdm.tqdm(total=len({i for i, _ in todo}), desc="evaluate", unit="image",
                   disable=not progress)
   for i in sorted({i for i, _ in todo}):
+    features = source_features(built, loaded[i].original)
     for strategy in [s for j, s in todo if j == i]:
       start = time.perf_counter()
       outcome = inference.edit_examples(
@@ -289,7 +299,7 @@ def evaluate(config, examples: list[manifest_lib.Example],
           "conditioning": outcome.record["conditioning"], "strategy": strategy,
           "seed": seed, "seconds": seconds, "includes_compile": strategy not in compiled,
           "files": outcome.files,
-          **measure(built, config, outcome, loaded[i].original, masks[i])})
+          **measure(built, config, outcome, loaded[i].original, masks[i], features)})
       compiled.add(strategy)
       _write_results(out_dir, rows)
     bar.update(1)

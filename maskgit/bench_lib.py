@@ -10,17 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lr_common.benchmarking import peak_memory_bytes, timed
+from lr_common.benchmarking import bench_boxes, peak_memory_bytes, timed  # noqa: F401
 from maskgit import checkpoints, configs, editing
-
-
-def bench_boxes(num_boxes: int, side: int, seed: int) -> np.ndarray:
-  """(1, K, 4) token boxes of varied sizes inside the grid."""
-  rng = np.random.default_rng(seed)
-  sizes = rng.integers(max(1, side // 8), max(2, side // 2) + 1, (num_boxes, 2))
-  corners = [rng.integers(0, side - s + 1) for s in sizes.reshape(-1)]
-  corners = np.asarray(corners).reshape(num_boxes, 2)
-  return np.concatenate([corners, sizes], axis=1)[None].astype(np.int32)
 
 
 def attention_for(choice: str, dtype: str) -> str | None:

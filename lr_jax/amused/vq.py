@@ -32,7 +32,6 @@ import numpy as np
 
 from lr_common.errors import UserError
 from lr_common.random_params import draw_params
-from maskgit.vqgan import upsample_nearest_2x
 
 NORM_EPS = 1e-6  # every GroupNorm of diffusers' VQ encoder/decoder
 
@@ -129,7 +128,7 @@ class Upsample(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return _conv(self.features, 3, "conv", self.dtype)(upsample_nearest_2x(x))
+    return _conv(self.features, 3, "conv", self.dtype)(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
 
 
 class Stage(nn.Module):
