@@ -23,10 +23,10 @@ import numpy as np
 from ml_collections import config_flags
 
 from lr_common import benchmarking
-from lr_jax import config_files
+from lr_jax.files import config_files
 from lr_jax import errors
-from lr_jax import settings as settings_lib
-from lr_jax import step as step_lib
+from lr_jax.method import settings as settings_lib
+from lr_jax.method import step as step_lib
 from lr_jax.models import build_random_models
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -19,9 +19,9 @@ from lr_common import output_files
 from lr_common.errors import UserError
 from lr_jax import defaults
 from lr_jax import editors
-from lr_jax import settings as settings_lib
-from lr_jax import sharding
-from lr_jax import step as step_lib
+from lr_jax.method import settings as settings_lib
+from lr_jax.method import sharding
+from lr_jax.method import step as step_lib
 
 
 def resumable_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -13,10 +13,10 @@ import jax
 import numpy as np
 
 from lr_common import image_files as images_lib
-from lr_jax import canvas as canvas_lib
-from lr_jax import imagenet
-from lr_jax import manifest as manifest_lib
-from lr_jax import step as step_lib
+from lr_jax.method import canvas as canvas_lib
+from lr_jax.encoders import imagenet
+from lr_jax.files import manifest as manifest_lib
+from lr_jax.method import step as step_lib
 from lr_jax.models import Built, Models
 
 _IMAGE_BATCH = 8   # images per zero-shot image-encoder call
@@ -126,7 +126,7 @@ def canvases(built: Built, loaded: list[images_lib.LoadedImage], canvas: str
 def prepare(built: Built, examples: list[manifest_lib.Example],
             loaded: list[images_lib.LoadedImage] | None = None,
             canvas: str = "pad") -> Prepared:
-  """Loads every image and puts it on its `canvas` ("pad" or "squeeze": `lr_jax.canvas`),
+  """Loads every image and puts it on its `canvas` ("pad" or "squeeze": `lr_jax.method.canvas`),
   asks the editor for its conditioning, embeds the texts.
 
   All problems with the images are collected and reported together.

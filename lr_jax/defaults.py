@@ -1,6 +1,6 @@
 """Default settings shared by every lr_jax config file in configs/ (the paper's setup).
 
-The typed, checked view of these sections is `lr_jax.settings`."""
+The typed, checked view of these sections is `lr_jax.method.settings`."""
 import ml_collections
 
 from lr_jax import editors

@@ -13,10 +13,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from lr_jax import config_files
+from lr_jax.files import config_files
 from lr_jax import editors
 from lr_jax import errors
-from lr_jax import manifest as manifest_lib
+from lr_jax.files import manifest as manifest_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", config_files.resolve(f"configs/{editors.DEFAULT_CONFIG}.py")[0],

@@ -36,7 +36,7 @@ def _clean(message: str) -> str:
 def _with_config_found(argv: list[str]) -> list[str]:
   """argv with its `--config PATH[:ARG]` found from any folder (defaults are found when
   the flag is defined: `config_files.resolve`)."""
-  from lr_jax import config_files  # pylint: disable=g-import-not-at-top
+  from lr_jax.files import config_files  # pylint: disable=g-import-not-at-top
   out, i = [argv[0]], 1
   while i < len(argv):
     arg = argv[i]
@@ -53,7 +53,7 @@ def _with_config_found(argv: list[str]) -> list[str]:
 def _load_config_or_exit(argv: list[str]) -> None:
   """Loads `--config` now, so a missing or broken file is one `error:` line."""
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from lr_jax import config_files  # pylint: disable=g-import-not-at-top
+  from lr_jax.files import config_files  # pylint: disable=g-import-not-at-top
   if "config" not in flags.FLAGS:
     return
   try:

@@ -9,14 +9,14 @@ box, DINO structure distance, share of pixels changed, seconds; with an object m
 per image (manifest column `mask`, or PIE-Bench's `mapping_file.json` as the
 manifest) also how the chosen box and anchors sit on it), the edits under
 `eval/edits/<strategy>/`, and `summary.md`, `summary.csv`, `summary.png` and
-`sheets/` (`lr_jax.report`). Rerunning the command skips the pairs already done.
+`sheets/` (`lr_jax.evaluation.report`). Rerunning the command skips the pairs already done.
 """
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from lr_jax import config_files
+from lr_jax.files import config_files
 from lr_jax import editors
 from lr_jax import errors
 
@@ -38,7 +38,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the edits.")
 
 
 def default_strategies(rgn_checkpoint: str | None) -> list[str]:
-  from lr_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from lr_jax.evaluation import runner as evaluation  # pylint: disable=g-import-not-at-top
   return [s for s in evaluation.DEFAULT_STRATEGIES if rgn_checkpoint or s != "rgn"]
 
 
@@ -50,9 +50,9 @@ def main(argv):
       raise errors.UsageError(f"unexpected arguments {argv[1:]}")
     if not _MANIFEST.value or not _OUT.value:
       raise errors.UsageError("give --manifest FILE and --out DIR")
-    from lr_jax import evaluation  # pylint: disable=g-import-not-at-top
-    from lr_jax import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
-    from lr_jax import report  # pylint: disable=g-import-not-at-top
+    from lr_jax.evaluation import runner as evaluation  # pylint: disable=g-import-not-at-top
+    from lr_jax.files import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
+    from lr_jax.evaluation import report  # pylint: disable=g-import-not-at-top
     strategies = _STRATEGIES.value or default_strategies(_CKPT.value)
     examples = manifest_lib.read_manifest(_MANIFEST.value)
     before = {r["key"] for r in evaluation.read_results(_OUT.value)}

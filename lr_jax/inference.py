@@ -23,14 +23,14 @@ from lr_common import image_files as images_lib
 from lr_common import output_files
 from lr_common.errors import UserError
 from lr_common import pixels as pixels_lib
-from lr_jax import canvas as canvas_lib
+from lr_jax.method import canvas as canvas_lib
 from lr_jax import checkpointing
 from lr_jax import dataset
-from lr_jax import manifest as manifest_lib
-from lr_jax import settings as settings_lib
-from lr_jax import sheets
-from lr_jax import step as step_lib
-from lr_jax import window as window_lib
+from lr_jax.files import manifest as manifest_lib
+from lr_jax.method import settings as settings_lib
+from lr_jax.files import sheets
+from lr_jax.method import step as step_lib
+from lr_jax.method import window as window_lib
 from lr_jax.models import Built, build_models, check_config
 
 
@@ -100,7 +100,7 @@ def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built
           out.edit.masked_boxes, lay),
       # Where the photo lies on the canvas that DINO, the editor and CLIP saw.
       "canvas": lay.record(),
-      # The kept box edited again in a window of the original (`lr_jax.window`).
+      # The kept box edited again in a window of the original (`lr_jax.method.window`).
       "window": window.record(lay),
       # Outside this box the written photo is the input, pixel for pixel.
       "changed_region_tlhw_pixels_original": changed_region,
@@ -134,7 +134,7 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
 
   Images run one at a time through one compiled `infer` (inputs are put on the
   editor's canvas first, so different original sizes never recompile); with window
-  mode (`lr_jax.window`) the kept box is edited once more in a window of the original."""
+  mode (`lr_jax.method.window`) the kept box is edited once more in a window of the original."""
   method = settings_lib.method(config)
   loaded = dataset.load_images(examples) if loaded is None else loaded
   prepared = dataset.prepare(built, examples, loaded=loaded, canvas=method.region.canvas)

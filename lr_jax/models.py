@@ -16,13 +16,13 @@ import jax
 
 from lr_common.errors import UserError
 from lr_jax import editors
-from lr_jax import hf_weights
-from lr_jax import settings as settings_lib
-from lr_jax.clip import CLIP
+from lr_jax.encoders import hf_weights
+from lr_jax.method import settings as settings_lib
+from lr_jax.encoders.clip import CLIP
 from lr_jax.editors.base import Editor
-from lr_jax.rgn import RegionGenerationNetwork
-from lr_jax.text_encoder import TextEncoder
-from lr_jax.vit import ViT
+from lr_jax.method.rgn import RegionGenerationNetwork
+from lr_jax.encoders.text_encoder import TextEncoder
+from lr_jax.encoders.vit import ViT
 
 MODEL_KINDS = ("official", "tiny")
 

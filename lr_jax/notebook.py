@@ -27,10 +27,10 @@ import ml_collections
 import numpy as np
 
 from lr_common.errors import UserError
-from lr_jax import config_files
+from lr_jax.files import config_files
 from lr_jax import editors
-from lr_jax import hf_weights
-from lr_jax import manifest as manifest_lib
+from lr_jax.encoders import hf_weights
+from lr_jax.files import manifest as manifest_lib
 from lr_jax import samples
 
 OFFICIAL_CONFIG = editors.DEFAULT_CONFIG

@@ -59,7 +59,7 @@ def write_samples(directory: str | pathlib.Path,
 def sample_examples(directory: str | pathlib.Path | None = None) -> list:
   """The sample manifest's examples, written once to `directory` (default: a per-user
   cache folder, $LR_JAX_SAMPLES_DIR or ~/.cache/lr_jax/samples)."""
-  from lr_jax import manifest  # pylint: disable=g-import-not-at-top
+  from lr_jax.files import manifest  # pylint: disable=g-import-not-at-top
   if directory is None:
     directory = os.environ.get("LR_JAX_SAMPLES_DIR") or (
         pathlib.Path.home() / ".cache" / "lr_jax" / "samples")

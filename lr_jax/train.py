@@ -11,7 +11,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from lr_jax import errors
-from lr_jax import sharding
+from lr_jax.method import sharding
 from lr_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",

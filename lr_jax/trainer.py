@@ -16,11 +16,11 @@ from lr_common import output_files
 from lr_common.errors import UserError
 from lr_jax import checkpointing
 from lr_jax import dataset as data_lib
-from lr_jax import metrics_file
-from lr_jax import settings as settings_lib
-from lr_jax import sharding
-from lr_jax import sheets
-from lr_jax import step as step_lib
+from lr_jax.files import metrics_file
+from lr_jax.method import settings as settings_lib
+from lr_jax.method import sharding
+from lr_jax.files import sheets
+from lr_jax.method import step as step_lib
 from lr_jax.models import Built, build_models, check_config
 
 

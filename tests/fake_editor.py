@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from lr_jax.editors import base
-from lr_jax.settings import SettingsError
+from lr_jax.method.settings import SettingsError
 
 CONFIG_SECTIONS = ("fake",)
 RGN_KEYS = ("fake.grid",)

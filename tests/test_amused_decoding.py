@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from lr_common.errors import UserError
-from lr_jax.amused import decoding
-from lr_jax.amused.decoding import DecodeSettings
-from lr_jax.settings import SettingsError
+from lr_jax.generators.amused import decoding
+from lr_jax.generators.amused.decoding import DecodeSettings
+from lr_jax.method.settings import SettingsError
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "amused" / "decoding.npz"
 SCENARIOS = ("linear_guided", "cosine_guided_batch2", "linear_unguided_strength",

@@ -18,15 +18,15 @@ from safetensors.numpy import load_file, save_file
 
 from configs import amused as amused_config
 from configs import amused_tiny
-from lr_jax import hf_weights
-from lr_jax import manifest as manifest_lib
+from lr_jax.encoders import hf_weights
+from lr_jax.files import manifest as manifest_lib
 from lr_jax import models
-from lr_jax.amused import hub
-from lr_jax.amused import transformer as transformer_lib
-from lr_jax.amused import vq as vq_lib
+from lr_jax.generators.amused import hub
+from lr_jax.generators.amused import transformer as transformer_lib
+from lr_jax.generators.amused import vq as vq_lib
 from lr_jax.editors import amused
-from lr_jax.hf_files import WeightsError
-from lr_jax.settings import SettingsError
+from lr_jax.encoders.hf_files import WeightsError
+from lr_jax.method.settings import SettingsError
 from tests import cli_helpers
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "amused"

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lr_jax.amused import text
-from lr_jax.hf_files import WeightsError, read_json, read_safetensors
-from lr_jax.hf_weights import IGNORED_CLIP, load_clip_tokenizer
+from lr_jax.generators.amused import text
+from lr_jax.encoders.hf_files import WeightsError, read_json, read_safetensors
+from lr_jax.encoders.hf_weights import IGNORED_CLIP, load_clip_tokenizer
 
 
 @pytest.fixture(scope="module")

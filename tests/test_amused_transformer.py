@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lr_jax.amused import transformer as uvit
-from lr_jax.hf_files import WeightsError, read_json, read_safetensors
-from lr_jax.hf_weights import hf_shapes
+from lr_jax.generators.amused import transformer as uvit
+from lr_jax.encoders.hf_files import WeightsError, read_json, read_safetensors
+from lr_jax.encoders.hf_weights import hf_shapes
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 TINY = {"plain": uvit.UVit2DConfig.tiny(),

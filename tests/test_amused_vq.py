@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from lr_jax.amused import hub
-from lr_jax.amused.vq import VQConfig, VQConfigError, VQModel, abstract_params, random_params
-from lr_jax.hf_files import WeightsError
+from lr_jax.generators.amused import hub
+from lr_jax.generators.amused.vq import VQConfig, VQConfigError, VQModel, abstract_params, random_params
+from lr_jax.encoders.hf_files import WeightsError
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 

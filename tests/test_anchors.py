@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lr_jax.anchors import box_corners, box_proposals, to_pixels, top_k_anchors
+from lr_jax.method.anchors import box_corners, box_proposals, to_pixels, top_k_anchors
 
 
 def test_single_maximum_is_row_col_not_xy():

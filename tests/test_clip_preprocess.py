@@ -1,12 +1,12 @@
-"""Tests for the CLIP pixel pipeline in lr_jax.clip (preprocessing, augmented views) against PIL."""
+"""Tests for the CLIP pixel pipeline in lr_jax.encoders.clip (preprocessing, augmented views) against PIL."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from lr_jax import clip
-from lr_jax import losses
+from lr_jax.encoders import clip
+from lr_jax.method import losses
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])

@@ -7,11 +7,11 @@ import pytest
 
 from configs import tiny
 from lr_jax import dataset
-from lr_jax import imagenet
-from lr_jax import manifest as manifest_lib
+from lr_jax.encoders import imagenet
+from lr_jax.files import manifest as manifest_lib
 from lr_jax import samples
 from lr_jax.models import build_models
-from lr_jax.text_encoder import TextEncoder
+from lr_jax.encoders.text_encoder import TextEncoder
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from skimage import metrics as sk_metrics
 
-from lr_jax import edit_metrics
+from lr_jax.evaluation import metrics as edit_metrics
 
 
 def _box_mean(x, size=7):

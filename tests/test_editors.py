@@ -13,9 +13,9 @@ from configs import tiny
 from lr_jax import checkpointing
 from lr_jax import editors
 from lr_jax import inference
-from lr_jax import manifest as manifest_lib
+from lr_jax.files import manifest as manifest_lib
 from lr_jax import samples
-from lr_jax import settings
+from lr_jax.method import settings
 from lr_jax import trainer
 from lr_jax.editors import base
 from lr_jax.models import build_models

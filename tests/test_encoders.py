@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lr_jax import hf_weights
-from lr_jax.clip import CLIP
-from lr_jax.dino import dino_features
-from lr_jax.vit import ViT, bicubic_matrix, interpolate_pos_embed, resize_grid_bicubic
+from lr_jax.encoders import hf_weights
+from lr_jax.encoders.clip import CLIP
+from lr_jax.encoders.dino import dino_features
+from lr_jax.encoders.vit import ViT, bicubic_matrix, interpolate_pos_embed, resize_grid_bicubic
 
 
 def max_err(a, b):

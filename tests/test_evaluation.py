@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lr_jax import edit_metrics
-from lr_jax import evaluation
+from lr_jax.evaluation import metrics as edit_metrics
+from lr_jax.evaluation import runner as evaluation
 from lr_jax import inference
-from lr_jax import manifest
+from lr_jax.files import manifest
 from lr_jax.models import build_models
 from tests import cli_helpers
 from tests.tiny_setup import tiny_config
@@ -141,7 +141,7 @@ def test_clip_embedding_of_any_size_is_clips_own_preprocessing(built):
   """The host-side canvas (PIL bicubic, shorter side, centre crop) gives the embedding of
   `clip_preprocess` run on the full photo in JAX."""
   import jax.numpy as jnp
-  from lr_jax import step as step_lib
+  from lr_jax.method import step as step_lib
   rows, cols = np.mgrid[0:90, 0:150]
   photo = np.stack([np.sin(rows / 9.0), np.cos(cols / 13.0), (rows + cols) / 240.0], -1)
   photo = (np.clip(photo * 0.5 + 0.5, 0, 1) * 255).astype(np.uint8)

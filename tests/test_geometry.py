@@ -1,4 +1,4 @@
-"""The geometry-preserving canvas and window mode (lr_jax/canvas.py, lr_jax/window.py):
+"""The geometry-preserving canvas and window mode (lr_jax/method/canvas.py, lr_jax/method/window.py):
 round things stay round, anchors stay off the padding, only the edited box changes,
 window edits land where they belong, training sees what inference sees."""
 import json
@@ -12,17 +12,17 @@ from PIL import Image
 
 from configs import tiny
 from lr_common import pixels as pixels_lib
-from lr_jax import anchors as anchors_lib
-from lr_jax import canvas as canvas_lib
+from lr_jax.method import anchors as anchors_lib
+from lr_jax.method import canvas as canvas_lib
 from lr_jax import checkpointing
 from lr_jax import dataset
 from lr_jax import editors
 from lr_jax import inference
-from lr_jax import manifest as manifest_lib
-from lr_jax import settings
-from lr_jax import step as step_lib
+from lr_jax.files import manifest as manifest_lib
+from lr_jax.method import settings
+from lr_jax.method import step as step_lib
 from lr_jax import trainer
-from lr_jax import window as window_lib
+from lr_jax.method import window as window_lib
 from lr_jax.models import build_models
 from tests import fake_editor
 
@@ -348,7 +348,7 @@ def test_window_mode_end_to_end_with_a_painting_editor(tmp_path):
 
 def test_sheet_panels_have_the_photos_aspect(tmp_path):
   from types import SimpleNamespace
-  from lr_jax import sheets
+  from lr_jax.files import sheets
   rng = np.random.default_rng(3)
   outputs = SimpleNamespace(
       best=0, chosen=np.zeros(2, int), regions=SimpleNamespace(

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from lr_jax import hf_files, hf_weights
-from lr_jax.hf_weights import WeightsError
+from lr_jax.encoders import hf_files
+
+from lr_jax.encoders import hf_weights
+from lr_jax.encoders.hf_weights import WeightsError
 
 
 @pytest.fixture()

@@ -1,11 +1,11 @@
-"""Tests for lr_jax.imagenet: the class table and prompt -> class matching."""
+"""Tests for lr_jax.encoders.imagenet: the class table and prompt -> class matching."""
 import re
 
 import numpy as np
 import pytest
 
-from lr_jax import imagenet
-from lr_jax.imagenet import PromptError, match_prompt
+from lr_jax.encoders import imagenet
+from lr_jax.encoders.imagenet import PromptError, match_prompt
 
 # Well-known ImageNet-1k ids (standard sorted-wnid order).
 ANCHORS = {0: ("n01440764", "tench"), 1: ("n01443537", "goldfish"), 7: ("n01514668", "cock"),

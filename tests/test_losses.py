@@ -1,11 +1,11 @@
-"""Tests for lr_jax.losses and lr_jax.scoring against numpy / PIL references."""
+"""Tests for lr_jax.method.losses and lr_jax.method.scoring against numpy / PIL references."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lr_jax import losses
-from lr_jax import scoring
+from lr_jax.method import losses
+from lr_jax.method import scoring
 
 def _np_unit(x):
   return x / np.linalg.norm(x, axis=-1, keepdims=True)

@@ -1,12 +1,12 @@
-"""Tests for lr_jax.manifest: JSON / JSON-lines / CSV manifests and folders."""
+"""Tests for lr_jax.files.manifest: JSON / JSON-lines / CSV manifests and folders."""
 import json
 import pathlib
 
 import pytest
 from PIL import Image
 
-from lr_jax import manifest
-from lr_jax.manifest import Example, ManifestError
+from lr_jax.files import manifest
+from lr_jax.files.manifest import Example, ManifestError
 
 
 @pytest.fixture

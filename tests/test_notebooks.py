@@ -213,7 +213,7 @@ def test_setup_picks_the_editors_configs(tmp_path, capsys):
 
 def test_training_set_and_single_examples(tmp_path):
   from skimage import data  # pylint: disable=g-import-not-at-top
-  from lr_jax import manifest  # pylint: disable=g-import-not-at-top
+  from lr_jax.files import manifest  # pylint: disable=g-import-not-at-top
   from lr_jax import notebook  # pylint: disable=g-import-not-at-top
   examples = manifest.read_manifest(notebook.write_training_set(tmp_path))
   assert [(e.image_path.name, e.prompt) for e in examples] == [

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lr_jax import manifest
-from lr_jax import object_masks
-from lr_jax import pie_bench
+from lr_jax.files import manifest
+from lr_jax.evaluation import object_masks
+from lr_jax.files import pie_bench
 
 
 def _image(path, hw=(512, 512)):

@@ -9,10 +9,10 @@ from PIL import Image
 
 from lr_jax import checkpointing
 from lr_jax import inference
-from lr_jax import manifest as manifest_lib
+from lr_jax.files import manifest as manifest_lib
 from lr_jax import samples
-from lr_jax import settings
-from lr_jax import step as step_lib
+from lr_jax.method import settings
+from lr_jax.method import step as step_lib
 from lr_jax import trainer
 from lr_jax.models import build_models
 from tests import tiny_setup
@@ -241,7 +241,7 @@ def test_missing_weights_offline_name_the_files(tmp_path, monkeypatch):
     raise OSError("network is off in tests")
   monkeypatch.setattr("urllib.request.urlopen", no_network)
   from configs import maskgit_imagenet256
-  from lr_jax import hf_weights
+  from lr_jax.encoders import hf_weights
   with pytest.raises(hf_weights.WeightsError) as e:
     build_models(maskgit_imagenet256.get_config())
   text = str(e.value)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lr_jax import report
+from lr_jax.evaluation import report
 
 
 def _row(index, strategy, s, t2i, seconds=1.0, compile_=False, regions=None):

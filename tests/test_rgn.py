@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from lr_jax.rgn import (RegionGenerationNetwork, expected_loss,
+from lr_jax.method.rgn import (RegionGenerationNetwork, expected_loss,
                         gumbel_softmax_straight_through, select_candidates,
                         selection_loss)
 

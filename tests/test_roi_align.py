@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lr_jax.roi_align import roi_align, roi_align_batched
+from lr_jax.method.roi_align import roi_align, roi_align_batched
 
 jax.config.update("jax_enable_x64", False)
 

@@ -1,4 +1,4 @@
-"""Typed settings (lr_jax.settings): built once from a config, checked up front, and the
+"""Typed settings (lr_jax.method.settings): built once from a config, checked up front, and the
 key lists of the workdir guards derived from them."""
 import dataclasses
 
@@ -6,7 +6,7 @@ import pytest
 
 from configs import maskgit_imagenet256, tiny
 from lr_jax import checkpointing
-from lr_jax import settings
+from lr_jax.method import settings
 from lr_jax.models import check_config
 
 

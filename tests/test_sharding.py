@@ -13,7 +13,9 @@ SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from PIL import Image
     from configs import tiny
-    from lr_jax import manifest, sharding, trainer
+    from lr_jax.files import manifest
+    from lr_jax.method import sharding
+    from lr_jax import trainer
     from lr_jax.models import build_models
 
     assert jax.device_count() == 8, jax.devices()

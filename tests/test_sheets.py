@@ -1,4 +1,4 @@
-"""Tests for lr_jax.sheets: the edit sheet and the loss curve PNGs."""
+"""Tests for lr_jax.files.sheets: the edit sheet and the loss curve PNGs."""
 import json
 import time
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lr_jax import metrics_file as metrics_file_lib
-from lr_jax import sheets
+from lr_jax.files import metrics_file as metrics_file_lib
+from lr_jax.files import sheets
 
 
 def _inputs(k=4, m=3, height=128, width=192, seed=0):

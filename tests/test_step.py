@@ -1,4 +1,4 @@
-"""The jitted steps (lr_jax.step) on the tiny models: regions, the objective's two
+"""The jitted steps (lr_jax.method.step) on the tiny models: regions, the objective's two
 estimators and augmented views, inference and its final pick."""
 import functools
 from types import SimpleNamespace
@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lr_jax import anchors as anchors_lib
+from lr_jax.method import anchors as anchors_lib
 from lr_jax import dataset
-from lr_jax import manifest as manifest_lib
+from lr_jax.files import manifest as manifest_lib
 from lr_jax import samples
-from lr_jax import settings
-from lr_jax import step as step_lib
+from lr_jax.method import settings
+from lr_jax.method import step as step_lib
 from lr_jax.models import build_models
 from tests.tiny_setup import tiny_config
 

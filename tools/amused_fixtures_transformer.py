@@ -40,8 +40,8 @@ import transformers
 from diffusers.models.unets.uvit_2d import UVit2DModel
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from lr_jax.amused.transformer import UVit2DConfig  # noqa: E402  (sizes only)
-from lr_jax.hf_weights import TINY_VOCAB_SIZE, tiny_clip_tokenizer  # noqa: E402
+from lr_jax.generators.amused.transformer import UVit2DConfig  # noqa: E402  (sizes only)
+from lr_jax.encoders.hf_weights import TINY_VOCAB_SIZE, tiny_clip_tokenizer  # noqa: E402
 
 PROMPTS = ["a cat wearing sunglasses", "", "zebra stripes under a blue sky"]
 GRID = (4, 6)  # a non-square token grid catches height/width mix-ups

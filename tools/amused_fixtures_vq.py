@@ -31,8 +31,8 @@ import torch
 from diffusers import VQModel
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from lr_jax.amused.vq import VQConfig  # noqa: E402
-from lr_jax.hf_weights import tiny_clip_tokenizer  # noqa: E402
+from lr_jax.generators.amused.vq import VQConfig  # noqa: E402
+from lr_jax.encoders.hf_weights import tiny_clip_tokenizer  # noqa: E402
 
 FULL_CONFIG = dict(  # amused/amused-256 and amused/amused-512 vqvae/config.json
     act_fn="silu", block_out_channels=[128, 256, 256, 512, 768],

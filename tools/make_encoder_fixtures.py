@@ -22,7 +22,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from lr_jax.hf_weights import TINY_VOCAB_SIZE, tiny_clip_tokenizer  # noqa: E402
+from lr_jax.encoders.hf_weights import TINY_VOCAB_SIZE, tiny_clip_tokenizer  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import ml_collections
 
-from lr_jax.settings import SettingsError
+from lr_jax.method.settings import SettingsError
 
 DEFAULT = "maskgit"
 DEFAULT_CONFIG = "maskgit_imagenet256"   # configs/<this>.py: the default editor's paper setup

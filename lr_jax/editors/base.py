@@ -83,7 +83,7 @@ class Editor(abc.ABC):
   @abc.abstractmethod
   def condition(self, examples: Sequence[Any], text_encoder: Any) -> Conditioning:
     """Host side: the conditioning of each example (`manifest.Example`: prompt,
-    optional class id), given the CLIP text encoder (`lr_jax.text_encoder`)."""
+    optional class id), given the CLIP text encoder (`lr_jax.encoders.text_encoder`)."""
 
   @abc.abstractmethod
   def dummy_condition(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """The evaluation report: tables with bootstrap intervals, paired comparisons, pictures.
 
-From the result lines of `lr_jax.evaluation` it writes into the evaluation folder
+From the result lines of `lr_jax.evaluation.runner` it writes into the evaluation folder
   summary.csv   one row per (strategy, metric): n, mean, 95 % bootstrap interval;
   summary.md    the same as a table, and the paired tables "strategy A better than B,
                 % of images" on S and on CLIP text similarity (the paper's Tables 1-2);

@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from lr_jax.losses import cosine_similarity
+from lr_jax.method.losses import cosine_similarity
 
 
 class QualityScore(NamedTuple):

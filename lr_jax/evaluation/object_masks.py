@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lr_common.errors import UserError
-from lr_jax import manifest as manifest_lib
-from lr_jax import pie_bench
+from lr_jax.files import manifest as manifest_lib
+from lr_jax.files import pie_bench
 
 
 class MaskError(UserError, ValueError):

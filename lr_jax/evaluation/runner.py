@@ -3,8 +3,8 @@
 `evaluate(config, examples, strategies, out_dir)` is importable from notebooks; the
 command is `lr_jax.evaluate`. Per pair it writes the edit's files under
 `out_dir/edits/<strategy>/` and one JSON line in `out_dir/results.jsonl`, measured on
-the written photo at its own resolution (`lr_jax.edit_metrics`); a rerun skips the
-pairs already there. `lr_jax.report` turns the lines into tables and pictures.
+the written photo at its own resolution (`lr_jax.evaluation.metrics`); a rerun skips the
+pairs already there. `lr_jax.evaluation.report` turns the lines into tables and pictures.
 """
 from __future__ import annotations
 
@@ -23,15 +23,15 @@ from PIL import Image
 from lr_common import output_files
 from lr_common import pixels as pixels_lib
 from lr_common.errors import UserError
-from lr_jax import canvas as canvas_lib
+from lr_jax.method import canvas as canvas_lib
 from lr_jax import checkpointing
 from lr_jax import dataset
-from lr_jax import dino as dino_lib
-from lr_jax import edit_metrics
+from lr_jax.encoders import dino as dino_lib
+from lr_jax.evaluation import metrics as edit_metrics
 from lr_jax import inference
-from lr_jax import manifest as manifest_lib
-from lr_jax import object_masks
-from lr_jax import step as step_lib
+from lr_jax.files import manifest as manifest_lib
+from lr_jax.evaluation import object_masks
+from lr_jax.method import step as step_lib
 from lr_jax.models import Built, Models, build_models, check_config
 
 RESULTS_FILE = "results.jsonl"

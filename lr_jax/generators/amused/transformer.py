@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lr_jax.hf_files import WeightsError
-from lr_jax.hf_weights import convert_state, hf_shapes
+from lr_jax.encoders.hf_files import WeightsError
+from lr_jax.encoders.hf_weights import convert_state, hf_shapes
 
 _LIST_MODULES = re.compile(r"^(res_blocks|attention_blocks|transformer_layers)_(\d+)$")
 _RENAMED_MODULES = {"to_out": "to_out.0", "geglu": "net.0.proj", "ff_out": "net.2"}

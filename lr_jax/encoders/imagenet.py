@@ -25,7 +25,7 @@ CLASS_PROMPT_TEMPLATE = "a photo of a {}."
 TextEncoder = Callable[[Sequence[str]], jnp.ndarray]
 """Maps N prompts to (N, P) CLIP text embeddings (normalized or not)."""
 
-_TABLE_PATH = pathlib.Path(__file__).parent / "data" / "imagenet_classes.tsv"
+_TABLE_PATH = pathlib.Path(__file__).parents[1] / "data" / "imagenet_classes.tsv"
 _LEADING_PHRASES = (
     "a high quality photo of", "a photo of", "a picture of", "an image of",
     "a photograph of", "photo of", "picture of", "image of")
@@ -143,7 +143,7 @@ def class_text_embeddings(text_encoder: TextEncoder,
                           batch_size: int = 250) -> jnp.ndarray:
   """(1000, P) L2-normalized CLIP embeddings of `template.format(name)`.
 
-  Not cached here: `lr_jax.text_encoder.TextEncoder.class_name_embeddings` keeps them.
+  Not cached here: `lr_jax.encoders.text_encoder.TextEncoder.class_name_embeddings` keeps them.
   """
   prompts = [template.format(name) for name in class_names()]
   chunks = [np.asarray(text_encoder(prompts[i:i + batch_size]))

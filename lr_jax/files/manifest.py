@@ -10,7 +10,7 @@ per line) or a CSV file with a header row. Keys / columns:
   mask           an object mask image (white = the object), relative like `image`;
                  only the evaluation reads it (optional)
 
-A JSON object in PIE-Bench's `mapping_file.json` layout (`lr_jax.pie_bench`) is read
+A JSON object in PIE-Bench's `mapping_file.json` layout (`lr_jax.files.pie_bench`) is read
 as well, with its run-length masks.
 
 Problems are reported together in one ManifestError (every bad row, every
@@ -28,7 +28,7 @@ from typing import Any
 
 from lr_common.errors import UserError
 from lr_common import image_files as images
-from lr_jax import pie_bench
+from lr_jax.files import pie_bench
 
 REQUIRED_KEYS = ("image", "prompt")
 OPTIONAL_KEYS = ("source_prompt", "class_id", "mask")

@@ -5,7 +5,7 @@ component: `vqvae/` and `transformer/` (diffusers: `config.json`,
 `diffusion_pytorch_model[.fp16].safetensors`), `text_encoder/` (transformers: `config.json`,
 `model[.fp16].safetensors`) and `tokenizer/` (CLIP BPE: `vocab.json`, `merges.txt`, ...).
 `resolve_amused` accepts a repo id or a local directory of that layout; a repo id is looked up
-like `lr_jax.hf_files` does (cache only when HF_HUB_OFFLINE is set or the hub does not answer one
+like `lr_jax.encoders.hf_files` does (cache only when HF_HUB_OFFLINE is set or the hub does not answer one
 quick probe), and a failure names the exact download command.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lr_jax import hf_files
-from lr_jax.amused.vq import VQConfig, VQConfigError, abstract_params
-from lr_jax.hf_files import WeightsError, read_json, read_safetensors
-from lr_jax.hf_weights import convert_state
+from lr_jax.encoders import hf_files
+from lr_jax.generators.amused.vq import VQConfig, VQConfigError, abstract_params
+from lr_jax.encoders.hf_files import WeightsError, read_json, read_safetensors
+from lr_jax.encoders.hf_weights import convert_state
 
 AMUSED_256 = "amused/amused-256"
 AMUSED_512 = "amused/amused-512"

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lr_jax.vit import EncoderBlock, ViT, ViTConfig, check_sizes
+from lr_jax.encoders.vit import EncoderBlock, ViT, ViTConfig, check_sizes
 
 LEGACY_EOS_TOKEN_ID = 2
 

@@ -1,6 +1,6 @@
 """Per-edit measurements on the written photo (numpy, host side).
 
-Standalone functions, composed by `lr_jax.evaluation`:
+Standalone functions, composed by `lr_jax.evaluation.runner`:
   * CLIP similarities from embeddings: text-image, image-image, directional, and the
     quality score S of the method;
   * background preservation (MSE, PSNR, SSIM) on the pixels a boolean mask keeps;

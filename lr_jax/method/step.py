@@ -6,7 +6,7 @@ key) and of static `Models` and `settings.Method`; `lr_jax.trainer` and
 editor's image size, boxes (top, left, height, width) in the editor's token units,
 (row, col) order everywhere.
 
-A batch is {"images" (B,S,S,3): the canvases (`lr_jax.canvas`), "valid" (B,4) int: the
+A batch is {"images" (B,S,S,3): the canvases (`lr_jax.method.canvas`), "valid" (B,4) int: the
 token area (top, left, height, width) of each canvas that shows the photo (optional:
 the whole grid), "text_embed" (B,P), "src_text_embed" (B,P), "cond": the editor's
 conditioning arrays}.
@@ -21,16 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lr_jax import anchors as anchors_lib
-from lr_jax import dino as dino_lib
-from lr_jax import losses as losses_lib
-from lr_jax import rgn as rgn_lib
-from lr_jax import roi_align as roi_lib
-from lr_jax import scoring
-from lr_jax.clip import CLIP, augment_views, clip_preprocess
+from lr_jax.method import anchors as anchors_lib
+from lr_jax.encoders import dino as dino_lib
+from lr_jax.method import losses as losses_lib
+from lr_jax.method import rgn as rgn_lib
+from lr_jax.method import roi_align as roi_lib
+from lr_jax.method import scoring
+from lr_jax.encoders.clip import CLIP, augment_views, clip_preprocess
 from lr_jax.editors.base import EditOutput
 from lr_jax.models import Models
-from lr_jax.settings import LossSettings, Method, OptimSettings, RegionSettings
+from lr_jax.method.settings import LossSettings, Method, OptimSettings, RegionSettings
 
 Array = jax.Array
 
@@ -118,7 +118,7 @@ def edit_boxes(models: Models, frozen: Any, images: Array, boxes: Array, cond: A
 
 @functools.lru_cache(maxsize=16)
 def make_edit(models: Models):
-  """`edit_boxes` jitted for these models: one more editor call (`lr_jax.window`)."""
+  """`edit_boxes` jitted for these models: one more editor call (`lr_jax.method.window`)."""
   return jax.jit(functools.partial(edit_boxes, models))
 
 

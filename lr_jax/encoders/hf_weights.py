@@ -2,7 +2,7 @@
 
 `load_clip` / `load_dino` accept a hub repo id or a local directory holding
 `config.json` and `model.safetensors` (plus tokenizer files for CLIP); finding
-and reading the files is `lr_jax.hf_files`. The converter maps every Flax
+and reading the files is `lr_jax.encoders.hf_files`. The converter maps every Flax
 parameter to exactly one HF tensor and fails, listing every problem, on unused
 tensors, missing tensors or wrong shapes. Tensors allowed to go unused (IGNORED_*):
   * `{text,vision}_model.embeddings.position_ids`: the integer buffer
@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lr_jax.clip import CLIP, CLIPConfig, TextConfig
-from lr_jax.hf_files import (MODEL_FILES, WEIGHTS_FILE, WeightsError, download_hint,
+from lr_jax.encoders.clip import CLIP, CLIPConfig, TextConfig
+from lr_jax.encoders.hf_files import (MODEL_FILES, WEIGHTS_FILE, WeightsError, download_hint,
                              read_json, read_safetensors, resolve_hf_repo)
-from lr_jax.vit import ACTIVATIONS, ViT, ViTConfig
+from lr_jax.encoders.vit import ACTIVATIONS, ViT, ViTConfig
 from lr_common.random_params import draw_params
 
 HF_CLIP_REPO = "openai/clip-vit-base-patch16"

@@ -1,5 +1,5 @@
 """aMUSEd's text encoder: the CLIP-L/14 text tower with projection (transformers
-`CLIPTextModelWithProjection`), built from lr_jax.clip's TextTransformer.
+`CLIPTextModelWithProjection`), built from lr_jax.encoders.clip's TextTransformer.
 
 The aMUSEd pipeline conditions the transformer on two outputs of one forward pass:
 the penultimate layer's hidden states (HF `hidden_states[-2]`, before the final
@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lr_jax.clip import TextConfig, TextTransformer
-from lr_jax.hf_files import WeightsError
-from lr_jax.hf_weights import (IGNORED_CLIP, TINY_VOCAB_SIZE, clip_hf_name,
+from lr_jax.encoders.clip import TextConfig, TextTransformer
+from lr_jax.encoders.hf_files import WeightsError
+from lr_jax.encoders.hf_weights import (IGNORED_CLIP, TINY_VOCAB_SIZE, clip_hf_name,
                                clip_text_config_from_json, convert_state, hf_shapes)
 
 

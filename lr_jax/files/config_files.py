@@ -17,7 +17,7 @@ def checkouts(repo_dir: str | os.PathLike | None = None) -> list[pathlib.Path]:
     candidates.append(pathlib.Path(repo_dir).expanduser())
   if os.environ.get(REPO_ENV_VAR):
     candidates.append(pathlib.Path(os.environ[REPO_ENV_VAR]).expanduser())
-  candidates.append(pathlib.Path(__file__).resolve().parents[1])
+  candidates.append(pathlib.Path(__file__).resolve().parents[2])
   candidates.append(pathlib.Path.cwd())
   return candidates
 

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lr_jax import imagenet
-from lr_jax.clip import CLIP
+from lr_jax.encoders import imagenet
+from lr_jax.encoders.clip import CLIP
 
 
 @functools.partial(jax.jit, static_argnums=0)

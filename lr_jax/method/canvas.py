@@ -23,7 +23,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from lr_common import pixels as pixels_lib
-from lr_jax.settings import CANVASES
+from lr_jax.method.settings import CANVASES
 
 # Edge padding, not reflect: reflecting copies the photo's border objects into the
 # padding, where CLIP sees them twice (README: "Canvas").

@@ -19,12 +19,12 @@ import math
 from typing import Any, ClassVar, Iterator
 
 from lr_common.errors import UserError
-from lr_jax import losses
-from lr_jax import rgn as rgn_lib
+from lr_jax.method import losses
+from lr_jax.method import rgn as rgn_lib
 
 _RGN = {"rgn": True}
-CANVASES = ("pad", "squeeze")          # lr_jax.canvas
-WINDOW_MODES = ("auto", "on", "off")   # lr_jax.window
+CANVASES = ("pad", "squeeze")          # lr_jax.method.canvas
+WINDOW_MODES = ("auto", "on", "off")   # lr_jax.method.window
 _RESUMABLE = {"resumable": True}
 
 
@@ -59,10 +59,10 @@ class RegionSettings:
   sizes: tuple[int, ...] = dataclasses.field(default=(3, 5, 7, 9, 11, 13, 15), metadata=_RGN)
   roi_size: int = dataclasses.field(default=7, metadata=_RGN)
   sampling_ratio: int = dataclasses.field(default=2, metadata=_RGN)
-  # How a photo is placed in the editor's square (`lr_jax.canvas`): "pad" keeps its
+  # How a photo is placed in the editor's square (`lr_jax.method.canvas`): "pad" keeps its
   # aspect ratio, "squeeze" stretches it (a trained RGN scores boxes of one canvas).
   canvas: str = dataclasses.field(default="pad", metadata=_RGN)
-  # Window mode (`lr_jax.window`): the kept box edited once more in a square window
+  # Window mode (`lr_jax.method.window`): the kept box edited once more in a square window
   # cut from the original, window_scale x the box's longer side. Host side only, so
   # left out of equality and hash: changing them compiles nothing again.
   window: str = dataclasses.field(default="auto", metadata=_RESUMABLE, compare=False)

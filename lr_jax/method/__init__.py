@@ -1,0 +1,1 @@
+"""The region method: anchors, proposals, ROI-align, the RGN, losses, scoring, the jitted steps and their typed settings."""
