@@ -2,8 +2,8 @@ r"""The paper's method with aMUSEd as the editor: free-text prompts, CLIP-L text
 
 amused/amused-256 (16x16 tokens; `configs/amused.py:512` for amused/amused-512, 32x32),
 DINO ViT-B/16 and CLIP ViT-B/16; everything else as configs/maskgit_imagenet256.py.
-Weights come from the Hugging Face hub on first use (or --config.amused.repo=DIR, a
-local copy of the repo; --config.amused.variant=fp16 for the half-size files).
+Weights come from the Hugging Face hub on first use (or --config.editor.repo=DIR, a
+local copy of the repo; --config.editor.variant=fp16 for the half-size files).
 
   python -m lr_jax.edit --config configs/amused.py --image cat.jpg \
       --prompt "a cat wearing sunglasses" --refine_steps 10 --out results/
@@ -18,11 +18,11 @@ from lr_jax import editors
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = defaults.base_config()
-  editors.add_defaults(c, "amused")
+  editors.use(c, "amused")
   if arg in (None, "", "256"):
-    c.amused.resolution = 256
+    c.editor.resolution = 256
   elif arg == "512":
-    c.amused.resolution = 512
+    c.editor.resolution = 512
   else:
     raise ValueError(f"config argument must be 256 or 512, got {arg!r}")
   return c

@@ -27,6 +27,6 @@ def _tiny_config(arg):
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = _tiny_config(arg)
-  editors.add_defaults(c, "amused")
-  c.amused_edit.num_steps = 4
+  editors.use(c, "amused")
+  c.editor.num_steps = 4
   return c

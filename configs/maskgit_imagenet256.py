@@ -17,9 +17,9 @@ from lr_jax import defaults
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = defaults.base_config()
   if arg in (None, "", "256"):
-    c.maskgit.name = "imagenet256"
+    c.editor.model = "imagenet256"
   elif arg == "512":
-    c.maskgit.name = "imagenet512"
+    c.editor.model = "imagenet512"
   else:
     raise ValueError(f"config argument must be 256 or 512, got {arg!r}")
   return c

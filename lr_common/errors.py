@@ -8,3 +8,7 @@ class UserError(Exception):
   Each module defines its own subclasses (also deriving from the builtin type that
   fits, e.g. ValueError), so a catch of `UserError` lists nothing by hand.
   """
+
+
+class SettingsError(UserError, ValueError):
+  """A config value is out of range or of the wrong kind."""

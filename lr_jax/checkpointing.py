@@ -72,13 +72,14 @@ LEGACY_VALUES = {"region.canvas": "squeeze"}   # runs before the canvas setting 
 
 
 def _saved_flat(config_path: pathlib.Path) -> dict[str, Any]:
-  """The saved config, with settings added to lr_jax after the run was made filled
-  in with what the run did: their defaults (e.g. `editor.name`), or `LEGACY_VALUES`."""
-  saved = _flatten(json.loads(config_path.read_text()))
+  """The saved config in today's layout (the old per-editor sections mapped onto
+  `editor.*`: `editors.upgrade_saved`), with settings added to lr_jax after the run was
+  made filled in with what the run did: their defaults, or `LEGACY_VALUES`."""
+  saved = editors.upgrade_saved(_flatten(json.loads(config_path.read_text())))
   base = defaults.base_config()
   name = saved.get("editor.name", editors.DEFAULT)
   if name != editors.DEFAULT:
-    editors.add_defaults(base, name)
+    editors.use(base, name)
   for key, value in _as_flat(base).items():
     saved.setdefault(key, LEGACY_VALUES.get(key, value))
   return saved

@@ -115,7 +115,7 @@ def canvases(built: Built, loaded: list[images_lib.LoadedImage], canvas: str
   """The (N, S, S, 3) float32 canvases of loaded images and their layouts: what
   training and inference both feed DINO, the editor and CLIP."""
   editor = built.models.editor
-  layouts = [canvas_lib.layout(im.original.shape, editor.image_size, editor.grid, canvas)
+  layouts = [canvas_lib.layout(im.original.shape, editor.image_size, editor.box_grid, canvas)
              for im in loaded]
   pixels = [canvas_lib.to_canvas(im.original, lay) for im, lay in zip(loaded, layouts)]
   size = editor.image_size

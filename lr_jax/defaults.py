@@ -15,8 +15,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.models = "official"
 
   # The generator (lr_jax/editors/<name>.py) and its own config sections; configs
-  # pick another with editors.add_defaults(c, name).
-  editors.add_defaults(c)
+  # pick another with editors.use(c, name).
+  editors.use(c)
 
   c.dino = ml_collections.ConfigDict()
   c.dino.repo = "facebook/dino-vitb16"   # hub id or local directory

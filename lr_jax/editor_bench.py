@@ -1,17 +1,18 @@
 r"""Benchmark of the editors side by side: N boxes of one image in one call vs N calls.
 
   python -m lr_jax.editor_bench --editors maskgit,amused --ns 1,4,8,28 \
-      --dtypes float32,bfloat16 --repeats 3 [--amused_steps 12] [--json out.json]
+      --dtypes float32,bfloat16 --repeats 3 [--steps 12] [--json out.json]
 
 Every editor runs through the contract of lr_jax/editors/base.py (`editor.edit`, jitted)
 at its full size with random weights (`build(config, "random")`; nothing is downloaded),
-from its paper config (configs/maskgit_imagenet256.py, configs/amused.py; `--resolution
-512` for the 512 models). Per (editor, dtype, N): milliseconds per edited image when the
+from its paper config (the editor module's `CONFIGS`: configs/maskgit_imagenet256.py,
+configs/amused.py, ...; `--resolution 512` for the 512 models). Per (editor, dtype, N): milliseconds per edited image when the
 N boxes are edited in one call, the same for N separate one-box calls (measured, or with
 `--noseparate` taken as N times the N=1 call, which is the same compiled function), the
 first call (compile) time, peak memory, and for bfloat16 the largest pixel difference
 from float32 with the same keys. `--tiny` uses the tiny configs (a quick check).
-On a 2-core CPU keep it small: `--ns 1,4 --repeats 1 --amused_steps 2 --noseparate`.
+`--steps N` sets the decoding steps of the editors that have them (`editor.num_steps`).
+On a 2-core CPU keep it small: `--ns 1,4 --repeats 1 --steps 2 --noseparate`.
 """
 from __future__ import annotations
 
@@ -32,51 +33,51 @@ from lr_jax import editors
 from lr_jax import errors
 from lr_jax import notebook
 
-# name -> (paper config, tiny config, the config key of the compute dtype)
-EDITORS = {"maskgit": ("maskgit_imagenet256", "tiny", ("edit", "dtype")),
-           "amused": ("amused", "amused_tiny", ("amused_edit", "dtype"))}
 DTYPES = ("float32", "bfloat16")
 
-_EDITORS = flags.DEFINE_list("editors", list(EDITORS), "Editors to time.")
+_EDITORS = flags.DEFINE_list("editors", editors.available(), "Editors to time.")
 _NS = flags.DEFINE_list("ns", ["1", "4", "8", "28"], "Boxes per call.")
 _DTYPES = flags.DEFINE_list("dtypes", list(DTYPES), "Compute dtypes.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (median).")
 _SEPARATE = flags.DEFINE_bool("separate", True, "Time N separate one-box calls (else N x "
                               "the N=1 call).")
-_AMUSED_STEPS = flags.DEFINE_integer("amused_steps", None, "aMUSEd decoding steps "
-                                     "(default: the config's 12).")
+_STEPS = flags.DEFINE_integer("steps", None, "Decoding steps of the editors that have "
+                              "them (editor.num_steps; default: each config's).")
+_AMUSED_STEPS = flags.DEFINE_integer("amused_steps", None, "Old name of --steps.")
 _RESOLUTION = flags.DEFINE_enum("resolution", "256", ["256", "512"], "Model resolution.")
 _TINY = flags.DEFINE_bool("tiny", False, "The tiny configs instead of the full sizes.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
 
 
 def editor_config(name: str, dtype: str, resolution: str = "256", tiny: bool = False,
-                  amused_steps: int | None = None):
-  """The config of editor `name` with compute dtype `dtype`."""
-  paper, tiny_name, (section, key) = EDITORS[name]
+                  steps: int | None = None):
+  """The config of editor `name` with compute dtype `dtype` (and `steps` decoding
+  steps, where the editor has them)."""
+  paper, tiny_name = editors.configs(name)
   config = (notebook.load_config(tiny_name) if tiny
             else notebook.load_config(paper, arg=resolution))
-  config[section][key] = dtype
-  if name == "amused" and amused_steps is not None:
-    config.amused_edit.num_steps = amused_steps
+  config.editor.dtype = dtype
+  if steps is not None and "num_steps" in config.editor:
+    config.editor.num_steps = steps
   return config
 
 
 def run(names: Sequence[str], ns: Sequence[int], dtypes: Sequence[str], repeats: int,
         separate: bool = True, resolution: str = "256", tiny: bool = False,
-        amused_steps: int | None = None) -> list[dict[str, Any]]:
+        steps: int | None = None) -> list[dict[str, Any]]:
   """Times each (editor, dtype, N); returns one row each (printed as they come)."""
-  bad = [n for n in names if n not in EDITORS] + [d for d in dtypes if d not in DTYPES]
-  if bad or not ns or min(ns) < 1 or repeats < 1:
-    raise errors.UsageError(f"need --editors in {tuple(EDITORS)}, --dtypes in {DTYPES}, "
-                            f"--ns >= 1 and --repeats >= 1 (bad: {bad or ns})")
+  known = editors.available()
+  bad = [n for n in names if n not in known] + [d for d in dtypes if d not in DTYPES]
+  if bad or not names or not dtypes or not ns or min(ns) < 1 or repeats < 1:
+    raise errors.UsageError(f"need --editors in {tuple(known)}, --dtypes in {DTYPES} (each "
+                            f"at least one), --ns >= 1 and --repeats >= 1 "
+                            f"(bad: {bad or ns or 'an empty list'})")
   rows = []
   for name in names:
     reference = {}
     for dtype in dtypes:
-      config = editor_config(name, dtype, resolution, tiny, amused_steps)
+      config = editor_config(name, dtype, resolution, tiny, steps)
       module = editors.get(name)
-      module.check_config(config)
       editor, params = module.build(config, "tiny" if tiny else "random", jax.random.PRNGKey(0))
       params = jax.block_until_ready(params)
       edit = jax.jit(editor.edit)
@@ -86,17 +87,17 @@ def run(names: Sequence[str], ns: Sequence[int], dtypes: Sequence[str], repeats:
       key = jax.random.PRNGKey(2)
       single_s = None
       for n in ns:
-        boxes = jnp.asarray(benchmarking.bench_boxes(n, editor.grid, n))
+        boxes = jnp.asarray(benchmarking.bench_boxes(n, editor.box_grid, n))
         call = lambda b=boxes: edit(params, image, b, cond, key)
         start = time.perf_counter()
         first = jax.block_until_ready(call())
         first_s = time.perf_counter() - start
         batched = statistics.median(benchmarking.timed(call, repeats))
         row = dict(editor=name, model=editor.record().get(name, name), dtype=dtype, n=n,
-                   image_size=size, grid=editor.grid, first_call_s=first_s,
+                   image_size=size, grid=editor.box_grid, first_call_s=first_s,
                    batched_ms_per_call=1e3 * batched, batched_ms_per_image=1e3 * batched / n)
-        if name == "amused":
-          row["steps"] = editor.settings.decode.num_steps
+        if "num_steps" in config.editor:
+          row["steps"] = config.editor.num_steps
         if n == 1:
           single_s = batched
         if n > 1 and separate:
@@ -151,7 +152,8 @@ def main(argv):
           f"repeats {_REPEATS.value}", flush=True)
     print(HEADER, flush=True)
     rows = run(_EDITORS.value, ns, _DTYPES.value, _REPEATS.value, _SEPARATE.value,
-               _RESOLUTION.value, _TINY.value, _AMUSED_STEPS.value)
+               _RESOLUTION.value, _TINY.value,
+               _STEPS.value if _STEPS.value is not None else _AMUSED_STEPS.value)
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(rows, f, indent=1)

@@ -104,5 +104,15 @@ def parse_flags(argv: list[str]) -> list[str]:
     print(f"error: bad config override{where}: {message}", file=sys.stderr)
   else:
     _load_config_or_exit(argv)
+    if "config" in flags.FLAGS and flags.FLAGS.config is not None:
+      _fit_editor_section(flags.FLAGS.config)
     return rest
   sys.exit(1)
+
+
+def _fit_editor_section(config) -> None:
+  """After `--config.editor.name=X`, the editor section holds X's settings only."""
+  from lr_jax import editors  # pylint: disable=g-import-not-at-top
+  if "editor" in config and "name" in config.editor:
+    with friendly_errors():
+      editors.fit(config)

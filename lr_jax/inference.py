@@ -94,7 +94,7 @@ def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built
       "chosen_box_index": out.chosen.tolist(),
       "boxes_tlhw_tokens": out.boxes.tolist(),
       "boxes_tlhw_pixels_original": canvas_lib.boxes_to_original(out.boxes, lay),
-      # What the editor regenerates (MaskGIT: each box grown by edit.grow_tokens, clamped).
+      # What the editor regenerates (MaskGIT: each box grown by editor.grow_tokens, clamped).
       "masked_boxes_tlhw_tokens": out.edit.masked_boxes.tolist(),
       "masked_boxes_tlhw_pixels_original": canvas_lib.boxes_to_original(
           out.edit.masked_boxes, lay),

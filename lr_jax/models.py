@@ -55,11 +55,10 @@ def check_config(config) -> settings_lib.Method:
   if config.models not in MODEL_KINDS:
     raise settings_lib.SettingsError(
         f"config models must be one of {MODEL_KINDS}, got {config.models!r}")
-  module = editors.of(config)
-  module.check_config(config)
+  editor = editors.of(config).make(config)   # raises on a bad editor setting
   settings_lib.check(config)
   method = settings_lib.method(config)
-  method.region.check_grid(module.make(config).grid)
+  method.region.check_grid(editor.box_grid)
   return method
 
 

@@ -34,9 +34,7 @@ from lr_jax.files import manifest as manifest_lib
 from lr_jax import samples
 
 OFFICIAL_CONFIG = editors.DEFAULT_CONFIG
-TINY_CONFIG = "tiny"
-# editor -> (its paper config, its tiny config) in configs/
-EDITOR_CONFIGS = {"maskgit": (OFFICIAL_CONFIG, TINY_CONFIG), "amused": ("amused", "amused_tiny")}
+TINY_CONFIG = editors.configs(editors.DEFAULT)[1]
 
 
 class ConfigNotFoundError(UserError, FileNotFoundError):
@@ -252,14 +250,14 @@ def check_accelerator(runtime: str | None = None, backend: str | None = None,
 def setup(tiny: bool, repo_dir: str | os.PathLike | None = None,
           config_name: str | None = None, editor: str = "maskgit") -> ml_collections.ConfigDict:
   """The notebook's config: the editor's tiny config (`configs/tiny.py` for MaskGIT,
-  `configs/amused_tiny.py` for aMUSEd) when `tiny`, else `configs/<config_name>.py`
-  (default: the editor's paper config, `EDITOR_CONFIGS`).
+  `configs/amused_tiny.py` for aMUSEd: the editor module's `CONFIGS`) when `tiny`, else
+  `configs/<config_name>.py` (default: the editor's paper config).
 
   Prints the devices and what the config will load.
   """
-  if editor not in EDITOR_CONFIGS:
-    raise ValueError(f"editor must be one of {sorted(EDITOR_CONFIGS)}, got {editor!r}")
-  official, tiny_name = EDITOR_CONFIGS[editor]
+  if editor not in editors.available():
+    raise ValueError(f"editor must be one of {editors.available()}, got {editor!r}")
+  official, tiny_name = editors.configs(editor)
   name = tiny_name if tiny else (config_name or official)
   config = load_config(name, repo_dir)
   print(describe_devices())

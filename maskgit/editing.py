@@ -21,6 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Box geometry, keys, feathering and blending are generator-neutral (re-exported here for
+# maskgit's own callers).
+from lr_common.box_editing import (DTYPES, BoxError, blend, box_keys, box_token_mask,  # pylint: disable=unused-import
+                                   cast_params, feather_sigma, feathered_mask, grown_boxes,
+                                   per_box_keys, pixel_boxes_to_tokens, validate_boxes)
 from lr_common.errors import UserError
 from maskgit import decoding
 from maskgit.configs import MaskGITConfig
@@ -28,7 +33,6 @@ from maskgit.transformer import Transformer
 from maskgit.vqgan import VQGAN
 
 Params = Any
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +75,6 @@ class EditConfig:
     decoding.check_schedule(self.schedule)
 
 
-class BoxError(UserError, ValueError):
-  """A box is empty, inverted, malformed or entirely outside the token grid."""
-
-
 class LabelError(UserError, ValueError):
   """A class label is outside the model's [0, num_class) range."""
 
@@ -95,135 +95,9 @@ def validate_labels(labels, num_class: int) -> None:
                      f"for this model.")
 
 
-def pixel_boxes_to_tokens(boxes_px, image_size: int, tokens_per_side: int) -> jax.Array:
-  """Converts (top, left, height, width) pixel boxes to token boxes, rounding outward."""
-  boxes_px = jnp.asarray(boxes_px, jnp.float32)
-  scale = image_size / tokens_per_side
-  top, left, height, width = jnp.moveaxis(boxes_px, -1, 0)
-  t0 = jnp.floor(top / scale)
-  l0 = jnp.floor(left / scale)
-  t1 = jnp.ceil((top + height) / scale)
-  l1 = jnp.ceil((left + width) / scale)
-  return jnp.stack([t0, l0, t1 - t0, l1 - l0], axis=-1).astype(jnp.int32)
-
-
-def validate_boxes(boxes, tokens_per_side: int) -> None:
-  """Host-side check of concrete boxes; raises BoxError (a ValueError)."""
-  boxes = np.asarray(boxes)
-  if boxes.ndim < 1 or boxes.shape[-1] != 4:
-    raise BoxError(f"Boxes must have a last axis of 4 (top, left, height, width), "
-                   f"got shape {boxes.shape}.")
-  if not np.all(np.isfinite(boxes)):
-    raise BoxError("Boxes contain NaN or infinite values.")
-  flat = boxes.reshape(-1, 4)
-  for index, (top, left, height, width) in enumerate(flat.tolist()):
-    position = tuple(int(i) for i in np.unravel_index(index, boxes.shape[:-1]))
-    where = f"box {position} {flat[index].tolist()}"
-    if height <= 0 or width <= 0:
-      raise BoxError(f"{where} is empty or inverted (height and width must be > 0).")
-    if (top >= tokens_per_side or left >= tokens_per_side or top + height <= 0
-        or left + width <= 0):
-      raise BoxError(f"{where} lies entirely outside the {tokens_per_side}x"
-                     f"{tokens_per_side} token grid.")
-
-
-def grown_boxes(boxes: jax.Array, tokens_per_side: int, grow: int = 0) -> jax.Array:
-  """(..., 4) boxes grown by `grow` tokens on each side and clamped to the grid."""
-  boxes = jnp.asarray(boxes)
-  top, left, height, width = (boxes[..., i] for i in range(4))
-  clamp = lambda x: jnp.clip(x, 0, tokens_per_side)
-  t0, l0 = clamp(top - grow), clamp(left - grow)
-  t1, l1 = clamp(top + height + grow), clamp(left + width + grow)
-  return jnp.stack([t0, l0, t1 - t0, l1 - l0], axis=-1)
-
-
-def box_token_mask(boxes: jax.Array, tokens_per_side: int, grow: int = 0) -> jax.Array:
-  """Boolean (..., h, w) masks of the boxes grown by `grow`, clamped to the grid."""
-  boxes = jnp.asarray(boxes)
-  top, left, height, width = (
-      grown_boxes(boxes, tokens_per_side, grow)[..., i, None] for i in range(4))
-  grid = jnp.arange(tokens_per_side)
-  rows = (grid >= top) & (grid < top + height)
-  cols = (grid >= left) & (grid < left + width)
-  # Empty or inverted boxes give empty masks even when grown.
-  valid = (boxes[..., 2:3] > 0) & (boxes[..., 3:4] > 0)
-  return rows[..., :, None] & cols[..., None, :] & valid[..., None]
-
-
-def _feather_matrix(image_size: int, tokens_per_side: int, sigma: float) -> np.ndarray:
-  """(image_size, tokens) matrix: nearest upsampling then Gaussian blur, edge-clamped."""
-  scale = image_size // tokens_per_side
-  upsample = np.zeros((image_size, tokens_per_side), np.float64)
-  upsample[np.arange(image_size), np.arange(image_size) // scale] = 1.
-  if sigma <= 0:
-    return upsample.astype(np.float32)
-  radius = int(np.ceil(3. * sigma))
-  offsets = np.arange(-radius, radius + 1)
-  weights = np.exp(-0.5 * (offsets / sigma)**2)
-  weights /= weights.sum()
-  blur = np.zeros((image_size, image_size), np.float64)
-  for offset, weight in zip(offsets, weights):
-    source = np.clip(np.arange(image_size) + offset, 0, image_size - 1)
-    np.add.at(blur, (np.arange(image_size), source), weight)
-  return (blur @ upsample).astype(np.float32)
-
-
-def feather_sigma(image_size: int, feather: bool = True,
-                  radius: float | None = None) -> float:
-  """The Gaussian sigma of the blending mask in pixels: 0 without feathering, else
-  `radius`, by default image_size // 16 - 1 (the official demo's)."""
-  if not feather:
-    return 0.
-  return float(image_size // 16 - 1 if radius is None else radius)
-
-
-def feathered_mask(token_mask: jax.Array, image_size: int, sigma: float) -> jax.Array:
-  """(..., h, w) token masks -> (..., H, W, 1) float32 blending masks in [0, 1]: nearest
-  upsampling to image_size, then a Gaussian blur of `sigma` pixels (edge-clamped)."""
-  side = token_mask.shape[-1]
-  matrix = jnp.asarray(_feather_matrix(image_size, side, float(sigma)))
-  mask = jnp.einsum("ih,...hw,jw->...ij", matrix, token_mask.astype(jnp.float32),
-                    matrix, precision=jax.lax.Precision.HIGHEST)
-  return jnp.clip(mask, 0., 1.)[..., None]
-
-
-def pixel_mask(token_mask: jax.Array, image_size: int, edit: EditConfig) -> jax.Array:
-  """(..., h, w) token masks -> (..., H, W, 1) float32 blending masks in [0, 1]."""
-  return feathered_mask(token_mask, image_size,
-                        feather_sigma(image_size, edit.feather, edit.feather_radius))
-
-
-def box_keys(rng: jax.Array, batch: int, num_boxes: int) -> jax.Array:
-  """(batch, num_boxes) keys: fold_in(fold_in(rng, image), box)."""
-  images = jnp.arange(batch)
-  boxes = jnp.arange(num_boxes)
-  per_box = lambda b: jax.vmap(lambda k: jax.random.fold_in(
-      jax.random.fold_in(rng, b), k))(boxes)
-  return jax.vmap(per_box)(images)
-
-
-def cast_params(params: Params, dtype) -> Params:
-  """Casts floating matrices/kernels (ndim >= 2) to `dtype`; keeps vectors."""
-  if dtype == jnp.float32:
-    return params
-  cast = lambda x: (x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
-                    and x.ndim >= 2 else x)
-  return jax.tree_util.tree_map(cast, params)
-
-
 def _is_concrete(x) -> bool:
   """False for values traced by jit/vmap (they cannot be validated on the host)."""
   return not isinstance(x, jax.core.Tracer)
-
-
-def _per_box_keys(rngs, batch: int, num_boxes: int) -> jax.Array:
-  keys = decoding._as_typed_keys(jnp.asarray(rngs))  # pylint: disable=protected-access
-  if keys.ndim == 0:
-    return box_keys(keys, batch, num_boxes)
-  if keys.shape != (batch, num_boxes):
-    raise ValueError(f"rngs must be one key or ({batch}, {num_boxes}) keys, "
-                     f"got key shape {keys.shape}.")
-  return keys
 
 
 # The steps of `edit_images`, public so that each can be timed on its own.
@@ -312,7 +186,7 @@ def edit_images(tokenizer_params: Params,
   if labels.shape not in ((batch,), (batch, num_boxes)):
     raise ValueError(f"labels must be ({batch},) or ({batch}, {num_boxes}), got {labels.shape}.")
   labels = jnp.broadcast_to(labels.reshape(batch, -1), (batch, num_boxes))
-  keys = _per_box_keys(rngs, batch, num_boxes).reshape(-1)
+  keys = per_box_keys(rngs, batch, num_boxes).reshape(-1)
 
   ids = encode_ids(tokenizer_params, images, config=config)
   token_mask = box_token_mask(boxes, side, edit.grow_tokens)
@@ -321,8 +195,8 @@ def edit_images(tokenizer_params: Params,
                          config=config, edit=edit)
   raw = decode_pixels(tokenizer_params, tokens, config=config, edit=edit)
   raw = raw.reshape(batch, num_boxes, size, size, 3)
-  mask = pixel_mask(token_mask, size, edit)
-  composite = raw * mask + images[:, None].astype(jnp.float32) * (1. - mask)
+  composite, mask = blend(raw, images, token_mask,
+                          feather_sigma(size, edit.feather, edit.feather_radius))
   return dict(images=composite, raw=raw,
               tokens=tokens.reshape(batch, num_boxes, side * side),
               token_mask=token_mask, pixel_mask=mask)

@@ -1,6 +1,7 @@
 """A tiny editor that is not MaskGIT, for the contract test (`config.editor.name =
 "tests.fake_editor"`): it paints each box with the prompt's colour plus a little
-per-box noise, on a 2x2 token grid of 64x64 images."""
+per-box noise. Boxes come on a 2x2 box grid of 64x64 images; the editor works on its
+own grid `fine` times finer (as Stable Diffusion's latents are finer than its boxes)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,22 +13,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lr_common import box_editing
+from lr_common.errors import SettingsError
 from lr_jax.editors import base
-from lr_jax.method.settings import SettingsError
 
-CONFIG_SECTIONS = ("fake",)
-RGN_KEYS = ("fake.grid",)
+CONFIGS = ("tiny", "tiny")
+RGN_KEYS = ("editor.grid",)
 RESUMABLE_KEYS = ()
 
 
-def default_config() -> dict[str, ml_collections.ConfigDict]:
-  return {"fake": ml_collections.ConfigDict({"image_size": 64, "grid": 2, "noise": 0.1})}
-
-
-def check_config(config) -> None:
-  f = config.fake
-  if f.grid < 1 or f.image_size % f.grid:
-    raise SettingsError(f"config fake.grid must divide fake.image_size, got {f.grid}")
+def default_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({"image_size": 64, "grid": 2, "fine": 1, "noise": 0.1})
 
 
 def prompt_colour(prompt: str) -> np.ndarray:
@@ -39,10 +35,11 @@ class FakeEditor(base.Editor):
   size: int
   cells: int
   noise: float
+  fine: int = 1
 
   name = property(lambda self: "tests.fake_editor")
   image_size = property(lambda self: self.size)
-  grid = property(lambda self: self.cells)
+  box_grid = property(lambda self: self.cells)
   dtype = property(lambda self: "float32")
 
   def condition(self, examples: Sequence[Any], text_encoder: Any) -> base.Conditioning:
@@ -56,14 +53,14 @@ class FakeEditor(base.Editor):
 
   def edit(self, params, images, boxes, cond, rng) -> base.EditOutput:
     b, n = boxes.shape[:2]
-    boxes = jnp.clip(jnp.round(boxes).astype(jnp.int32), 0, self.cells)
+    boxes = jnp.clip(box_editing.round_boxes(boxes), 0, self.cells)
     top, left = boxes[..., 0], boxes[..., 1]
     bottom = jnp.minimum(top + boxes[..., 2], self.cells)
     right = jnp.minimum(left + boxes[..., 3], self.cells)
-    cell = (jnp.arange(self.size) * self.cells) // self.size          # pixel -> token
-    rows = (cell >= top[..., None]) & (cell < bottom[..., None])       # (B, N, S)
-    cols = (cell >= left[..., None]) & (cell < right[..., None])
-    mask = (rows[..., :, None] & cols[..., None, :])[..., None].astype(jnp.float32)
+    # The box on the editor's own, finer grid, then to pixels.
+    side = self.cells * self.fine
+    cells = box_editing.box_token_mask(box_editing.scale_boxes(boxes, self.fine), side)
+    mask = box_editing.feathered_mask(cells, self.size, 0.)
     keys = jax.vmap(lambda i: jax.vmap(lambda j: jax.random.fold_in(
         jax.random.fold_in(rng, i), j))(jnp.arange(n)))(jnp.arange(b))
     noise = jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (3,))))(keys) * self.noise
@@ -74,8 +71,11 @@ class FakeEditor(base.Editor):
 
 
 def make(config) -> FakeEditor:
-  f = config.fake
-  return FakeEditor(f.image_size, f.grid, f.noise)
+  f = config.editor
+  if f.grid < 1 or f.fine < 1 or f.image_size % (f.grid * f.fine):
+    raise SettingsError(f"config editor.grid x editor.fine must divide editor.image_size, "
+                        f"got {f.grid} x {f.fine}")
+  return FakeEditor(f.image_size, f.grid, f.noise, f.fine)
 
 
 def build(config, weights: str, rng) -> tuple[FakeEditor, dict[str, Any]]:

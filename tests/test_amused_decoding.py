@@ -15,7 +15,7 @@ import pytest
 from lr_common.errors import UserError
 from lr_jax.generators.amused import decoding
 from lr_jax.generators.amused.decoding import DecodeSettings
-from lr_jax.method.settings import SettingsError
+from lr_common.errors import SettingsError
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "amused" / "decoding.npz"
 SCENARIOS = ("linear_guided", "cosine_guided_batch2", "linear_unguided_strength",

@@ -26,7 +26,7 @@ from lr_jax.generators.amused import transformer as transformer_lib
 from lr_jax.generators.amused import vq as vq_lib
 from lr_jax.editors import amused
 from lr_jax.encoders.hf_files import WeightsError
-from lr_jax.method.settings import SettingsError
+from lr_common.errors import SettingsError
 from tests import cli_helpers
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "amused"
@@ -35,7 +35,7 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "amused"
 def tiny_config(**edit):
   c = amused_tiny.get_config()
   for key, value in edit.items():
-    c.amused_edit[key] = value
+    c.editor[key] = value
   return c
 
 
@@ -68,12 +68,12 @@ BOXES = [[[1, 1, 2, 2], [4, 3, 3, 2], [0, 0, 8, 8]],
 
 def test_tiny_sizes_and_full_size_facts():
   editor = amused.make(tiny_config())
-  assert (editor.image_size, editor.grid, editor.mask_token_id) == (64, 8, 39)
+  assert (editor.image_size, editor.box_grid, editor.mask_token_id) == (64, 8, 39)
   assert editor.transformer.codebook_size == editor.vq.num_vq_embeddings == 32
   for arg, size, grid, repo in (("256", 256, 16, "amused/amused-256"),
                                 ("512", 512, 32, "amused/amused-512")):
     full = amused.make(amused_config.get_config(arg))
-    assert (full.image_size, full.grid, full.mask_token_id) == (size, grid, 8255)
+    assert (full.image_size, full.box_grid, full.mask_token_id) == (size, grid, 8255)
     assert full.record()["amused"] == repo and full.transformer.downsample == (size == 512)
     models.check_config(amused_config.get_config(arg))   # the paper's region sizes fit
   models.check_config(tiny_config())
@@ -178,28 +178,28 @@ def test_guidance_off_skips_the_negative_prompt(tiny):
 
 
 @pytest.mark.parametrize("section, key, value, needle", [
-    ("amused", "resolution", 300, "amused.resolution must be one of [256, 512]"),
-    ("amused", "variant", "bf16", "amused.variant"),
-    ("amused", "mask_token_id", 5, "amused.mask_token_id"),
-    ("amused_edit", "num_steps", 0, "amused_edit.num_steps"),
-    ("amused_edit", "guidance_scale", -1.0, "amused_edit.guidance_scale"),
-    ("amused_edit", "temperature", (1.0,), "amused_edit.temperature"),
-    ("amused_edit", "schedule", "square", "amused_edit.schedule"),
-    ("amused_edit", "grow_tokens", -1, "amused_edit.grow_tokens"),
-    ("amused_edit", "dtype", "float16", "amused_edit.dtype"),
+    ("editor", "resolution", 300, "editor.resolution must be one of [256, 512]"),
+    ("editor", "variant", "bf16", "editor.variant"),
+    ("editor", "mask_token_id", 5, "editor.mask_token_id"),
+    ("editor", "num_steps", 0, "editor.num_steps"),
+    ("editor", "guidance_scale", -1.0, "editor.guidance_scale"),
+    ("editor", "temperature", (1.0,), "editor.temperature"),
+    ("editor", "schedule", "square", "editor.schedule"),
+    ("editor", "grow_tokens", -1, "editor.grow_tokens"),
+    ("editor", "dtype", "float16", "editor.dtype"),
 ])
 def test_bad_config_values_are_one_clear_error(section, key, value, needle):
   for config in (tiny_config(), amused_config.get_config()):
     config[section][key] = value
     with pytest.raises(SettingsError, match=needle.replace("[", r"\[").replace("]", r"\]")):
-      amused.check_config(config)
+      amused.make(config)
 
 
 def test_offline_hub_repo_lists_the_files_and_the_download_command(tmp_path, monkeypatch):
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   for arg, variant, repo in (("256", "", "amused/amused-256"), ("512", "fp16", "amused/amused-512")):
     config = amused_config.get_config(arg)
-    config.amused.cache_dir, config.amused.variant = str(tmp_path), variant
+    config.editor.cache_dir, config.editor.variant = str(tmp_path), variant
     start = time.time()
     with pytest.raises(WeightsError) as error:
       amused.build(config, "official", None)
@@ -254,8 +254,8 @@ def write_hub_directory(root: pathlib.Path, variant: str | None = None, codebook
 
 def local_config(directory, variant=""):
   config = amused_config.get_config()
-  config.amused.repo, config.amused.variant = str(directory), variant
-  config.amused_edit.num_steps = 2
+  config.editor.repo, config.editor.variant = str(directory), variant
+  config.editor.num_steps = 2
   return config
 
 
@@ -263,7 +263,7 @@ def local_config(directory, variant=""):
 def test_local_directory_loads_strictly_and_edits(tmp_path, variant):
   tr_tensors = write_hub_directory(tmp_path, variant or None)
   editor, params = amused.build(local_config(tmp_path, variant), "official", None)
-  assert (editor.image_size, editor.grid, editor.mask_token_id) == (256, 16, 39)
+  assert (editor.image_size, editor.box_grid, editor.mask_token_id) == (256, 16, 39)
   assert editor.record()["amused"] == str(tmp_path)
   loaded = np.asarray(params["transformer"]["embed"]["embeddings"]["embedding"])
   want = tr_tensors["embed.embeddings.weight"]
@@ -309,8 +309,8 @@ def test_edit_command_offline_fails_fast_naming_the_files(cli_env, tmp_path):
   assert time.time() - start < 60
   assert not (tmp_path / "out").exists()
   proc = cli_helpers.run(cli_env, "lr_jax.train", "--config", "configs/amused_tiny.py",
-                         "--workdir", str(tmp_path / "wd"), "--config.amused_edit.num_steps=0")
-  cli_helpers.assert_clean_error(proc, "amused_edit.num_steps")
+                         "--workdir", str(tmp_path / "wd"), "--config.editor.num_steps=0")
+  cli_helpers.assert_clean_error(proc, "editor.num_steps")
   assert not (tmp_path / "wd").exists()
 
 

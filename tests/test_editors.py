@@ -22,14 +22,18 @@ from lr_jax.models import build_models
 from tests import fake_editor
 
 FAKE = "tests.fake_editor"
-NAMES = editors.available() + [FAKE]
+FAKE_FINE = FAKE + ":fine"   # the fake editor on its own grid 2x finer than the box grid
+NAMES = editors.available() + [FAKE, FAKE_FINE]
 
 
 def config_for(name):
   c = tiny.get_config()
-  if name != editors.DEFAULT:
-    editors.add_defaults(c, name)
+  module, _, variant = name.partition(":")
+  if module != editors.DEFAULT:
+    editors.use(c, module)
     c.region.sizes = (1, 2)   # the fake editor's grid is 2x2
+  if variant == "fine":
+    c.editor.fine = 2
   c.train.epochs = 2
   c.train.checkpoint_every = 1
   return c
@@ -37,7 +41,7 @@ def config_for(name):
 
 @pytest.fixture(scope="module", params=NAMES)
 def built(request):
-  return request.param, build_models(config_for(request.param))
+  return request.param.partition(":")[0], build_models(config_for(request.param))
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +58,53 @@ def test_registry_lists_maskgit_and_refuses_unknown_names():
     editors.get("tests.no_such_editor")
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", editors.available() + [FAKE])
 def test_module_declares_its_config(name):
   module = editors.get(name)
-  sections = module.default_config()
-  assert tuple(sections) == tuple(module.CONFIG_SECTIONS)
+  section = editors.section(name)
+  assert section.name == name
   for key in tuple(module.RGN_KEYS) + tuple(module.RESUMABLE_KEYS):
-    section, field = key.split(".")
-    assert section in sections and field in sections[section], key
-  module.check_config(config_for(name))
+    head, field = key.split(".")
+    assert head == "editor" and field in section, key
+  module.make(config_for(name))
+  # The config files the registry names exist and pick this editor.
+  if "." not in name:
+    for config_name in editors.configs(name):
+      assert (pathlib.Path(__file__).parents[1] / "configs" / f"{config_name}.py").is_file()
+
+
+@pytest.mark.parametrize("name", editors.available())
+def test_switching_editors_leaves_nothing_of_the_other(name):
+  c = tiny.get_config()
+  editors.use(c, name)
+  assert set(c.editor.keys()) == set(editors.section(name).keys())
+  # Only the editor section changes: no top-level section of another editor.
+  assert set(c.keys()) == set(tiny.get_config().keys())
+  # --config.editor.name=X on another editor's config: `fit` swaps the settings.
+  other = next(n for n in editors.available() if n != name)
+  c = tiny.get_config()
+  editors.use(c, other)
+  shared = {k: c.editor[k] for k in c.editor if k in editors.section(name) and k != "name"}
+  c.editor.name = name
+  editors.fit(c)
+  assert set(c.editor.keys()) == set(editors.section(name).keys())
+  assert all(c.editor[k] == v for k, v in shared.items())
+  editors.get(name).make(c)
+
+
+def test_old_layout_maps_onto_the_editor_section():
+  old_maskgit = {"models": "tiny", "maskgit.name": "tiny", "maskgit.cache_dir": "",
+                 "edit.num_iter": 4, "edit.grow_tokens": 0, "region.sizes": [1, 2]}
+  assert editors.upgrade_saved(old_maskgit) == {
+      "models": "tiny", "editor.name": "maskgit", "editor.model": "tiny",
+      "editor.cache_dir": "", "editor.num_iter": 4, "editor.grow_tokens": 0,
+      "region.sizes": [1, 2]}
+  old_amused = {"editor.name": "amused", "maskgit.name": "tiny", "edit.num_iter": 4,
+                "amused.resolution": 256, "amused_edit.num_steps": 4}
+  assert editors.upgrade_saved(old_amused) == {
+      "editor.name": "amused", "editor.resolution": 256, "editor.num_steps": 4}
+  today = {"editor.name": "maskgit", "editor.model": "tiny"}
+  assert editors.upgrade_saved(today) == today
 
 
 def test_editor_is_static_and_describes_itself(built):
@@ -71,7 +113,7 @@ def test_editor_is_static_and_describes_itself(built):
   assert isinstance(editor, base.Editor) and dataclasses.is_dataclass(editor)
   hash(editor)   # a static argument of the jitted steps
   assert editor.name == name
-  assert editor.image_size % editor.grid == 0
+  assert editor.image_size % editor.box_grid == 0
   assert editor.record()["editor"] == name
 
 
@@ -91,7 +133,7 @@ def test_condition_and_dummy_condition_agree(built, examples):
 def _edit_inputs(editor, batch=2, num_boxes=3, seed=0):
   rng = np.random.default_rng(seed)
   images = rng.random((batch, editor.image_size, editor.image_size, 3)).astype(np.float32)
-  g = editor.grid
+  g = editor.box_grid
   sides = rng.integers(1, g + 1, (batch, num_boxes, 2))
   corners = np.stack([rng.integers(0, g - s + 1) for s in sides.reshape(-1)]).reshape(
       batch, num_boxes, 2)
@@ -120,7 +162,7 @@ def test_edit_contract(built):
   mb, bx = np.asarray(out.masked_boxes), np.asarray(boxes)
   assert (mb[..., :2] <= bx[..., :2]).all()
   assert (mb[..., :2] + mb[..., 2:] >= bx[..., :2] + bx[..., 2:]).all()
-  assert (mb >= 0).all() and (mb[..., :2] + mb[..., 2:] <= editor.grid).all()
+  assert (mb >= 0).all() and (mb[..., :2] + mb[..., 2:] <= editor.box_grid).all()
   # One key per box, fold_in(fold_in(rng, b), n): a box decodes as it does alone, and
   # the other boxes of the batch do not change it (up to float32 summation order in
   # decoders that see another batch size).
@@ -155,6 +197,6 @@ def test_fake_editor_trains_and_edits_end_to_end(examples, tmp_path):
   assert pathlib.Path(first.files["sheet"]).stat().st_size > 1000
   # The checkpoint guard knows the fake editor's grid.
   other = config_for(FAKE)
-  other.fake.grid = 4
-  with pytest.raises(checkpointing.WorkdirError, match="fake.grid"):
+  other.editor.grid = 4
+  with pytest.raises(checkpointing.WorkdirError, match="editor.grid"):
     checkpointing.load_rgn_params(tmp_path / "wd", b.models, other)

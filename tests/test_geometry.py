@@ -304,8 +304,8 @@ def test_training_and_inference_put_the_photo_on_the_same_canvas(wide_examples, 
 
 def test_window_mode_end_to_end_with_a_painting_editor(tmp_path):
   config = tiny.get_config()
-  editors.add_defaults(config, "tests.fake_editor")
-  config.fake.grid, config.fake.noise = 4, 0.0
+  editors.use(config, "tests.fake_editor")
+  config.editor.grid, config.editor.noise = 4, 0.0
   config.region.sizes = (1,)   # a 1-token box: its window (2 tokens) is not the photo
   config.region.window = "on"
   image, _ = circle_image(200, 800, radius=40, centre=(100, 420))

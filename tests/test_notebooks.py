@@ -180,7 +180,7 @@ def test_download_weights_uses_local_files_without_network(tmp_path):
     (tmp_path / name).mkdir()
     for f in files:
       (tmp_path / name / f).write_text("{}")
-  config.maskgit.tokenizer, config.maskgit.transformer = str(tmp_path / "tok"), str(tmp_path / "tr")
+  config.editor.tokenizer, config.editor.transformer = str(tmp_path / "tok"), str(tmp_path / "tr")
   config.dino.repo, config.clip.repo = str(tmp_path / "dino"), str(tmp_path / "clip")
   paths = notebook.download_weights(config)
   assert paths == {"maskgit_tokenizer": tmp_path / "tok", "maskgit_transformer": tmp_path / "tr",
@@ -193,7 +193,7 @@ def test_setup_picks_the_editors_configs(tmp_path, capsys):
   assert notebook.setup(True, editor="amused").editor.name == "amused"
   assert "config amused_tiny: tiny random models" in capsys.readouterr().out
   config = notebook.setup(False, editor="amused")
-  assert (config.editor.name, config.amused.resolution, config.models) == ("amused", 256, "official")
+  assert (config.editor.name, config.editor.resolution, config.models) == ("amused", 256, "official")
   assert notebook.setup(True).to_dict() == notebook.load_config("tiny").to_dict()
   assert notebook.setup(False).editor.name == "maskgit"
   with pytest.raises(ValueError, match="editor must be one of"):
@@ -206,7 +206,7 @@ def test_setup_picks_the_editors_configs(tmp_path, capsys):
     (tmp_path / "amused" / sub).mkdir(parents=True)
     for f in files:
       (tmp_path / "amused" / sub / f).write_text("{}")
-  config.amused.repo = str(tmp_path / "amused")
+  config.editor.repo = str(tmp_path / "amused")
   from lr_jax.editors import amused  # pylint: disable=g-import-not-at-top
   assert amused.weight_files(config) == {"amused": tmp_path / "amused"}
 

@@ -42,8 +42,8 @@ def test_defaults_are_the_papers_setup_and_hashable():
     ("loss.clip", -1.0, "loss.clip"),
     ("score.top_t2i", -1, "score.top_t2i"),
     ("models", "huge", "config models must be one of"),
-    ("edit.num_iter", 0, "config edit:"),
-    ("maskgit.name", "imagenet1024", "config maskgit.name"),
+    ("editor.num_iter", 0, "config editor:"),
+    ("editor.model", "imagenet1024", "config editor.model"),
 ])
 def test_out_of_range_values_are_one_clear_error(key, value, needle):
   c = tiny.get_config()
@@ -69,7 +69,7 @@ def test_guard_keys_are_derived():
   c = tiny.get_config()
   assert checkpointing.rgn_keys(c) == (
       "models", "editor.name", "region.sizes", "region.roi_size", "region.sampling_ratio",
-      "region.canvas", "rgn.conv_features", "rgn.dense_features", "maskgit.name")
+      "region.canvas", "rgn.conv_features", "rgn.dense_features", "editor.model")
   assert checkpointing.resumable_keys(c) == (
       "region.window", "region.window_scale", "train.max_steps", "train.log_every", "train.checkpoint_every", "train.max_to_keep",
-      "infer.refine_steps", "maskgit.cache_dir")
+      "infer.refine_steps", "editor.cache_dir")

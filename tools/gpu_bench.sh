@@ -34,6 +34,6 @@ echo "== 4. lr_jax, ImageNet-256 sizes"
 timeout "${T_LR:-120}" python3 -m lr_jax.bench --config configs/maskgit_imagenet256.py \
   --what edit,train --repeats 3 --json "$OUT/lr_bench.json" 2>&1 | quiet | tail -4
 echo "== 5. editors: maskgit and amused, N boxes in one call vs N calls"
-timeout "${T_EDITORS:-240}" python3 -m lr_jax.editor_bench --editors maskgit,amused \
+timeout "${T_EDITORS:-240}" python3 -m lr_jax.editor_bench --editors "${EDITORS:-maskgit,amused}" \
   --ns 1,4,8,28 --dtypes float32,bfloat16 --repeats 5 --json "$OUT/editors.json" 2>&1 \
   | quiet | tail -18

@@ -2,23 +2,31 @@
 
 The method needs exactly one thing from a generator: regenerate what is inside
 boxes of images. Everything else it knows about the generator is static facts:
-the square image size it works at, its token grid (the box unit), its dtype.
+the square image size it works at, the grid its boxes are given on, its dtype.
+
+The box grid is the method's unit (anchors, proposals, the RGN's box sizes), not
+necessarily the generator's own grid: MaskGIT and aMUSEd regenerate tokens on exactly
+that grid; Stable Diffusion's latent grid is finer (2 x 2 latent cells per box cell
+at 512 px), which it handles inside `edit`.
 
 A generator module in `lr_jax/editors/` (picked by `config.editor.name`, imported by
 name as big_vision picks `models.<name>`) provides:
 
-  * `CONFIG_SECTIONS`: the config sections it reads (their defaults come from
-    `default_config()`), `RGN_KEYS`: the config keys a trained RGN depends on (its
-    box units), `RESUMABLE_KEYS`: keys that may change when a run resumes (cache
-    folders);
-  * `default_config() -> {section: ConfigDict}`;
-  * `check_config(config)`: raises a UserError on a bad value, before any loading;
+  * `default_config() -> ConfigDict`: its settings, the `config.editor` section
+    beside `name` (`editors.use(config, name)` installs them);
   * `make(config) -> Editor`: the static part alone (no weights: sizes for checks);
-  * `build(config, weights) -> (Editor, params)` with weights "official" (real
+    raises a UserError on a bad setting, before anything is loaded;
+  * `build(config, weights, rng) -> (Editor, params)` with weights "official" (real
     files, downloaded or local), "tiny" (small random model) or "random" (real
     sizes, random values, for benchmarks);
   * `weight_files(config) -> {name: path}`: downloads what `build(config,
-    "official")` needs (for notebooks) and returns where it is.
+    "official")` needs (for notebooks) and returns where it is;
+  * `CONFIGS`: (paper config, tiny config), names of files in `configs/` (the
+    notebooks and the editor benchmark list editors from these);
+  * `RGN_KEYS`: the config keys a trained RGN depends on (the box grid),
+    `RESUMABLE_KEYS`: keys that may change when a run resumes (cache folders);
+  * optionally `LEGACY_SECTIONS`: {old section: {old key: new key}} of the config
+    layout before the single editor section, so old workdirs keep loading.
 
 An `Editor` is a frozen, hashable dataclass (a static argument of the jitted steps).
 """
@@ -39,7 +47,7 @@ class EditOutput(NamedTuple):
   """B images x N boxes, edited in one call."""
   images: Array        # (B, N, S, S, 3) float32 in [0, 1], the edit composited on the input
   pixel_mask: Array    # (B, N, S, S, 1) float32 in [0, 1], the blend weight of the edit
-  masked_boxes: Array  # (B, N, 4) int32 (top, left, height, width) tokens really regenerated
+  masked_boxes: Array  # (B, N, 4) int32 (top, left, height, width) box-grid cells regenerated
 
 
 class Conditioning(NamedTuple):
@@ -72,8 +80,9 @@ class Editor(abc.ABC):
 
   @property
   @abc.abstractmethod
-  def grid(self) -> int:
-    """Tokens per side: boxes are in these units."""
+  def box_grid(self) -> int:
+    """Cells per side of the grid `edit` takes boxes on (image_size / box_grid pixels
+    each); the generator's own token or latent grid may be finer."""
 
   @property
   @abc.abstractmethod
@@ -93,8 +102,8 @@ class Editor(abc.ABC):
   @abc.abstractmethod
   def edit(self, params: Params, images: Array, boxes: Array, cond: dict[str, Array],
            rng: Array) -> EditOutput:
-    """Pure and jittable: edits N boxes (B, N, 4) int tokens of B images (B, S, S, 3)
-    in [0, 1] in one call. Box (b, n) uses the key fold_in(fold_in(rng, b), n), so a
+    """Pure and jittable: edits N boxes (B, N, 4) on the box grid of B images
+    (B, S, S, 3) in [0, 1] in one call. Box (b, n) uses the key fold_in(fold_in(rng, b), n), so a
     box alone decodes as it does in the batch."""
 
   def record(self) -> dict[str, Any]:

@@ -155,7 +155,7 @@ def measure(built: Built, config, outcome: inference.EditOutcome, source: np.nda
   regions = None
   if mask is not None:
     editor = built.models.editor
-    lay = canvas_lib.layout(result.shape, editor.image_size, editor.grid,
+    lay = canvas_lib.layout(result.shape, editor.image_size, editor.box_grid,
                             record["canvas"]["canvas"])
     vt, vl, vh, vw = lay.valid_tlhw_tokens   # the photo's tokens (not the padding)
     attention = np.asarray(outcome.outputs.regions.attention)[vt:vt + vh, vl:vl + vw]

@@ -18,7 +18,7 @@ import dataclasses
 import math
 from typing import Any, ClassVar, Iterator
 
-from lr_common.errors import UserError
+from lr_common.errors import SettingsError  # pylint: disable=unused-import (re-exported)
 from lr_jax.method import losses
 from lr_jax.method import rgn as rgn_lib
 
@@ -28,8 +28,6 @@ WINDOW_MODES = ("auto", "on", "off")   # lr_jax.method.window
 _RESUMABLE = {"resumable": True}
 
 
-class SettingsError(UserError, ValueError):
-  """A config value is out of range or of the wrong kind."""
 
 
 def _fail(section: str, name: str, value: Any, need: str) -> None:

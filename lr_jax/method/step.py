@@ -92,7 +92,7 @@ def find_regions(models: Models, frozen: Any, images: Array, region: RegionSetti
   valid: (B, 4) token areas showing the photo (None: the whole grid); anchors are
   picked inside them and the proposals clamped to them."""
   feats, attention = dino_lib.dino_features(models.dino, frozen["dino"], images)  # (B,g,g,D)
-  grid = models.editor.grid
+  grid = models.editor.box_grid
   feat_grid = feats.shape[1]
   if feat_grid % grid:
     raise ValueError(
@@ -245,7 +245,7 @@ def _candidates(rgn_params, regions: Regions, rng: Array, models: Models, strate
     return logits, boxes, anchors, proposals, chosen
   if strategy in ("random", "dino_random"):   # the paper's baselines
     centres, _, boxes = anchors_lib.random_boxes(
-        jax.random.fold_in(rng, _BOX_DRAWS), (b, k), models.editor.grid,
+        jax.random.fold_in(rng, _BOX_DRAWS), (b, k), models.editor.box_grid,
         regions.anchors if strategy == "dino_random" else None,
         None if valid is None else valid[:, None])
     anchors = jnp.floor(centres).astype(regions.anchors.dtype)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lr_jax.method.settings import SettingsError
+from lr_common.errors import SettingsError
 
 MASK_TOKEN_ID = 8255   # amused-256/512: 8192 codes, vocabulary 8256, the last id masks
 SCHEDULES = ("linear", "cosine")
