@@ -12,3 +12,7 @@ class UserError(Exception):
 
 class SettingsError(UserError, ValueError):
   """A config value is out of range or of the wrong kind."""
+
+
+class PromptError(UserError, ValueError):
+  """A prompt the editor cannot condition on (empty, no class, no text)."""

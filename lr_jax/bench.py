@@ -16,7 +16,6 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,11 +105,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  with errors.friendly_errors():
-    if len(argv) > 1:
-      raise errors.UsageError(f"unexpected arguments {argv[1:]}")
+  with errors.cli(argv):
     rows = run(_CONFIG.value, _WHAT.value, _BATCH.value, _REPEATS.value)
   print(format_table(rows))
   if _JSON.value:

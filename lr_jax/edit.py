@@ -10,7 +10,6 @@ r"""Edits images with a text prompt, no mask needed.
 """
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from lr_jax.files import config_files
@@ -53,12 +52,8 @@ def _examples() -> list[manifest_lib.Example]:
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  with errors.friendly_errors():
-    if len(argv) > 1:
-      raise errors.UsageError(f"unexpected arguments {argv[1:]}")
+  with errors.cli(argv):
     if _REFINE.value is not None and _REFINE.value < 0:
       raise errors.UsageError(f"--refine_steps must be >= 0, got {_REFINE.value}")
     from lr_jax import inference  # pylint: disable=g-import-not-at-top
@@ -67,8 +62,8 @@ def main(argv):
         refine_steps=config.infer.refine_steps if _REFINE.value is None else _REFINE.value,
         seed=_SEED.value, overwrite=_OVERWRITE.value, strategy=_STRATEGY.value)
   for o in outcomes:
-    best = o.record["best_anchor"]
-    print(f"{o.example.image_path}: {o.record['conditioning']}, best anchor {best}, "
+    best = o.record["best_candidate"]
+    print(f"{o.example.image_path}: {o.record['conditioning']}, best candidate {best}, "
           f"S={o.record['scores']['S'][best]:.4f} -> {o.files.get('edited')}")
 
 

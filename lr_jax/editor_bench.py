@@ -23,7 +23,6 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -137,11 +136,7 @@ def format_row(row: dict[str, Any]) -> str:
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  with errors.friendly_errors():
-    if len(argv) > 1:
-      raise errors.UsageError(f"unexpected arguments {argv[1:]}")
+  with errors.cli(argv):
     try:
       ns = [int(n) for n in _NS.value]
     except ValueError:

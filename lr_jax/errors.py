@@ -22,6 +22,20 @@ def friendly_errors():
     sys.exit(1)
 
 
+@contextlib.contextmanager
+def cli(argv: list[str]):
+  """The common start of every command's `main`: quiet logs unless --verbosity is given
+  (orbax logs every save at INFO), `friendly_errors`, and no stray arguments."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  with friendly_errors():
+    if len(argv) > 1:
+      raise UsageError(f"unexpected arguments {argv[1:]}")
+    yield
+
+
 def _clean(message: str) -> str:
   """ml_collections wraps KeyError texts in quotes; undo that."""
   message = message.strip()

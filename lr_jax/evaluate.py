@@ -13,7 +13,6 @@ manifest) also how the chosen box and anchors sit on it), the edits under
 """
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from lr_jax.files import config_files
@@ -43,11 +42,7 @@ def default_strategies(rgn_checkpoint: str | None) -> list[str]:
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  with errors.friendly_errors():
-    if len(argv) > 1:
-      raise errors.UsageError(f"unexpected arguments {argv[1:]}")
+  with errors.cli(argv):
     if not _MANIFEST.value or not _OUT.value:
       raise errors.UsageError("give --manifest FILE and --out DIR")
     from lr_jax.evaluation import runner as evaluation  # pylint: disable=g-import-not-at-top

@@ -69,15 +69,6 @@ def refine(rgn_params, built: Built, batch, method: settings_lib.Method, steps: 
   return state.params
 
 
-def token_centres_to_pixels(cells_rc: np.ndarray, grid: int, original_shape,
-                            layout: canvas_lib.Layout | None = None) -> list:
-  """(..., 2) token cells (row, col) -> the (row, col) of their centres in original pixels,
-  on the photo's canvas `layout` (None: the squeezed canvas of a `grid` x `grid` editor)."""
-  if layout is None:
-    layout = canvas_lib.layout(original_shape, grid, grid, "squeeze")
-  return canvas_lib.token_centres_to_original(cells_rc, layout)
-
-
 def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built,
             checkpoint, changed_region, window: window_lib.Plan, number):
   editor = built.models.editor
@@ -88,8 +79,8 @@ def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built
       **prepared.cond_records[i],   # MaskGIT: "class" with the top 5
       "conditioning": prepared.summaries[i],
       "source_prompt": prepared.source_prompts[i],
-      "anchors_rc_tokens": out.regions.anchors.tolist(),
-      "anchors_rc_pixels_original": canvas_lib.token_centres_to_original(out.regions.anchors,
+      "anchors_rc_tokens": out.candidates.anchors.tolist(),
+      "anchors_rc_pixels_original": canvas_lib.token_centres_to_original(out.candidates.anchors,
                                                                          lay),
       "chosen_box_index": out.chosen.tolist(),
       "boxes_tlhw_tokens": out.boxes.tolist(),
@@ -109,7 +100,9 @@ def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built
                  "beta": config.score.beta, "top_t2i": config.score.top_t2i,
                  "computed_on": "the candidate edits on the whole-photo canvas (a window "
                                 "edit is not scored)"},
-      "best_anchor": best, "seed": seed, "image_index": number,
+      # The kept candidate's index (a candidate, not an anchor: "search" has K x M);
+      # `best_anchor` is its old name, kept one release for readers of old records.
+      "best_candidate": best, "best_anchor": best, "seed": seed, "image_index": number,
       "edit_rng": f"fold_in(PRNGKey({seed}), {number})", "model_image_size": editor.image_size,
       **editor.record(), "models": config.models,
       "rgn_checkpoint": str(checkpoint) if checkpoint else None,

@@ -377,12 +377,12 @@ def show(item: str | os.PathLike | np.ndarray | Iterable[Any], width: int | None
 
 
 def summary(outcome) -> str:
-  """One line about an `inference.EditOutcome`: prompt, conditioning, best anchor, score."""
+  """One line about an `inference.EditOutcome`: prompt, conditioning, best candidate, score."""
   r = outcome.record
-  best = r["best_anchor"]
+  best = r["best_candidate"]
   how = f", {r['class']['method']}" if "class" in r else ""
   return (f"{pathlib.Path(r['image']).name}: {r['prompt']!r} -> {r['conditioning']}{how}, "
-          f"best anchor {best}, S={r['scores']['S'][best]:.4f}")
+          f"best candidate {best}, S={r['scores']['S'][best]:.4f}")
 
 
 def show_outcomes(outcomes: Sequence[Any], width: int | None = 900) -> None:

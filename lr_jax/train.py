@@ -22,11 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  with errors.friendly_errors():
-    if len(argv) > 1:
-      raise errors.UsageError(f"unexpected arguments {argv[1:]}")
+  with errors.cli(argv):
     sharding.maybe_initialize_distributed()
     result = trainer.train(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
   last = result.metrics[-1] if result.metrics else {}

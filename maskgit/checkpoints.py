@@ -253,14 +253,6 @@ def _parse_params(path: pathlib.Path) -> dict:
   return state["params"]
 
 
-def _read_params(path: pathlib.Path) -> dict:
-  """``_parse_params`` for a file of the caller's: raises ``CheckpointError``."""
-  try:
-    return _parse_params(path)
-  except _InvalidCheckpoint as e:
-    raise CheckpointError(f"{path} {e}") from e
-
-
 def _shape_of(leaf) -> Optional[tuple]:
   shape = getattr(leaf, "shape", None)
   return tuple(shape) if shape is not None else None

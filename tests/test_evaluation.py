@@ -49,7 +49,7 @@ def test_every_pair_is_measured_on_the_written_photo(evaluated, data):
   mask = np.asarray(Image.open(data / "wide_mask.png")) >= 128
   for row in rows:
     record = json.loads(open(row["files"]["record"]).read())
-    best = record["best_anchor"]
+    best = record["best_candidate"]
     assert record["strategy"] == row["strategy"]
     assert row["chosen_box_tlhw_pixels"] == record["boxes_tlhw_pixels_original"][best]
     edited = np.asarray(Image.open(row["files"]["edited"]))

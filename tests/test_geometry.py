@@ -294,8 +294,8 @@ def test_training_and_inference_put_the_photo_on_the_same_canvas(wide_examples, 
                                   canvas_lib.layout((64, 192), 64, 4, "pad"))
   np.testing.assert_array_equal(trained.images[0], expected)
   for out in outcomes:
-    rows = np.asarray(out.outputs.regions.anchors)[:, 0]
-    cols = np.asarray(out.outputs.regions.anchors)[:, 1]
+    rows = np.asarray(out.outputs.candidates.anchors)[:, 0]
+    cols = np.asarray(out.outputs.candidates.anchors)[:, 1]
     vt, vl, vh, vw = out.record["canvas"]["valid_tlhw_tokens"]
     assert ((rows >= vt) & (rows < vt + vh) & (cols >= vl) & (cols < vl + vw)).all()
   # Photos of both aspects share one compiled inference.
@@ -326,7 +326,7 @@ def test_window_mode_end_to_end_with_a_painting_editor(tmp_path):
   changed = np.any(out.result != image, axis=-1)
   ct, cl, ch, cw = record["changed_region_tlhw_pixels_original"]
   assert wt <= ct and wl <= cl and ct + ch <= wt + wh and cl + cw <= wl + ww
-  bt, bl, bh, bw = record["boxes_tlhw_pixels_original"][record["best_anchor"]]
+  bt, bl, bh, bw = record["boxes_tlhw_pixels_original"][record["best_candidate"]]
   assert ct <= bt + 1 and cl <= bl + 1 and ct + ch >= bt + bh - 1 and cl + cw >= bl + bw - 1
   assert abs(ct - mt) <= 4 and abs(cl - ml) <= 4 and abs(ch - mh) <= 8 and abs(cw - mw) <= 8
   assert ww < 800 and window["gain"] > 1                    # a window, not the photo

@@ -166,10 +166,10 @@ def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
   assert first.outputs.edit.images.shape == (k, 64, 64, 3)
   assert first.record["class"]["id"] == 291
   assert len(first.record["scores"]["S"]) == k
-  assert first.record["best_anchor"] == int(np.argmax(first.record["scores"]["S"]))
+  assert first.record["best_candidate"] == int(np.argmax(first.record["scores"]["S"]))
   # Only the edited box region changes at the original resolution: wherever the
   # model-size mask is 0 in a whole 3x3 neighbourhood, the pixel is the input's.
-  mask = first.outputs.edit.pixel_mask[first.record["best_anchor"]][..., 0]
+  mask = first.outputs.edit.pixel_mask[first.record["best_candidate"]][..., 0]
   padded = np.pad(mask, 1)
   near = np.max([padded[i:i + 64, j:j + 64] for i in range(3) for j in range(3)], axis=0)
   top_c, left_c, h_c, w_c = first.record["canvas"]["image_tlhw_pixels_canvas"]
@@ -268,5 +268,5 @@ def test_search_strategy_writes_the_usual_outputs(built, examples, tmp_path):
   record = json.loads(pathlib.Path(out.files["record"]).read_text())
   k, m = tiny_config().region.num_anchors, len(tiny_config().region.sizes)
   assert record["strategy"] == "search" and len(record["scores"]["S"]) == k * m
-  assert record["best_anchor"] == int(np.argmax(record["scores"]["S"]))
+  assert record["best_candidate"] == int(np.argmax(record["scores"]["S"]))
   assert pathlib.Path(out.files["sheet"]).stat().st_size > 1000

@@ -90,11 +90,11 @@ def test_infer_picks_by_the_score_setting(built, batch):
   # The K candidates are the editor's edits of the chosen boxes.
   chosen = np.asarray(out.chosen[0])
   np.testing.assert_array_equal(np.asarray(out.boxes[0]),
-                                np.asarray(out.regions.boxes[0])[np.arange(len(chosen)), chosen])
+                                np.asarray(out.candidates.proposals[0])[np.arange(len(chosen)), chosen])
 
 
 def test_dino_grid_must_be_a_multiple_of_the_token_grid():
-  fake = SimpleNamespace(dino=None, editor=SimpleNamespace(grid=4))
+  fake = SimpleNamespace(dino=None, editor=SimpleNamespace(box_grid=4))
   with pytest.raises(ValueError, match=r"DINO patch grid \(6x6\).*token grid \(4x4\)"):
     with pytest.MonkeyPatch.context() as mp:
       mp.setattr(step_lib.dino_lib, "dino_features",
@@ -117,7 +117,7 @@ def test_search_edits_every_proposal_and_keeps_the_best_score(built, batch):
   assert s.shape == (k * m,) and int(out.best[0]) == int(np.argmax(s))
   # Each candidate is the edit of its own box (tiny config: boxes are not grown).
   np.testing.assert_array_equal(np.asarray(out.edit.masked_boxes), np.asarray(out.boxes))
-  assert out.regions.anchors.shape == (1, k * m, 2) and out.chosen.shape == (1, k * m)
+  assert out.candidates.anchors.shape == (1, k * m, 2) and out.chosen.shape == (1, k * m)
 
 
 @pytest.mark.parametrize("strategy", ["random", "dino_random"])
@@ -162,5 +162,5 @@ def test_baselines_edit_their_random_boxes_reproducibly(built, batch):
   np.testing.assert_array_equal(np.asarray(a.boxes), np.asarray(b.boxes))
   assert not np.array_equal(np.asarray(a.boxes), np.asarray(c.boxes))
   regions = step_lib.find_regions(models, frozen, batch["images"], method.region)
-  np.testing.assert_array_equal(np.asarray(a.regions.anchors), np.asarray(regions.anchors))
+  np.testing.assert_array_equal(np.asarray(a.candidates.anchors), np.asarray(regions.anchors))
   assert int(a.best[0]) == int(np.argmax(np.asarray(a.scores.score[0])))

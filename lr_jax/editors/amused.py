@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from lr_common import box_editing
-from lr_common.errors import UserError
+from lr_common.errors import PromptError
 from lr_jax.encoders import hf_weights
 from lr_jax.generators.amused import decoding
 from lr_jax.generators.amused import hub
@@ -48,8 +48,6 @@ TINY_EXTRA_IDS = 8                       # ids after the codes; the last one is 
 DTYPES = box_editing.DTYPES
 
 
-class PromptError(UserError, ValueError):
-  """An example gives the aMUSEd editor no text to condition on."""
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import jax.numpy as jnp
 import numpy as np
 
-from lr_common.errors import UserError
+from lr_common.errors import PromptError  # pylint: disable=unused-import (re-exported)
 
 NUM_CLASSES = 1000
 CLASS_PROMPT_TEMPLATE = "a photo of a {}."
@@ -30,10 +30,6 @@ _LEADING_PHRASES = (
     "a high quality photo of", "a photo of", "a picture of", "an image of",
     "a photograph of", "photo of", "picture of", "image of")
 _ARTICLES = ("a", "an", "the")
-
-
-class PromptError(UserError, ValueError):
-  """A prompt that cannot be turned into an ImageNet class."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -138,7 +138,7 @@ def measure(built: Built, config, outcome: inference.EditOutcome, source: np.nda
   (`features`: its `source_features`, if already computed)."""
   record, result = outcome.record, outcome.result
   features = features or source_features(built, source)
-  best = int(record["best_anchor"])
+  best = int(record.get("best_candidate", record.get("best_anchor")))
   texts = built.text_encoder([record["prompt"], record["source_prompt"]])
   edit_embed, source_embed = clip_embedding(built, result), features["clip"]
   metrics = edit_metrics.clip_scores(edit_embed, source_embed, texts[0], texts[1],

@@ -248,8 +248,8 @@ def inference_sheet(path: str | pathlib.Path, *, image: np.ndarray, outputs,
     scale = final.shape[0] / layout.original_hw[0]
     window = [v * scale for v in window]
   return edit_sheet(
-      path, image=image, attention=outputs.regions.attention, anchors=outputs.regions.anchors,
-      proposals=outputs.regions.boxes, chosen=outputs.chosen, candidates=outputs.edit.images,
+      path, image=image, attention=outputs.regions.attention, anchors=outputs.candidates.anchors,
+      proposals=outputs.candidates.proposals, chosen=outputs.chosen, candidates=outputs.edit.images,
       scores=outputs.scores.score,
       components={"t2i": outputs.scores.t2i, "i2i": outputs.scores.i2i}, best=best,
       result=final, title=title, dpi=dpi, view=view, pixel_aspect=aspect,

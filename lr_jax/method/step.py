@@ -48,11 +48,18 @@ class Regions(NamedTuple):
   pooled: Array      # (B, K, M, R, R, D) ROI-aligned DINO features
 
 
+class Candidates(NamedTuple):
+  """Where each of N candidate boxes comes from (N = K, or K x M for "search")."""
+  anchors: Array     # (B, N, 2) int (row, col): the anchor of each candidate
+  proposals: Array   # (B, N, P, 4) the proposals it was picked from (P = M, or 1 for the
+                     # random baselines, whose box is its own proposal)
+
+
 class Inference(NamedTuple):
   """What `infer` computes for a batch of images with N candidate boxes each (N = K, or
   K x M for the "search" strategy); per image, index every field with [b]."""
-  regions: Regions              # attention (B,h,w); per candidate its anchor (B,N,2) and
-                                # the proposals (B,N,P,4) it was picked from; pooled
+  regions: Regions              # what `find_regions` found: attention, K anchors, proposals
+  candidates: Candidates        # per candidate: its anchor and proposals
   logits: Array                 # (B, K, M) RGN scores of the proposals
   chosen: Array                 # (B, N) which of its proposals each candidate is
   boxes: Array                  # (B, N, 4) the candidate boxes, tokens
@@ -274,8 +281,8 @@ def infer(rgn_params, frozen: Any, batch: dict[str, Any], rng: Array, *,
   scores = jax.vmap(functools.partial(scoring.quality_score, alpha=s.alpha, beta=s.beta))(
       emb, src_emb, batch["text_embed"])
   best = jax.vmap(lambda q: scoring.pick_best(q, top_t2i=s.top_t2i or None))(scores)
-  per_candidate = Regions(regions.attention, anchors, proposals, regions.pooled)
-  return Inference(per_candidate, logits, chosen, boxes, out, scores, best)
+  return Inference(regions, Candidates(anchors, proposals), logits, chosen, boxes, out,
+                   scores, best)
 
 
 @functools.lru_cache(maxsize=16)
