@@ -1,1 +1,1 @@
-"""Stable Diffusion (SD-1.x / SD-2.x, plain and inpainting) components in Flax."""
+"""Stable Diffusion 1.x / 2.x components in Flax Linen, loaded from diffusers' hub files."""
