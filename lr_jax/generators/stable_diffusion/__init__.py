@@ -1,0 +1,1 @@
+"""Stable Diffusion inpainting in JAX: noise schedulers (and the models that use them)."""
