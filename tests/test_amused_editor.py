@@ -210,7 +210,8 @@ def test_offline_hub_repo_lists_the_files_and_the_download_command(tmp_path, mon
                  f"transformer/diffusion_pytorch_model{suffix}.safetensors",
                  f"text_encoder/model{suffix}.safetensors", "tokenizer/"):
       assert name in message, (name, message)
-    assert f"huggingface-cli download {repo} --include" in message and "HF_HUB_OFFLINE" in message
+    assert f"hf download {repo} vqvae/config.json" in message and "HF_HUB_OFFLINE" in message
+    assert f"--local-dir {repo.split('/')[1]}" in message
 
 
 # -- weights from a local directory in the hub layout --------------------------------------
@@ -284,7 +285,7 @@ def test_local_directory_problems_are_listed(tmp_path):
     amused.build(local_config(tmp_path / "ok"), "official", None)
   message = str(error.value)
   assert "transformer/diffusion_pytorch_model.safetensors" in message
-  assert "tokenizer/tokenizer.json" in message and "huggingface-cli download" in message
+  assert "tokenizer/tokenizer.json" in message and "hf download amused/amused-256" in message
   with pytest.raises(WeightsError, match="lacks.*fp16"):
     amused.build(local_config(tmp_path / "ok", "fp16"), "official", None)
   write_hub_directory(tmp_path / "mixed", codebook=64)
@@ -304,8 +305,8 @@ def test_edit_command_offline_fails_fast_naming_the_files(cli_env, tmp_path):
                          timeout=120)
   text = cli_helpers.assert_clean_error(
       proc, "[amused]", "amused/amused-256", "transformer/diffusion_pytorch_model.safetensors",
-      "huggingface-cli download amused/amused-256", "facebook/dino-vitb16")
-  assert "--include" in text
+      "hf download amused/amused-256", "facebook/dino-vitb16")
+  assert "--local-dir amused-256" in text and "--local-dir dino-vitb16" in text
   assert time.time() - start < 60
   assert not (tmp_path / "out").exists()
   proc = cli_helpers.run(cli_env, "lr_jax.train", "--config", "configs/amused_tiny.py",

@@ -140,10 +140,10 @@ def test_offline_repo_fails_fast_with_the_download_command(tmp_path):
   assert time.perf_counter() - start < 10
   message = str(err.value)
   assert "HF_HUB_OFFLINE" in message and "vqvae/config.json" in message
-  assert ("huggingface-cli download amused/amused-512 --include vqvae/config.json "
+  assert ("hf download amused/amused-512 vqvae/config.json "
           "vqvae/diffusion_pytorch_model.fp16.safetensors transformer/config.json "
           "transformer/diffusion_pytorch_model.fp16.safetensors text_encoder/config.json "
-          "text_encoder/model.fp16.safetensors 'tokenizer/*' --local-dir DIR") in message
+          "text_encoder/model.fp16.safetensors tokenizer/ --local-dir amused-512") in message
 
 
 def test_repo_id_found_in_the_hub_cache(tiny, amused_dir, tmp_path):

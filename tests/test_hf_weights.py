@@ -163,7 +163,7 @@ def test_half_precision_checkpoints_load_as_float32(fixtures_dir, dino_copy, dty
 
 
 def test_missing_directory_gives_instructions(tmp_path):
-  with pytest.raises(WeightsError, match="huggingface-cli download"):
+  with pytest.raises(WeightsError, match="hf download facebook/dino-vitb16"):
     hf_weights.load_dino(tmp_path / "does_not_exist")
   (tmp_path / "empty").mkdir()
   with pytest.raises(WeightsError, match=r"lacks \['config.json', 'model.safetensors'\]"):
@@ -178,16 +178,16 @@ def test_offline_hub_id_gives_instructions(monkeypatch, tmp_path):
     hf_weights.load_clip("openai/clip-vit-base-patch16")
   msg = str(err.value)
   assert "'openai/clip-vit-base-patch16'" in msg
-  assert "huggingface-cli download openai/clip-vit-base-patch16 config.json model.safetensors" in msg
-  assert "tokenizer.json" in msg and "--local-dir DIR" in msg
+  assert "hf download openai/clip-vit-base-patch16 config.json model.safetensors" in msg
+  assert "tokenizer.json" in msg and "--local-dir clip-vit-base-patch16" in msg
   with pytest.raises(WeightsError) as err:
     hf_weights.load_dino()  # the paper's default: DINO ViT-B/16
   msg = str(err.value)
   assert "'facebook/dino-vitb16'" in msg
   # Its main branch has no model.safetensors: point at the hub PR that has it,
   # and at the one-time conversion of pytorch_model.bin.
-  assert ("huggingface-cli download facebook/dino-vitb16 config.json model.safetensors "
-          "--revision refs/pr/7" in msg)
+  assert ("hf download facebook/dino-vitb16 config.json model.safetensors "
+          "--revision refs/pr/7 --local-dir dino-vitb16" in msg)
   assert "pytorch_model.bin" in msg and "save_file" in msg
 
 

@@ -9,8 +9,11 @@ openai/clip-vit-base-patch16 (PR number unknown here). So the resolver tries the
 main branch, then the revisions in SAFETENSORS_REVISIONS, then (online) that
 pull request. With HF_HUB_OFFLINE=1, or when the hub does not answer one quick
 probe, only the local cache is searched, so an offline run fails in seconds.
-Failures name the download (and a one-time pytorch_model.bin ->
-model.safetensors conversion, the only step that needs torch).
+Failures name the download, an `hf download` command with a folder of its own per model
+(and a one-time pytorch_model.bin -> model.safetensors conversion, the only step that
+needs torch). Readers of JSON, safetensors and CLIP tokenizer files turn a broken file
+(an HTML error page saved under the name, a truncated download) into a WeightsError that
+names it.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import socket
 import urllib.parse
 from typing import Any, Sequence
@@ -44,12 +48,33 @@ class WeightsError(UserError, ValueError):
 
 
 
-def download_hint(repo_id: str, filenames: Sequence[str], revision: str | None = None) -> str:
-  revision_arg = f" --revision {revision}" if revision else ""
+def local_folder(repo_id: str) -> str:
+  """The folder a download command fills: the repo's name, so each model gets its own."""
+  return repo_id.rstrip("/").split("/")[-1] or "model"
+
+
+def download_command(repo_id: str, files: Sequence[str], revision: str | None = None,
+                     local_dir: str | os.PathLike | None = None) -> str:
+  """`hf download REPO FILES... [--revision REV] --local-dir DIR`, quoted for a POSIX shell.
+
+  The `hf` CLI of huggingface_hub >= 1.0 (`huggingface-cli` is gone): names are files, a
+  name ending in "/" is a whole folder; DIR defaults to `local_folder(repo_id)`.
+  """
+  words = ["hf", "download", repo_id, *files]
+  if revision:
+    words += ["--revision", revision]
+  words += ["--local-dir", str(local_dir if local_dir is not None else local_folder(repo_id))]
+  return " ".join(shlex.quote(w) for w in words)
+
+
+def download_hint(repo_id: str, filenames: Sequence[str], revision: str | None = None,
+                  local_dir: str | os.PathLike | None = None) -> str:
+  """How to fetch the files elsewhere: the command, then what to pass here."""
+  folder = local_dir if local_dir is not None else local_folder(repo_id)
   return (f"On a machine with network access run\n"
-          f"  huggingface-cli download {repo_id} {' '.join(filenames)}{revision_arg} --local-dir DIR\n"
-          f"(or `hf download ...` with the same arguments), copy DIR here and pass DIR "
-          f"(a local directory) instead of the repo id.")
+          f"  {download_command(repo_id, filenames, revision, folder)}\n"
+          f"and pass the folder {shlex.quote(str(folder))} (copied to this machine) instead of "
+          f"the repo id.")
 
 
 def _conversion_hint() -> str:
@@ -117,7 +142,8 @@ def _hub_candidates(repo_id: str, filenames: Sequence[str], revision: str | None
 
 def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
                     optional_filenames: Sequence[str] = (),
-                    revision: str | None = None) -> pathlib.Path:
+                    revision: str | None = None,
+                    default_repo: str | None = None) -> pathlib.Path:
   """Returns a directory holding `filenames` (and whichever optional files exist).
 
   A local directory is used as is; anything else is taken as a hub repo id and
@@ -126,13 +152,17 @@ def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
   searched. Without an explicit `revision`, a repo whose
   main branch lacks model.safetensors is tried at SAFETENSORS_REVISIONS[repo]
   and at its SFconvertbot pull requests. Failures raise WeightsError with
-  instructions.
+  instructions; where the repo is unknown (a local directory) they name the download
+  of `default_repo`.
   """
   path = pathlib.Path(repo_id_or_dir).expanduser()
+  hint_repo = default_repo or "<repo id>"
+  hint_revision = revision or SAFETENSORS_REVISIONS.get(hint_repo)
+  all_files = list(filenames) + list(optional_filenames)
   if path.is_dir():
     missing = [f for f in filenames if not (path / f).is_file()]
     if missing:
-      hint = download_hint("<repo id>", filenames)
+      hint = download_hint(hint_repo, all_files, hint_revision, local_dir=path)
       if WEIGHTS_FILE in missing:
         hint += "\n" + _conversion_hint().replace("DIR", str(path))
       raise WeightsError(f"directory {path} lacks {missing}. " + hint)
@@ -140,7 +170,7 @@ def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
   repo_id = str(repo_id_or_dir)
   if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id):
     raise WeightsError(f"{repo_id!r} is neither an existing directory nor a hub repo id. "
-                       + download_hint("<repo id>", filenames))
+                       + download_hint(hint_repo, all_files, hint_revision))
   import huggingface_hub  # pylint: disable=import-outside-toplevel
   offline = _offline_reason()
   failures = []
@@ -164,8 +194,8 @@ def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
       f"could not get {list(filenames)} of Hugging Face repo '{repo_id}' "
       + (f"(hub not asked: {offline}; revisions not in the local cache: "
          if offline else "(tried ") + f"{'; '.join(failures)}). "
-      + download_hint(repo_id, list(filenames) + list(optional_filenames), hint_revision)
-      + "\n" + _conversion_hint())
+      + download_hint(repo_id, all_files, hint_revision)
+      + "\n" + _conversion_hint().replace("DIR", local_folder(repo_id)))
 
 
 def _diagnose_safetensors(path: pathlib.Path) -> str:
@@ -207,7 +237,56 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def read_json(path: pathlib.Path) -> dict[str, Any]:
+  """A JSON object (config.json and the like); unreadable, not JSON, or not an object
+  (an HTML error page saved under the name, a list) -> WeightsError naming the file."""
   try:
-    return json.loads(path.read_text())
-  except (OSError, json.JSONDecodeError) as err:
-    raise WeightsError(f"could not read config {path}: {err}") from err
+    data = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    raise WeightsError(f"could not read JSON file {path}: {err}") from err
+  if not isinstance(data, dict):
+    raise WeightsError(f"{path} holds a JSON {type(data).__name__}, not the object expected")
+  return data
+
+
+# A CLIP BPE tokenizer folder: tokenizer.json, or vocab.json + merges.txt; the rest is optional.
+CLIP_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                        "special_tokens_map.json")
+
+
+def has_clip_tokenizer(folder: pathlib.Path) -> bool:
+  """Whether `folder` holds tokenizer.json, or vocab.json and merges.txt."""
+  return (folder / "tokenizer.json").is_file() or (
+      (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())
+
+
+def _check_merges(path: pathlib.Path) -> None:
+  """merges.txt: an optional "#version" line, then one "left right" pair per line."""
+  try:
+    lines = path.read_text(encoding="utf-8").splitlines()
+  except (OSError, UnicodeDecodeError) as err:
+    raise WeightsError(f"could not read tokenizer merges {path}: {err}") from err
+  for number, line in enumerate(lines, 1):
+    if line.strip() and not line.startswith("#version") and len(line.split()) != 2:
+      raise WeightsError(f"{path} is not a BPE merges file (line {number}: {line[:60]!r})")
+
+
+def read_clip_tokenizer(folder: str | os.PathLike) -> Any:
+  """transformers' CLIPTokenizerFast from a tokenizer folder, its files checked first: a
+  missing pair, a JSON file that is not a JSON object or merges.txt that is not BPE merges
+  (an HTML page saved under the name) is a WeightsError naming the file."""
+  folder = pathlib.Path(folder)
+  if not has_clip_tokenizer(folder):
+    raise WeightsError(f"no tokenizer files in {folder}: it needs tokenizer.json, or vocab.json "
+                       f"and merges.txt")
+  for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json",
+               "special_tokens_map.json"):
+    if (folder / name).is_file():
+      read_json(folder / name)
+  if (folder / "merges.txt").is_file():
+    _check_merges(folder / "merges.txt")
+  from transformers import CLIPTokenizerFast  # pylint: disable=import-outside-toplevel
+  try:
+    return CLIPTokenizerFast.from_pretrained(str(folder))
+  except Exception as err:  # a file that parses but does not describe a tokenizer
+    raise WeightsError(f"could not load the CLIP tokenizer in {folder}: "
+                       f"{type(err).__name__}: {str(err)[:300]}") from err

@@ -24,15 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from lr_jax.encoders.clip import CLIP, CLIPConfig, TextConfig
-from lr_jax.encoders.hf_files import (MODEL_FILES, WEIGHTS_FILE, WeightsError, download_hint,
-                             read_json, read_safetensors, resolve_hf_repo)
+from lr_jax.encoders.hf_files import (CLIP_TOKENIZER_FILES, MODEL_FILES, WEIGHTS_FILE,
+                                      WeightsError, download_hint, has_clip_tokenizer,
+                                      read_clip_tokenizer, read_json, read_safetensors,
+                                      resolve_hf_repo)
 from lr_jax.encoders.vit import ACTIVATIONS, ViT, ViTConfig
 from lr_common.random_params import draw_params
 
 HF_CLIP_REPO = "openai/clip-vit-base-patch16"
 HF_DINO_REPO = "facebook/dino-vitb16"  # the paper's default; "facebook/dino-vitb8" by config
-CLIP_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                        "special_tokens_map.json")
 IGNORED_CLIP = re.compile(r"^(text_model|vision_model)\.embeddings\.position_ids$")
 IGNORED_DINO = re.compile(r"^(vit\.)?pooler\.dense\.(weight|bias)$")
 TINY_VOCAB_SIZE = 514  # 256 byte symbols, the same with "</w>", then bos, eos.
@@ -170,16 +170,15 @@ def tiny_clip_tokenizer(model_max_length: int = 77):
 def load_clip_tokenizer(directory: pathlib.Path, config: Any):
   """CLIPTokenizerFast from `directory`; the tiny tokenizer when it has none and the vocab fits.
 
-  `config` is anything with a `.text` TextConfig (CLIPConfig, amused TextEncoderConfig).
+  `config` is anything with a `.text` TextConfig (CLIPConfig, clip_text.ClipTextConfig).
+  The files are checked (`hf_files.read_clip_tokenizer`).
   """
-  from transformers import CLIPTokenizerFast  # pylint: disable=import-outside-toplevel
-  if (directory / "tokenizer.json").is_file() or (
-      (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()):
-    return CLIPTokenizerFast.from_pretrained(str(directory))
+  if has_clip_tokenizer(directory):
+    return read_clip_tokenizer(directory)
   if config.text.vocab_size == TINY_VOCAB_SIZE:
     return tiny_clip_tokenizer(config.text.max_positions)
   raise WeightsError(f"no tokenizer files (tokenizer.json or vocab.json + merges.txt) in {directory}. "
-                     + download_hint("<repo id>", CLIP_TOKENIZER_FILES))
+                     + download_hint(HF_CLIP_REPO, CLIP_TOKENIZER_FILES, local_dir=directory))
 
 
 # ----------------------------------------------------------------------------
@@ -370,7 +369,8 @@ def convert_dino(hf_tensors: dict[str, np.ndarray], config: ViTConfig, source: s
 def load_clip(repo_or_dir: str | os.PathLike = HF_CLIP_REPO, dtype: Any = jnp.float32,
               revision: str | None = None) -> ClipBundle:
   """CLIP model, params, tokenizer and config from a hub repo id or a local directory."""
-  directory = resolve_hf_repo(repo_or_dir, MODEL_FILES, CLIP_TOKENIZER_FILES, revision)
+  directory = resolve_hf_repo(repo_or_dir, MODEL_FILES, CLIP_TOKENIZER_FILES, revision,
+                              default_repo=HF_CLIP_REPO)
   config = clip_config_from_json(read_json(directory / "config.json"))
   tokenizer = load_clip_tokenizer(directory, config)
   weights = directory / WEIGHTS_FILE
@@ -385,7 +385,8 @@ def load_dino(repo_or_dir: str | os.PathLike = HF_DINO_REPO, dtype: Any = jnp.fl
   Position embeddings are interpolated like facebookresearch/dino by default
   (see `dino_config_from_json`); 256x256 inputs to a B/16 give a 16x16 grid.
   """
-  directory = resolve_hf_repo(repo_or_dir, MODEL_FILES, revision=revision)
+  directory = resolve_hf_repo(repo_or_dir, MODEL_FILES, revision=revision,
+                              default_repo=HF_DINO_REPO)
   config = dino_config_from_json(read_json(directory / "config.json"), pos_interpolation)
   weights = directory / WEIGHTS_FILE
   params = convert_dino(read_safetensors(weights), config, str(weights))
