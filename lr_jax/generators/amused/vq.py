@@ -32,8 +32,8 @@ import numpy as np
 
 from lr_common.errors import UserError
 from lr_common.random_params import draw_params
+from lr_jax.generators.conv_blocks import Stage, conv, output_head
 
-NORM_EPS = 1e-6  # every GroupNorm of diffusers' VQ encoder/decoder
 
 
 class VQConfigError(UserError, ValueError):
@@ -80,81 +80,6 @@ class VQConfig:
                num_vq_embeddings=32, vq_embed_dim=6, norm_num_groups=4)
 
 
-def _conv(features: int, kernel: int, name: str, dtype: Any, stride: int = 1,
-          padding: Any = None) -> nn.Conv:
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=padding if padding is not None else ((pad, pad), (pad, pad)),
-                 dtype=dtype, name=name)
-
-
-def _group_norm(groups: int, name: str, dtype: Any) -> nn.GroupNorm:
-  return nn.GroupNorm(num_groups=groups, epsilon=NORM_EPS, use_fast_variance=False,
-                      dtype=dtype, name=name)
-
-
-class ResnetBlock(nn.Module):
-  """GN -> SiLU -> conv3x3 -> GN -> SiLU -> conv3x3, plus the input (1x1 conv when the width changes)."""
-  features: int
-  groups: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.silu(_group_norm(self.groups, "norm1", self.dtype)(x))
-    h = _conv(self.features, 3, "conv1", self.dtype)(h)
-    h = nn.silu(_group_norm(self.groups, "norm2", self.dtype)(h))
-    h = _conv(self.features, 3, "conv2", self.dtype)(h)
-    if x.shape[-1] != self.features:
-      x = _conv(self.features, 1, "conv_shortcut", self.dtype)(x)
-    return x + h
-
-
-class Downsample(nn.Module):
-  """Stride-2 3x3 conv after padding one zero row/column at the bottom/right."""
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return _conv(self.features, 3, "conv", self.dtype, stride=2,
-                 padding=((0, 1), (0, 1)))(x)
-
-
-class Upsample(nn.Module):
-  """Nearest-neighbour 2x upsampling, then a 3x3 conv."""
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return _conv(self.features, 3, "conv", self.dtype)(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
-
-
-class Stage(nn.Module):
-  """`num_layers` ResNet blocks, then an optional down- or upsampler (diffusers' block)."""
-  features: int
-  num_layers: int
-  groups: int
-  resample: str | None = None  # "down", "up" or None
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for i in range(self.num_layers):
-      x = ResnetBlock(self.features, self.groups, self.dtype, name=f"resnets_{i}")(x)
-    if self.resample == "down":
-      x = Downsample(self.features, self.dtype, name="downsamplers_0")(x)
-    elif self.resample == "up":
-      x = Upsample(self.features, self.dtype, name="upsamplers_0")(x)
-    return x
-
-
-def _output_head(x: jax.Array, features: int, groups: int, dtype: Any) -> jax.Array:
-  x = nn.silu(_group_norm(groups, "conv_norm_out", dtype)(x))
-  return _conv(features, 3, "conv_out", dtype)(x)
-
-
 class Encoder(nn.Module):
   """Pixels (B, H, W, in) -> latents (B, H / f, W / f, latent_channels)."""
   config: VQConfig
@@ -164,13 +89,13 @@ class Encoder(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
     channels, groups = cfg.block_out_channels, cfg.norm_num_groups
-    x = _conv(channels[0], 3, "conv_in", self.dtype)(x)
+    x = conv(channels[0], 3, "conv_in", self.dtype)(x)
     for i, features in enumerate(channels):
       last = i == len(channels) - 1
       x = Stage(features, cfg.layers_per_block, groups, None if last else "down", self.dtype,
                 name=f"down_blocks_{i}")(x)
     x = Stage(channels[-1], 2, groups, None, self.dtype, name="mid_block")(x)
-    return _output_head(x, cfg.latent_channels, groups, self.dtype)
+    return output_head(x, cfg.latent_channels, groups, self.dtype)
 
 
 class Decoder(nn.Module):
@@ -182,13 +107,13 @@ class Decoder(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
     channels, groups = cfg.block_out_channels[::-1], cfg.norm_num_groups
-    x = _conv(channels[0], 3, "conv_in", self.dtype)(x)
+    x = conv(channels[0], 3, "conv_in", self.dtype)(x)
     x = Stage(channels[0], 2, groups, None, self.dtype, name="mid_block")(x)
     for i, features in enumerate(channels):
       last = i == len(channels) - 1
       x = Stage(features, cfg.layers_per_block + 1, groups, None if last else "up", self.dtype,
                 name=f"up_blocks_{i}")(x)
-    return _output_head(x, cfg.out_channels, groups, self.dtype)
+    return output_head(x, cfg.out_channels, groups, self.dtype)
 
 
 class Codebook(nn.Module):
@@ -223,9 +148,9 @@ class VQModel(nn.Module):
   def setup(self):
     cfg = self.config
     self.encoder = Encoder(cfg, self.dtype)
-    self.quant_conv = _conv(cfg.vq_embed_dim, 1, "quant_conv", self.dtype)
+    self.quant_conv = conv(cfg.vq_embed_dim, 1, "quant_conv", self.dtype)
     self.quantize = Codebook(cfg)
-    self.post_quant_conv = _conv(cfg.latent_channels, 1, "post_quant_conv", self.dtype)
+    self.post_quant_conv = conv(cfg.latent_channels, 1, "post_quant_conv", self.dtype)
     self.decoder = Decoder(cfg, self.dtype)
 
   def _check_pixels(self, pixels: jax.Array) -> None:

@@ -9,8 +9,8 @@ splits into the mean and log-variance of a diagonal Gaussian; the log-variance i
 [-30, 20]. The decoder is a 1x1 `post_quant_conv`, a 3x3 `conv_in`, the same kind of mid block,
 one `UpDecoderBlock2D` per block (`layers_per_block + 1` ResNet blocks, then nearest 2x
 upsampling and a 3x3 conv, except in the last) and GroupNorm -> SiLU -> 3x3 conv. Every
-GroupNorm has eps 1e-6. The ResNet blocks and resamplers are those of aMUSEd's VQ model
-(`lr_jax.generators.amused.vq`): the two diffusers models share them.
+GroupNorm has eps 1e-6. The ResNet blocks and resamplers are shared with aMUSEd's VQ model
+(`lr_jax.generators.conv_blocks`).
 
 Images are NHWC floats in [-1, 1]; latents are (B, H / f, W / f, latent_channels) with
 f = 2 ** (blocks - 1) (8 for SD: 512 px -> 64x64x4). The diffusion model works on
@@ -42,9 +42,8 @@ from lr_common.errors import UserError
 from lr_common.random_params import draw_params
 from lr_jax.encoders.hf_files import WeightsError, read_json, read_safetensors
 from lr_jax.encoders.hf_weights import convert_state, hf_shapes
-from lr_jax.generators.amused.vq import ResnetBlock, Stage
+from lr_jax.generators.conv_blocks import ResnetBlock, Stage, conv, group_norm, output_head
 
-NORM_EPS = 1e-6  # every GroupNorm of diffusers' VAE encoder / decoder
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # diffusers' DiagonalGaussianDistribution clamp
 SD_SCALING_FACTOR = 0.18215
 WEIGHTS_STEM = "diffusion_pytorch_model"
@@ -98,17 +97,6 @@ class VAEConfig:
                norm_num_groups=4, sample_size=16)
 
 
-def _conv(features: int, kernel: int, name: str, dtype: Any) -> nn.Conv:
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=dtype,
-                 name=name)
-
-
-def _group_norm(groups: int, name: str, dtype: Any) -> nn.GroupNorm:
-  return nn.GroupNorm(num_groups=groups, epsilon=NORM_EPS, use_fast_variance=False,
-                      dtype=dtype, name=name)
-
-
 class SpatialSelfAttention(nn.Module):
   """One-head self-attention over all pixels: GroupNorm, q/k/v, softmax(q k^T / sqrt(C)) v,
   an output projection, plus the input."""
@@ -118,7 +106,7 @@ class SpatialSelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
-    tokens = _group_norm(self.groups, "group_norm", self.dtype)(x).reshape(b, h * w, 1, c)
+    tokens = group_norm(self.groups, "group_norm", self.dtype)(x).reshape(b, h * w, 1, c)
     q, k, v = (nn.Dense(c, dtype=self.dtype, name=name)(tokens)
                for name in ("to_q", "to_k", "to_v"))
     attended = jax.nn.dot_product_attention(q, k, v)
@@ -139,11 +127,6 @@ class MidBlock(nn.Module):
     return ResnetBlock(self.features, self.groups, self.dtype, name="resnets_1")(x)
 
 
-def _output_head(x: jax.Array, features: int, groups: int, dtype: Any) -> jax.Array:
-  x = nn.silu(_group_norm(groups, "conv_norm_out", dtype)(x))
-  return _conv(features, 3, "conv_out", dtype)(x)
-
-
 class Encoder(nn.Module):
   """Images (B, H, W, in) -> Gaussian moments before `quant_conv` (B, H / f, W / f, 2 * latent)."""
   config: VAEConfig
@@ -153,13 +136,13 @@ class Encoder(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
     channels, groups = cfg.block_out_channels, cfg.norm_num_groups
-    x = _conv(channels[0], 3, "conv_in", self.dtype)(x)
+    x = conv(channels[0], 3, "conv_in", self.dtype)(x)
     for i, features in enumerate(channels):
       resample = None if i == len(channels) - 1 else "down"
       x = Stage(features, cfg.layers_per_block, groups, resample, self.dtype,
                 name=f"down_blocks_{i}")(x)
     x = MidBlock(channels[-1], groups, self.dtype, name="mid_block")(x)
-    return _output_head(x, 2 * cfg.latent_channels, groups, self.dtype)
+    return output_head(x, 2 * cfg.latent_channels, groups, self.dtype)
 
 
 class Decoder(nn.Module):
@@ -171,13 +154,13 @@ class Decoder(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
     channels, groups = cfg.block_out_channels[::-1], cfg.norm_num_groups
-    x = _conv(channels[0], 3, "conv_in", self.dtype)(x)
+    x = conv(channels[0], 3, "conv_in", self.dtype)(x)
     x = MidBlock(channels[0], groups, self.dtype, name="mid_block")(x)
     for i, features in enumerate(channels):
       resample = None if i == len(channels) - 1 else "up"
       x = Stage(features, cfg.layers_per_block + 1, groups, resample, self.dtype,
                 name=f"up_blocks_{i}")(x)
-    return _output_head(x, cfg.out_channels, groups, self.dtype)
+    return output_head(x, cfg.out_channels, groups, self.dtype)
 
 
 class AutoencoderKL(nn.Module):
@@ -192,8 +175,8 @@ class AutoencoderKL(nn.Module):
   def setup(self):
     cfg = self.config
     self.encoder = Encoder(cfg, self.dtype)
-    self.quant_conv = _conv(2 * cfg.latent_channels, 1, "quant_conv", self.dtype)
-    self.post_quant_conv = _conv(cfg.latent_channels, 1, "post_quant_conv", self.dtype)
+    self.quant_conv = conv(2 * cfg.latent_channels, 1, "quant_conv", self.dtype)
+    self.post_quant_conv = conv(cfg.latent_channels, 1, "post_quant_conv", self.dtype)
     self.decoder = Decoder(cfg, self.dtype)
 
   def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
