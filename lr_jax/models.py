@@ -8,7 +8,6 @@ built offline; `build_random_models` gives the real sizes with random values.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any, NamedTuple
 
@@ -18,30 +17,11 @@ from lr_common.errors import UserError
 from lr_jax import editors
 from lr_jax.encoders import hf_weights
 from lr_jax.method import settings as settings_lib
-from lr_jax.encoders.clip import CLIP
+from lr_jax.method.bundle import Models  # pylint: disable=unused-import (re-exported)
 from lr_jax.editors.base import Editor
-from lr_jax.method.rgn import RegionGenerationNetwork
 from lr_jax.encoders.text_encoder import TextEncoder
-from lr_jax.encoders.vit import ViT
 
 MODEL_KINDS = ("official", "tiny")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Models:
-  """Modules and static facts; parameters live in a separate `frozen` pytree."""
-  dino: ViT
-  clip: CLIP
-  editor: Editor
-  rgn: RegionGenerationNetwork
-
-  @property
-  def dino_dim(self) -> int:
-    return self.dino.config.hidden_size
-
-  @property
-  def clip_image_size(self) -> int:
-    return self.clip.config.vision.image_size
 
 
 class Built(NamedTuple):

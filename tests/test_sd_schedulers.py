@@ -13,7 +13,7 @@ import pytest
 
 from lr_jax.encoders.hf_files import WeightsError
 from lr_jax.generators.stable_diffusion import schedulers
-from lr_jax.method.settings import SettingsError
+from lr_common.errors import SettingsError
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "stable_diffusion"
 CASES = json.loads((FIXTURES / "schedulers.json").read_text())

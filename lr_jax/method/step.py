@@ -29,7 +29,7 @@ from lr_jax.method import roi_align as roi_lib
 from lr_jax.method import scoring
 from lr_jax.encoders.clip import CLIP, augment_views, clip_preprocess
 from lr_jax.editors.base import EditOutput
-from lr_jax.models import Models
+from lr_jax.method.bundle import Models
 from lr_jax.method.settings import LossSettings, Method, OptimSettings, RegionSettings
 
 Array = jax.Array

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lr_jax.encoders.hf_files import WeightsError
-from lr_jax.method.settings import SettingsError
+from lr_common.errors import SettingsError
 
 PNDM, DDIM, DPM_SOLVER_PP = "pndm", "ddim", "dpmsolver++"
 KINDS = (PNDM, DDIM, DPM_SOLVER_PP)
