@@ -24,7 +24,7 @@ from ml_collections import config_flags
 from lr_common import benchmarking
 from lr_jax.files import config_files
 from lr_jax import errors
-from lr_jax.method import settings as settings_lib
+from lr_jax import run_settings
 from lr_jax.method import step as step_lib
 from lr_jax.models import build_random_models
 
@@ -57,9 +57,10 @@ def run(config, what=("train", "edit"), batch: int = 1, repeats: int = 5) -> lis
                             f"{','.join(unknown) or '(none)'}")
   if batch < 1 or repeats < 1:
     raise errors.UsageError(f"--batch and --repeats must be >= 1, got {batch} and {repeats}")
-  built = build_random_models(config)
+  parsed = run_settings.parse(config)
+  built = build_random_models(parsed)
   models, frozen = built.models, built.frozen
-  method = settings_lib.method(config)
+  method = parsed.method
   rng = np.random.default_rng(0)
   size = models.editor.image_size
   p = models.clip.config.projection_dim
@@ -82,7 +83,7 @@ def run(config, what=("train", "edit"), batch: int = 1, repeats: int = 5) -> lis
       stats = _time(fn, (state.params, frozen, data, key), repeats)
       edits = batch * (k if name == "edit" else k * m)
     stats.update(
-        what=name, config=f"{config.editor.name} {size}px", device=str(jax.devices()[0].device_kind),
+        what=name, config=f"{parsed.editor.name} {size}px", device=str(jax.devices()[0].device_kind),
         backend=jax.default_backend(), batch=batch, edits_per_call=edits,
         s_per_image=stats["s_per_call"] / batch, s_per_edit=stats["s_per_call"] / edits,
         edits_per_s=edits / stats["s_per_call"],

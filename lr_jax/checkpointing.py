@@ -19,22 +19,30 @@ from lr_common import output_files
 from lr_common.errors import UserError
 from lr_jax import defaults
 from lr_jax import editors
+from lr_jax import run_settings
 from lr_jax.method import settings as settings_lib
 from lr_jax.method import sharding
 from lr_jax.method import step as step_lib
 
 
-def resumable_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+Config = ml_collections.ConfigDict | run_settings.Run
+
+
+def resumable_keys(config: Config) -> tuple[str, ...]:
   """Settings that may change between a run and its resumption without changing what
   the run computes (derived from `settings` and the editor module)."""
-  return settings_lib.resumable_keys() + tuple(editors.of(config).RESUMABLE_KEYS)
+  return settings_lib.resumable_keys() + tuple(_editor_module(config).RESUMABLE_KEYS)
 
 
-def rgn_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+def rgn_keys(config: Config) -> tuple[str, ...]:
   """Settings that give a trained RGN's inputs and outputs their meaning (the box
-  sizes, the editor's token grid, the feature widths); num_anchors may change."""
+  sizes, the editor's box grid, the feature widths); num_anchors may change."""
   return (("models", "editor.name") + settings_lib.rgn_keys()
-          + tuple(editors.of(config).RGN_KEYS))
+          + tuple(_editor_module(config).RGN_KEYS))
+
+
+def _editor_module(config: Config):
+  return config.editor_module if isinstance(config, run_settings.Run) else editors.of(config)
 
 
 class WorkdirError(UserError, RuntimeError):
@@ -62,8 +70,9 @@ def _without(flat: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
   return {k: v for k, v in flat.items() if k not in inside}
 
 
-def _as_flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return _flatten(json.loads(config.to_json_best_effort()))
+def _as_flat(config: Config) -> dict[str, Any]:
+  source = config.config if isinstance(config, run_settings.Run) else config
+  return _flatten(json.loads(source.to_json_best_effort()))
 
 
 # Settings added to lr_jax whose default is not what runs made before them did: a
@@ -107,7 +116,7 @@ def _data_diff(saved: list[dict[str, Any]], current: list[dict[str, Any]]) -> st
   return None
 
 
-def check_workdir(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
+def check_workdir(workdir: str | pathlib.Path, config: Config,
                   data: list[dict[str, Any]] | None = None) -> pathlib.Path:
   """Creates the workdir, or checks that its run can be resumed with this config and data.
 
@@ -137,14 +146,15 @@ def check_workdir(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
             f"continue its batch order over different images. Use a new --workdir, "
             f"or restore the data the run was started with.")
   elif jax.process_index() == 0:   # one writer on a shared filesystem
-    output_files.write_text(config_path, config.to_json_best_effort(indent=2, sort_keys=True),
+    source = config.config if isinstance(config, run_settings.Run) else config
+    output_files.write_text(config_path, source.to_json_best_effort(indent=2, sort_keys=True),
                             overwrite=True)
     if data is not None:
       output_files.write_text(data_path, json.dumps(data, indent=1), overwrite=True)
   return workdir
 
 
-def check_compatible(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
+def check_compatible(workdir: str | pathlib.Path, config: Config,
                      prefixes: tuple[str, ...]) -> None:
   """Raises WorkdirError if the settings under `prefixes` differ from the workdir's run,
   or if the workdir does not say which settings its run had (no config.json)."""
@@ -305,13 +315,13 @@ def resolve_rgn_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, int 
       f"checkpoints/) or one of its checkpoints/<step> folders.")
 
 
-def load_rgn_params(path: str | pathlib.Path, models: Any, config: ml_collections.ConfigDict,
-                    method: settings_lib.Method | None = None) -> Any:
+def load_rgn_params(path: str | pathlib.Path, models: Any, config: Config) -> Any:
   """RGN parameters (numpy) from a training workdir (its newest checkpoint) or from
   one of its `checkpoints/<step>` folders, refused under other region settings."""
+  run = run_settings.parse(config)
   workdir, step = resolve_rgn_checkpoint(path)
-  check_compatible(workdir, config, rgn_keys(config))
-  method = settings_lib.method(config) if method is None else method
+  check_compatible(workdir, run, rgn_keys(run))
+  method = run.method
   # Shapes only: nothing to compute or compile before restoring.
   like = jax.eval_shape(lambda: step_lib.init_train_state(models, method, jax.random.PRNGKey(0)))
   manager = make_manager(workdir)

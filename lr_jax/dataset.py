@@ -50,15 +50,16 @@ class Prepared:
                 cond={k: v[indices] for k, v in self.cond.items()})
 
 
-def examples_from_config(config) -> list[manifest_lib.Example]:
-  """The examples named by config.data (a manifest, or a folder + one prompt)."""
-  if config.data.manifest:
-    return manifest_lib.read_manifest(config.data.manifest)
-  if config.data.image_dir:
-    if not config.data.prompt:
+def examples_from_settings(data) -> list[manifest_lib.Example]:
+  """The examples named by the data settings (`run_settings.DataSettings`: a manifest,
+  or a folder + one prompt, or the shipped sample)."""
+  if data.manifest:
+    return manifest_lib.read_manifest(data.manifest)
+  if data.image_dir:
+    if not data.prompt:
       raise manifest_lib.ManifestError("config.data.image_dir needs config.data.prompt (the edit text)")
-    return manifest_lib.examples_from_folder(config.data.image_dir, config.data.prompt)
-  if config.data.samples:
+    return manifest_lib.examples_from_folder(data.image_dir, data.prompt)
+  if data.samples:
     from lr_jax import samples  # pylint: disable=g-import-not-at-top
     return samples.sample_examples()
   raise manifest_lib.ManifestError(

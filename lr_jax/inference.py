@@ -31,7 +31,8 @@ from lr_jax.method import settings as settings_lib
 from lr_jax.files import sheets
 from lr_jax.method import step as step_lib
 from lr_jax.method import window as window_lib
-from lr_jax.models import Built, build_models, check_config
+from lr_jax import run_settings
+from lr_jax.models import Built, build_models
 
 
 @dataclasses.dataclass
@@ -69,8 +70,8 @@ def refine(rgn_params, built: Built, batch, method: settings_lib.Method, steps: 
   return state.params
 
 
-def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built,
-            checkpoint, changed_region, window: window_lib.Plan, number):
+def _record(ex, prepared, i, out: step_lib.Inference, seed, run: run_settings.Run,
+            built: Built, checkpoint, changed_region, window: window_lib.Plan, number):
   editor = built.models.editor
   lay = prepared.layouts[i]
   best = int(out.best)
@@ -96,15 +97,15 @@ def _record(ex, prepared, i, out: step_lib.Inference, seed, config, built: Built
       # Outside this box the written photo is the input, pixel for pixel.
       "changed_region_tlhw_pixels_original": changed_region,
       "scores": {"S": out.scores.score.tolist(), "s_t2i": out.scores.t2i.tolist(),
-                 "s_i2i": out.scores.i2i.tolist(), "alpha": config.score.alpha,
-                 "beta": config.score.beta, "top_t2i": config.score.top_t2i,
+                 "s_i2i": out.scores.i2i.tolist(), "alpha": run.method.score.alpha,
+                 "beta": run.method.score.beta, "top_t2i": run.method.score.top_t2i,
                  "computed_on": "the candidate edits on the whole-photo canvas (a window "
                                 "edit is not scored)"},
       # The kept candidate's index (a candidate, not an anchor: "search" has K x M);
       # `best_anchor` is its old name, kept one release for readers of old records.
       "best_candidate": best, "best_anchor": best, "seed": seed, "image_index": number,
       "edit_rng": f"fold_in(PRNGKey({seed}), {number})", "model_image_size": editor.image_size,
-      **editor.record(), "models": config.models,
+      **editor.record(), "models": run.models.kind,
       "rgn_checkpoint": str(checkpoint) if checkpoint else None,
       "versions": dict(_versions()),
   }
@@ -127,8 +128,10 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
 
   Images run one at a time through one compiled `infer` (inputs are put on the
   editor's canvas first, so different original sizes never recompile); with window
-  mode (`lr_jax.method.window`) the kept box is edited once more in a window of the original."""
-  method = settings_lib.method(config)
+  mode (`lr_jax.method.window`) the kept box is edited once more in a window of the original.
+  `config`: a ConfigDict or a parsed `run_settings.Run`."""
+  run = run_settings.parse(config)
+  method = run.method
   loaded = dataset.load_images(examples) if loaded is None else loaded
   prepared = dataset.prepare(built, examples, loaded=loaded, canvas=method.region.canvas)
   infer = step_lib.make_infer(built.models, method, "rgn" if strategy == "refine" else strategy)
@@ -154,7 +157,7 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
     else:
       result = canvas_lib.composite(original, out.edit.images[best], out.edit.pixel_mask[best],
                                     lay, dtype=np.uint8)
-    record = _record(ex, prepared, i, out, seed, config, built, checkpoint,
+    record = _record(ex, prepared, i, out, seed, run, built, checkpoint,
                      pixels_lib.changed_region(result, original), window, number)
     record["window"].update(window_lib.masked_record(window, window_masked))
     record["strategy"] = strategy
@@ -248,23 +251,24 @@ def run_edit(config, examples: list[manifest_lib.Example], *, out_dir=None,
              overwrite: bool = False, strategy: str | None = None) -> list[EditOutcome]:
   """Builds the models (unless given), loads or initialises the RGN, edits the examples
   with the region strategy (`resolve_strategy`)."""
-  method = check_config(config)   # bad settings fail before anything is read or loaded
+  run = run_settings.parse(config)   # bad settings fail before anything is read or loaded
+  method = run.method
   strategy = resolve_strategy(strategy, rgn_checkpoint, refine_steps)
   check_outputs(out_dir, examples, overwrite)   # ... and so do unwritable or taken outputs
   loaded = dataset.load_images(examples)   # bad images fail before any model loads
   if rgn_checkpoint:   # a missing or mismatched checkpoint fails before any model loads
     checkpointing.check_compatible(checkpointing.resolve_rgn_checkpoint(rgn_checkpoint)[0],
-                                   config, checkpointing.rgn_keys(config))
-  built = build_models(config) if built is None else built
+                                   run, checkpointing.rgn_keys(run))
+  built = build_models(run) if built is None else built
   if rgn_checkpoint:
-    rgn_params = checkpointing.load_rgn_params(rgn_checkpoint, built.models, config, method)
+    rgn_params = checkpointing.load_rgn_params(rgn_checkpoint, built.models, run)
   else:
     if strategy == "rgn":
       logging.warning("No --rgn_checkpoint and no refinement steps: the boxes are chosen "
                       "by an untrained RGN.")
     rgn_params = step_lib.init_train_state(built.models, method,
-                                           jax.random.PRNGKey(config.seed)).params
-  return edit_examples(built, rgn_params, examples, config, seed=seed, out_dir=out_dir,
+                                           jax.random.PRNGKey(run.seed)).params
+  return edit_examples(built, rgn_params, examples, run, seed=seed, out_dir=out_dir,
                        refine_steps=refine_steps, checkpoint=rgn_checkpoint,
                        progress=progress, overwrite=overwrite, loaded=loaded,
                        strategy=strategy)

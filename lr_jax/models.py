@@ -12,16 +12,17 @@ import logging
 from typing import Any, NamedTuple
 
 import jax
+import ml_collections
 
 from lr_common.errors import UserError
-from lr_jax import editors
+from lr_jax import run_settings
 from lr_jax.encoders import hf_weights
 from lr_jax.method import settings as settings_lib
 from lr_jax.method.bundle import Models  # pylint: disable=unused-import (re-exported)
 from lr_jax.editors.base import Editor
 from lr_jax.encoders.text_encoder import TextEncoder
 
-MODEL_KINDS = ("official", "tiny")
+MODEL_KINDS = run_settings.MODEL_KINDS
 
 
 class Built(NamedTuple):
@@ -30,72 +31,64 @@ class Built(NamedTuple):
   text_encoder: TextEncoder | None   # None when CLIP has no tokenizer (random models)
 
 
-def check_config(config) -> settings_lib.Method:
-  """Checks every setting before anything is loaded; returns the method settings."""
-  if config.models not in MODEL_KINDS:
-    raise settings_lib.SettingsError(
-        f"config models must be one of {MODEL_KINDS}, got {config.models!r}")
-  editor = editors.of(config).make(config)   # raises on a bad editor setting
-  settings_lib.check(config)
-  method = settings_lib.method(config)
-  method.region.check_grid(editor.box_grid)
-  return method
-
-
-def build_models(config) -> Built:
-  """Loads (or, for config.models == 'tiny', randomly builds) every frozen model."""
-  method = check_config(config)
-  rng = jax.random.PRNGKey(config.seed + 1000)
-  editor_module = editors.of(config)
-  if config.models == "tiny":
+def build_models(config: ml_collections.ConfigDict | run_settings.Run) -> Built:
+  """Loads (or, for models "tiny", randomly builds) every frozen model of a config or a
+  parsed `Run`."""
+  run = run_settings.parse(config)
+  rng = jax.random.PRNGKey(run.seed + 1000)
+  if run.models.kind == "tiny":
     dino = hf_weights.init_dino(hf_weights.tiny_dino_config(), jax.random.fold_in(rng, 0))
     clip = hf_weights.init_clip(hf_weights.tiny_clip_config(), jax.random.fold_in(rng, 1))
-    editor, editor_params = editor_module.build(config, "tiny", jax.random.fold_in(rng, 2))
+    editor, editor_params = run.editor_module.build(run.config, "tiny",
+                                                    jax.random.fold_in(rng, 2))
   else:
-    dino, clip, (editor, editor_params) = _load_official(config, editor_module)
-  return _assemble(method, dino, clip, editor, editor_params)
+    dino, clip, (editor, editor_params) = _load_official(run)
+  return _assemble(run.method, dino, clip, editor, editor_params)
 
 
-def build_random_models(config) -> Built:
+def build_random_models(config: ml_collections.ConfigDict | run_settings.Run) -> Built:
   """The config's models at their real sizes with random weights (for benchmarks).
 
-  CLIP ViT-B/16 and DINO ViT-B/16 (B/8 if config.dino.repo names a /8 model) as the
-  hub configs define them; no tokenizer, so texts must come as embeddings.
+  CLIP ViT-B/16 and DINO ViT-B/16 (B/8 if the DINO repo names a /8 model) as the hub
+  configs define them; no tokenizer, so texts must come as embeddings.
   """
-  if config.models == "tiny":
-    return build_models(config)
-  method = check_config(config)
-  rng = jax.random.PRNGKey(config.seed + 1000)
-  patch = 8 if "vitb8" in config.dino.repo or "b8" in config.dino.repo.split("/")[-1] else 16
+  run = run_settings.parse(config)
+  if run.models.kind == "tiny":
+    return build_models(run)
+  rng = jax.random.PRNGKey(run.seed + 1000)
+  repo = run.models.dino_repo
+  patch = 8 if "vitb8" in repo or "b8" in repo.split("/")[-1] else 16
   dino = hf_weights.init_dino(hf_weights.dino_config_from_json({"patch_size": patch}),
                               jax.random.fold_in(rng, 0))
   clip_cfg = hf_weights.clip_config_from_json(
       {"vision_config": {"patch_size": 16}, "text_config": {"eos_token_id": 2},
        "projection_dim": 512})
   clip = hf_weights.init_clip(clip_cfg, jax.random.fold_in(rng, 1))
-  editor, editor_params = editors.of(config).build(config, "random", jax.random.fold_in(rng, 2))
-  return _assemble(method, dino, clip, editor, editor_params)
+  editor, editor_params = run.editor_module.build(run.config, "random",
+                                                  jax.random.fold_in(rng, 2))
+  return _assemble(run.method, dino, clip, editor, editor_params)
 
 
-def _load_official(config, editor_module):
+def _load_official(run: run_settings.Run):
   """Loads the pretrained models, reporting every missing one in one error."""
-  logging.info("Loading DINO from %s, CLIP from %s, editor %s", config.dino.repo,
-               config.clip.repo, config.editor.name)
+  name = run.editor.name
+  logging.info("Loading DINO from %s, CLIP from %s, editor %s", run.models.dino_repo,
+               run.models.clip_repo, name)
   loaded, problems = {}, []
   loaders = {
-      "dino": (lambda: hf_weights.load_dino(config.dino.repo), "--config.dino.repo=DIR"),
-      "clip": (lambda: hf_weights.load_clip(config.clip.repo), "--config.clip.repo=DIR"),
-      config.editor.name: (lambda: editor_module.build(config, "official", None), None),
+      "dino": (lambda: hf_weights.load_dino(run.models.dino_repo), "--config.dino.repo=DIR"),
+      "clip": (lambda: hf_weights.load_clip(run.models.clip_repo), "--config.clip.repo=DIR"),
+      name: (lambda: run.editor_module.build(run.config, "official", None), None),
   }
-  for name, (load, flag) in loaders.items():
+  for key, (load, flag) in loaders.items():
     try:
-      loaded[name] = load()
+      loaded[key] = load()
     except UserError as e:
-      problems.append(f"[{name}] {e}" + (f"\nThen run with {flag}." if flag else ""))
+      problems.append(f"[{key}] {e}" + (f"\nThen run with {flag}." if flag else ""))
   if problems:
     raise hf_weights.WeightsError(
         "Pretrained weights are missing or unusable:\n\n" + "\n\n".join(problems))
-  return loaded["dino"], loaded["clip"], loaded[config.editor.name]
+  return loaded["dino"], loaded["clip"], loaded[name]
 
 
 def _assemble(method: settings_lib.Method, dino, clip, editor: Editor, editor_params) -> Built:

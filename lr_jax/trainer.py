@@ -17,11 +17,11 @@ from lr_common.errors import UserError
 from lr_jax import checkpointing
 from lr_jax import dataset as data_lib
 from lr_jax.files import metrics_file
-from lr_jax.method import settings as settings_lib
 from lr_jax.method import sharding
 from lr_jax.files import sheets
 from lr_jax.method import step as step_lib
-from lr_jax.models import Built, build_models, check_config
+from lr_jax import run_settings
+from lr_jax.models import Built, build_models
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -44,51 +44,52 @@ def _host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def train(config, workdir: str | pathlib.Path, *, built: Built | None = None,
+def train(config: Any, workdir: str | pathlib.Path, *, built: Built | None = None,
           examples=None, progress: bool = True,
           devices: list[Any] | None = None) -> TrainResult:
-  """Trains the RGN per `config`, resuming from the newest checkpoint in `workdir`.
+  """Trains the RGN per `config` (a ConfigDict or a parsed `run_settings.Run`), resuming
+  from the newest checkpoint in `workdir`.
 
   Everything that can be checked is checked before any model is loaded: the settings,
   the images, the batch size against the devices, the workdir (writable, not in use by
   another run: `train.lock`, and holding no other experiment)."""
-  check_config(config)   # bad settings fail before anything is read or loaded
-  run = settings_lib.train(config)
-  examples = data_lib.examples_from_config(config) if examples is None else examples
+  run = run_settings.parse(config)   # bad settings fail before anything is read or loaded
+  examples = data_lib.examples_from_settings(run.data) if examples is None else examples
   loaded = data_lib.load_images(examples)   # bad images fail before any model loads
   mesh = sharding.make_mesh(devices)
-  sharding.check_batch_size(run.batch_size, mesh)
+  sharding.check_batch_size(run.train.batch_size, mesh)
   workdir = output_files.check_folder(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   lock = checkpointing.acquire_lock(workdir) if jax.process_index() == 0 else None
   try:
-    return _train(config, workdir, built, examples, loaded, mesh, progress)
+    return _train(run, workdir, built, examples, loaded, mesh, progress)
   finally:
     if lock is not None:
       checkpointing.release_lock(lock)
 
 
-def _train(config, workdir, built, examples, loaded, mesh, progress) -> TrainResult:
-  method, run = settings_lib.method(config), settings_lib.train(config)
-  workdir = checkpointing.check_workdir(workdir, config, data_lib.fingerprint(examples))
-  built = build_models(config) if built is None else built
+def _train(run: run_settings.Run, workdir, built, examples, loaded, mesh,
+           progress) -> TrainResult:
+  method, seed, loop = run.method, run.seed, run.train
+  workdir = checkpointing.check_workdir(workdir, run, data_lib.fingerprint(examples))
+  built = build_models(run) if built is None else built
   models = built.models
   prepared = data_lib.prepare(built, examples, loaded=loaded, canvas=method.region.canvas)
-  n, bs = len(prepared), run.batch_size
+  n, bs = len(prepared), loop.batch_size
 
-  rng = jax.random.PRNGKey(config.seed)
+  rng = jax.random.PRNGKey(seed)
   init_rng, train_rng = jax.random.split(rng)
   state = sharding.put_replicated(step_lib.init_train_state(models, method, init_rng), mesh)
   frozen = sharding.put_replicated(built.frozen, mesh)
-  manager = checkpointing.make_manager(workdir, run.max_to_keep)
+  manager = checkpointing.make_manager(workdir, loop.max_to_keep)
   restored = checkpointing.restore_latest(manager, state)   # same shardings as `state`
   start = 0
   if restored is not None:
     state, start = restored
     logging.info("Resuming from the checkpoint of step %d in %s", start, workdir)
 
-  total = run.epochs * data_lib.steps_per_epoch(n, bs)
-  stop = total if run.max_steps < 0 else min(total, run.max_steps)
+  total = loop.epochs * data_lib.steps_per_epoch(n, bs)
+  stop = total if loop.max_steps < 0 else min(total, loop.max_steps)
   train_step = step_lib.make_train_step(models, method)
 
   main_process = jax.process_index() == 0   # writes the files, shows the bar
@@ -101,7 +102,7 @@ def _train(config, workdir, built, examples, loaded, mesh, progress) -> TrainRes
   log = metrics_path.open("a") if main_process else None
   try:
     for step in range(start, stop):
-      idx = data_lib.batch_indices(config.seed, step, n, bs)
+      idx = data_lib.batch_indices(seed, step, n, bs)
       batch = sharding.put_batch(prepared.batch(idx), mesh)
       state, metrics = train_step(state, frozen, batch, train_rng)
       row = {"step": step + 1, "epoch": step // data_lib.steps_per_epoch(n, bs),
@@ -122,12 +123,12 @@ def _train(config, workdir, built, examples, loaded, mesh, progress) -> TrainRes
             f"{what} is {value} at step {step + 1}; images: {', '.join(bad)}. Nothing of "
             f"this step was saved; the last good checkpoint is in {workdir / 'checkpoints'}.")
       history.append(row)
-      if log is not None and ((step + 1) % run.log_every == 0 or step + 1 == stop):
+      if log is not None and ((step + 1) % loop.log_every == 0 or step + 1 == stop):
         log.write(json.dumps(row) + "\n")
         log.flush()
       bar.set_postfix(loss=f"{row['loss']:.4f}")
       bar.update(1)
-      if (step + 1) % run.checkpoint_every == 0 or step + 1 == stop:
+      if (step + 1) % loop.checkpoint_every == 0 or step + 1 == stop:
         checkpointing.save(manager, step + 1, state)
   finally:
     bar.close()

@@ -20,7 +20,7 @@ from configs import amused as amused_config
 from configs import amused_tiny
 from lr_jax.encoders import hf_weights
 from lr_jax.files import manifest as manifest_lib
-from lr_jax import models
+from lr_jax import run_settings
 from lr_jax.generators.amused import hub
 from lr_jax.generators.amused import transformer as transformer_lib
 from lr_jax.generators.amused import vq as vq_lib
@@ -75,8 +75,8 @@ def test_tiny_sizes_and_full_size_facts():
     full = amused.make(amused_config.get_config(arg))
     assert (full.image_size, full.box_grid, full.mask_token_id) == (size, grid, 8255)
     assert full.record()["amused"] == repo and full.transformer.downsample == (size == 512)
-    models.check_config(amused_config.get_config(arg))   # the paper's region sizes fit
-  models.check_config(tiny_config())
+    run_settings.parse(amused_config.get_config(arg))   # the paper's region sizes fit
+  run_settings.parse(tiny_config())
   with pytest.raises(ValueError, match="256 or 512"):
     amused_config.get_config("1024")
 

@@ -351,9 +351,10 @@ def test_sheet_panels_have_the_photos_aspect(tmp_path):
   from lr_jax.files import sheets
   rng = np.random.default_rng(3)
   outputs = SimpleNamespace(
-      best=0, chosen=np.zeros(2, int), regions=SimpleNamespace(
-          attention=rng.random((4, 4)), anchors=np.array([[1, 0], [1, 2]]),
-          boxes=np.array([[[1, 0, 1, 1]], [[1, 2, 1, 1]]], np.float32)),
+      best=0, chosen=np.zeros(2, int), regions=SimpleNamespace(attention=rng.random((4, 4))),
+      candidates=SimpleNamespace(
+          anchors=np.array([[1, 0], [1, 2]]),
+          proposals=np.array([[[1, 0, 1, 1]], [[1, 2, 1, 1]]], np.float32)),
       edit=SimpleNamespace(images=rng.random((2, 64, 64, 3))),
       scores=SimpleNamespace(score=np.ones(2), t2i=np.ones(2), i2i=np.ones(2)))
   heights = {}

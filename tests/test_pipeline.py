@@ -89,10 +89,15 @@ def test_workdir_of_another_config_is_refused(built, examples, tmp_path):
 
 def test_workdir_from_before_the_editor_seam_resumes_and_loads(built, examples, tmp_path):
   """Settings added later (`editor.name`, `score.top_t2i`) count as their defaults in a
-  workdir whose config.json predates them."""
+  workdir whose config.json predates them; its MaskGIT settings were the `maskgit` and
+  `edit` sections then."""
   _train(built, examples, tmp_path, **{"train.max_steps": 1})
   saved = json.loads((tmp_path / "config.json").read_text())
-  del saved["editor"], saved["score"]["top_t2i"]
+  editor = saved.pop("editor")
+  del editor["name"], saved["score"]["top_t2i"]
+  saved["maskgit"] = {"name": editor.pop("model"),
+                      **{k: editor.pop(k) for k in ("tokenizer", "transformer", "cache_dir")}}
+  saved["edit"] = editor
   (tmp_path / "config.json").write_text(json.dumps(saved))
   resumed = _train(built, examples, tmp_path)
   assert [m["step"] for m in resumed.metrics] == [1, 2, 3, 4]
@@ -270,3 +275,30 @@ def test_search_strategy_writes_the_usual_outputs(built, examples, tmp_path):
   assert record["strategy"] == "search" and len(record["scores"]["S"]) == k * m
   assert record["best_candidate"] == int(np.argmax(record["scores"]["S"]))
   assert pathlib.Path(out.files["sheet"]).stat().st_size > 1000
+
+
+OLD_WORKDIRS = pathlib.Path(__file__).parent / "fixtures" / "old_workdirs"
+
+
+@pytest.mark.parametrize("name", ["tiny", "amused_tiny"])
+def test_committed_workdirs_of_the_old_config_layout_load_and_resume(name, tmp_path):
+  """Workdirs written before the single editor section (`maskgit` + `edit`, `amused` +
+  `amused_edit`; made by `lr_jax.train --config configs/<name>.py` on the sample at commit
+  3f1d3ee) load as `--rgn_checkpoint` and resume under today's config files."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{name}").get_config()
+  saved = json.loads((OLD_WORKDIRS / name / "config.json").read_text())
+  assert "editor" not in saved or set(saved["editor"]) == {"name"}   # the old layout
+  fresh = build_models(config)
+  params = checkpointing.load_rgn_params(OLD_WORKDIRS / name, fresh.models, config)
+  assert jax.tree.leaves(params)
+  workdir = tmp_path / "wd"
+  examples = manifest_lib.read_manifest(samples.write_samples(tmp_path / "samples"))
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(OLD_WORKDIRS / name, workdir)
+  result = trainer.train(config, workdir, built=fresh, examples=examples, progress=False)
+  assert result.metrics == [] or result.metrics[-1]["step"] == 4   # nothing left to train
+  # A changed editor setting is still refused, under its new name.
+  config.editor.grow_tokens = 3
+  with pytest.raises(checkpointing.WorkdirError, match="editor.grow_tokens"):
+    trainer.train(config, workdir, built=fresh, examples=examples, progress=False)

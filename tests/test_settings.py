@@ -7,7 +7,7 @@ import pytest
 from configs import maskgit_imagenet256, tiny
 from lr_jax import checkpointing
 from lr_jax.method import settings
-from lr_jax.models import check_config
+from lr_jax.run_settings import parse as check_config
 
 
 def test_defaults_are_the_papers_setup_and_hashable():

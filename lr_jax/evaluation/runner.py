@@ -31,8 +31,10 @@ from lr_jax.evaluation import metrics as edit_metrics
 from lr_jax import inference
 from lr_jax.files import manifest as manifest_lib
 from lr_jax.evaluation import object_masks
+from lr_jax.method import settings as settings_lib
 from lr_jax.method import step as step_lib
-from lr_jax.models import Built, Models, build_models, check_config
+from lr_jax import run_settings
+from lr_jax.models import Built, Models, build_models
 
 RESULTS_FILE = "results.jsonl"
 SETTINGS_FILE = "evaluation.json"
@@ -131,18 +133,19 @@ def source_features(built: Built, source: np.ndarray) -> dict[str, np.ndarray]:
           "dino_self_similarity": dino_self_similarity(built, source)}
 
 
-def measure(built: Built, config, outcome: inference.EditOutcome, source: np.ndarray,
-            mask: np.ndarray | None, features: dict[str, np.ndarray] | None = None
-            ) -> dict[str, Any]:
-  """Every metric of one edit, on the written photo against the source photo
-  (`features`: its `source_features`, if already computed)."""
+def measure(built: Built, score: settings_lib.ScoreSettings, outcome: inference.EditOutcome,
+            source: np.ndarray, mask: np.ndarray | None,
+            features: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+  """Every metric of one edit, on the written photo against the source photo (`score`:
+  the quality score's weights; `features`: the photo's `source_features`, if already
+  computed)."""
   record, result = outcome.record, outcome.result
   features = features or source_features(built, source)
   best = int(record.get("best_candidate", record.get("best_anchor")))
   texts = built.text_encoder([record["prompt"], record["source_prompt"]])
   edit_embed, source_embed = clip_embedding(built, result), features["clip"]
   metrics = edit_metrics.clip_scores(edit_embed, source_embed, texts[0], texts[1],
-                                     config.score.alpha, config.score.beta)
+                                     score.alpha, score.beta)
   window = record.get("window") or {}
   editor_box = (window["masked_box_tlhw_pixels_original"] if window.get("used")
                 else record["masked_boxes_tlhw_pixels_original"][best])   # what was regenerated
@@ -174,8 +177,9 @@ def measure(built: Built, config, outcome: inference.EditOutcome, source: np.nda
 # The folder: settings, results, resuming.
 # ----------------------------------------------------------------------------
 
-def _settings(config, seed: int, rgn_checkpoint: str | None, refine_steps: int) -> dict:
-  return {"config": json.loads(config.to_json_best_effort()), "seed": seed,
+def _settings(run: run_settings.Run, seed: int, rgn_checkpoint: str | None,
+              refine_steps: int) -> dict:
+  return {"config": run.as_dict(), "seed": seed,
           "rgn_checkpoint": str(rgn_checkpoint) if rgn_checkpoint else None,
           "refine_steps": refine_steps}
 
@@ -252,16 +256,17 @@ def evaluate(config, examples: list[manifest_lib.Example],
   Everything that can be checked is checked before any model is built: the config,
   the strategies, the folder, the images and the object masks.
   """
-  method = check_config(config)
+  run = run_settings.parse(config)
+  method = run.method
   strategies = check_strategies(strategies, rgn_checkpoint, refine_steps)
   out_dir = pathlib.Path(out_dir)
-  settings = _settings(config, seed, rgn_checkpoint, refine_steps)
+  settings = _settings(run, seed, rgn_checkpoint, refine_steps)
   check_folder(out_dir, settings)
   loaded = dataset.load_images(examples)
   masks = object_masks.load_masks(examples, [im.original.shape[:2] for im in loaded])
   if rgn_checkpoint:
     checkpointing.check_compatible(checkpointing.resolve_rgn_checkpoint(rgn_checkpoint)[0],
-                                   config, checkpointing.rgn_keys(config))
+                                   run, checkpointing.rgn_keys(run))
   rows = read_results(out_dir)
   done = {r["key"] for r in rows}
   todo = [(i, s) for i in range(len(examples)) for s in strategies
@@ -272,12 +277,12 @@ def evaluate(config, examples: list[manifest_lib.Example],
   out_dir.mkdir(parents=True, exist_ok=True)
   if not (out_dir / SETTINGS_FILE).is_file():
     output_files.write_text(out_dir / SETTINGS_FILE, json.dumps(settings, indent=2))
-  built = build_models(config) if built is None else built
+  built = build_models(run) if built is None else built
   if rgn_checkpoint:
-    trained = checkpointing.load_rgn_params(rgn_checkpoint, built.models, config, method)
+    trained = checkpointing.load_rgn_params(rgn_checkpoint, built.models, run)
   else:
     trained = step_lib.init_train_state(built.models, method,
-                                        jax.random.PRNGKey(config.seed)).params
+                                        jax.random.PRNGKey(run.seed)).params
   compiled = set()
   bar = tqdm.tqdm(total=len({i for i, _ in todo}), desc="evaluate", unit="image",
                   disable=not progress)
@@ -286,7 +291,7 @@ def evaluate(config, examples: list[manifest_lib.Example],
     for strategy in [s for j, s in todo if j == i]:
       start = time.perf_counter()
       outcome = inference.edit_examples(
-          built, trained, [examples[i]], config, seed=seed,
+          built, trained, [examples[i]], run, seed=seed,
           out_dir=out_dir / "edits" / strategy, progress=False, overwrite=True,
           loaded=[loaded[i]], strategy=strategy, start_index=i,
           refine_steps=refine_steps if strategy == "refine" else 0,
@@ -299,7 +304,7 @@ def evaluate(config, examples: list[manifest_lib.Example],
           "conditioning": outcome.record["conditioning"], "strategy": strategy,
           "seed": seed, "seconds": seconds, "includes_compile": strategy not in compiled,
           "files": outcome.files,
-          **measure(built, config, outcome, loaded[i].original, masks[i], features)})
+          **measure(built, method.score, outcome, loaded[i].original, masks[i], features)})
       compiled.add(strategy)
       _write_results(out_dir, rows)
     bar.update(1)
