@@ -29,7 +29,7 @@ import numpy as np
 from lr_common.errors import UserError
 from lr_jax.files import config_files
 from lr_jax import editors
-from lr_jax.encoders import hf_weights
+from lr_jax.encoders import hf_files
 from lr_jax.files import manifest as manifest_lib
 from lr_jax import samples
 
@@ -280,9 +280,9 @@ def download_weights(config: ml_collections.ConfigDict) -> dict[str, pathlib.Pat
     print("tiny config: no weights to download")
     return {}
   paths = dict(editors.of(config).weight_files(config))
-  paths["dino"] = hf_weights.resolve_hf_repo(config.dino.repo, hf_weights.MODEL_FILES)
-  paths["clip"] = hf_weights.resolve_hf_repo(config.clip.repo, hf_weights.MODEL_FILES,
-                                             hf_weights.CLIP_TOKENIZER_FILES)
+  paths["dino"] = hf_files.resolve_hf_repo(config.dino.repo, hf_files.MODEL_FILES)
+  paths["clip"] = hf_files.resolve_hf_repo(config.clip.repo, hf_files.MODEL_FILES,
+                                           hf_files.CLIP_TOKENIZER_FILES)
   for kind, path in paths.items():
     print(f"{kind}: {path}")
   return paths

@@ -183,7 +183,7 @@ Three (image, prompt) pairs made from scikit-image's pictures: the cat as "a lio
 "a tiger", the coffee cup as "a teapot". `write_training_set` writes the pictures and a
 `manifest.json`; your own data is a manifest of the same form (JSON, JSON lines or CSV with
 `image`, `prompt` and optional `source_prompt`, `class_id`).'''),
-    code('''from lr_jax import manifest
+    code('''from lr_jax.files import manifest
 manifest_path = nb.write_training_set("train_data")
 examples = manifest.read_manifest(manifest_path)
 print(manifest_path.read_text())'''),
@@ -204,7 +204,7 @@ print(f"{len(result.metrics)} steps, last loss {result.metrics[-1]['loss']:.4f}"
 
 `result.metrics` holds one record per step (the total loss, its CLIP, directional and
 structure terms, the gradient norm); `sheets.loss_curve` plots each term.'''),
-    code('''from lr_jax import sheets
+    code('''from lr_jax.files import sheets
 nb.show(sheets.loss_curve("loss_curve.png", result.metrics, title="RGN training"), width=900)'''),
     md('''## 7. Checkpoints: restore and resume
 

@@ -25,7 +25,7 @@ import re
 import shlex
 import socket
 import urllib.parse
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -290,3 +290,28 @@ def read_clip_tokenizer(folder: str | os.PathLike) -> Any:
   except Exception as err:  # a file that parses but does not describe a tokenizer
     raise WeightsError(f"could not load the CLIP tokenizer in {folder}: "
                        f"{type(err).__name__}: {str(err)[:300]}") from err
+
+
+class ModelFiles(NamedTuple):
+  """What a transformers model folder holds, read once: its config, its weights, and its
+  CLIP tokenizer where it has one."""
+  directory: pathlib.Path
+  config: dict[str, Any]
+  tensors: dict[str, np.ndarray]
+  source: str                 # the weights file, for error messages
+  tokenizer: Any = None       # CLIPTokenizerFast, or None (no tokenizer files)
+
+
+def read_model_files(repo_id_or_dir: str | os.PathLike, *, revision: str | None = None,
+                     default_repo: str | None = None, with_tokenizer: bool = False) -> ModelFiles:
+  """Finds a model folder (`resolve_hf_repo`) and reads config.json, model.safetensors and,
+  with `with_tokenizer`, the CLIP tokenizer files if present: one call for all the I/O
+  of a model, so loaders only convert."""
+  optional = CLIP_TOKENIZER_FILES if with_tokenizer else ()
+  directory = resolve_hf_repo(repo_id_or_dir, MODEL_FILES, optional, revision,
+                              default_repo=default_repo)
+  config = read_json(directory / "config.json")
+  weights = directory / WEIGHTS_FILE
+  tokenizer = (read_clip_tokenizer(directory)
+               if with_tokenizer and has_clip_tokenizer(directory) else None)
+  return ModelFiles(directory, config, read_safetensors(weights), str(weights), tokenizer)

@@ -24,10 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lr_jax.encoders.clip import CLIP, CLIPConfig, TextConfig
-from lr_jax.encoders.hf_files import (CLIP_TOKENIZER_FILES, MODEL_FILES, WEIGHTS_FILE,
-                                      WeightsError, download_hint, has_clip_tokenizer,
-                                      read_clip_tokenizer, read_json, read_safetensors,
-                                      resolve_hf_repo)
+from lr_jax.encoders.hf_files import (CLIP_TOKENIZER_FILES, WeightsError, download_hint,
+                                      has_clip_tokenizer, read_clip_tokenizer,
+                                      read_model_files)
 from lr_jax.encoders.vit import ACTIVATIONS, ViT, ViTConfig
 from lr_common.random_params import draw_params
 
@@ -369,12 +368,11 @@ def convert_dino(hf_tensors: dict[str, np.ndarray], config: ViTConfig, source: s
 def load_clip(repo_or_dir: str | os.PathLike = HF_CLIP_REPO, dtype: Any = jnp.float32,
               revision: str | None = None) -> ClipBundle:
   """CLIP model, params, tokenizer and config from a hub repo id or a local directory."""
-  directory = resolve_hf_repo(repo_or_dir, MODEL_FILES, CLIP_TOKENIZER_FILES, revision,
-                              default_repo=HF_CLIP_REPO)
-  config = clip_config_from_json(read_json(directory / "config.json"))
-  tokenizer = load_clip_tokenizer(directory, config)
-  weights = directory / WEIGHTS_FILE
-  params = convert_clip(read_safetensors(weights), config, str(weights))
+  files = read_model_files(repo_or_dir, revision=revision, default_repo=HF_CLIP_REPO,
+                           with_tokenizer=True)
+  config = clip_config_from_json(files.config)
+  tokenizer = files.tokenizer or load_clip_tokenizer(files.directory, config)
+  params = convert_clip(files.tensors, config, files.source)
   return ClipBundle(CLIP(config, dtype), params, tokenizer, config)
 
 
@@ -385,11 +383,9 @@ def load_dino(repo_or_dir: str | os.PathLike = HF_DINO_REPO, dtype: Any = jnp.fl
   Position embeddings are interpolated like facebookresearch/dino by default
   (see `dino_config_from_json`); 256x256 inputs to a B/16 give a 16x16 grid.
   """
-  directory = resolve_hf_repo(repo_or_dir, MODEL_FILES, revision=revision,
-                              default_repo=HF_DINO_REPO)
-  config = dino_config_from_json(read_json(directory / "config.json"), pos_interpolation)
-  weights = directory / WEIGHTS_FILE
-  params = convert_dino(read_safetensors(weights), config, str(weights))
+  files = read_model_files(repo_or_dir, revision=revision, default_repo=HF_DINO_REPO)
+  config = dino_config_from_json(files.config, pos_interpolation)
+  params = convert_dino(files.tensors, config, files.source)
   return DinoBundle(ViT(config, dtype), params, config)
 
 
