@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lr_common import benchmarking
+from lr_common import output_files
 from lr_jax import editors
 from lr_jax import errors
 from lr_jax import notebook
@@ -62,14 +63,51 @@ def editor_config(name: str, dtype: str, resolution: str = "256", tiny: bool = F
   return config
 
 
+MAX_BOXES = 1024   # boxes per call: all edited at once, in memory
+MAX_STEPS = 1024   # aMUSEd decoding steps (its config: 12)
+
+
+def check_flags(names: Sequence[str], ns: Sequence[Any], dtypes: Sequence[str],
+                repeats: int, amused_steps: int | None = None,
+                json_path: str | None = None) -> list[int]:
+  """The flags checked before anything is built or timed; returns --ns as integers.
+  An empty selection (`--editors=`) is an error, not an empty table."""
+  problems = []
+  for flag, given, allowed in (("--editors", names, tuple(EDITORS)), ("--dtypes", dtypes, DTYPES)):
+    unknown = [v for v in given if v not in allowed]
+    if not given or unknown:
+      problems.append(f"need {flag} in {', '.join(allowed)} (one or more), got "
+                      f"{','.join(unknown) if unknown else '(none)'}")
+  try:
+    ns = [int(n) for n in ns]
+  except (TypeError, ValueError):
+    problems.append(f"--ns must be integers, got {','.join(map(str, ns))}")
+    ns = []
+  else:
+    if not ns or not all(1 <= n <= MAX_BOXES for n in ns):
+      problems.append(f"--ns takes boxes per call in [1, {MAX_BOXES}], got "
+                      f"{','.join(map(str, ns)) or '(none)'}")
+  if repeats < 1:
+    problems.append(f"--repeats must be >= 1, got {repeats}")
+  if amused_steps is not None and not 1 <= amused_steps <= MAX_STEPS:
+    problems.append(f"--amused_steps must be in [1, {MAX_STEPS}], got {amused_steps}")
+  if problems:
+    raise errors.UsageError("; ".join(problems))
+  if json_path:
+    output_files.check_outputs([json_path], overwrite=True, flag="--json")
+  return ns
+
+
+def write_json(path: str, rows: list[dict[str, Any]]) -> None:
+  """The rows to `path` (replaced atomically; its folder created if needed)."""
+  output_files.write_text(path, json.dumps(rows, indent=1), overwrite=True)
+
+
 def run(names: Sequence[str], ns: Sequence[int], dtypes: Sequence[str], repeats: int,
         separate: bool = True, resolution: str = "256", tiny: bool = False,
         amused_steps: int | None = None) -> list[dict[str, Any]]:
   """Times each (editor, dtype, N); returns one row each (printed as they come)."""
-  bad = [n for n in names if n not in EDITORS] + [d for d in dtypes if d not in DTYPES]
-  if bad or not ns or min(ns) < 1 or repeats < 1:
-    raise errors.UsageError(f"need --editors in {tuple(EDITORS)}, --dtypes in {DTYPES}, "
-                            f"--ns >= 1 and --repeats >= 1 (bad: {bad or ns})")
+  ns = check_flags(names, ns, dtypes, repeats, amused_steps)
   rows = []
   for name in names:
     reference = {}
@@ -141,10 +179,8 @@ def main(argv):
   with errors.friendly_errors():
     if len(argv) > 1:
       raise errors.UsageError(f"unexpected arguments {argv[1:]}")
-    try:
-      ns = [int(n) for n in _NS.value]
-    except ValueError:
-      raise errors.UsageError(f"--ns must be integers, got {_NS.value}") from None
+    ns = check_flags(_EDITORS.value, _NS.value, _DTYPES.value, _REPEATS.value,
+                     _AMUSED_STEPS.value, _JSON.value)
     device = jax.devices()[0]
     print(f"device: {device.platform} {device.device_kind}; jax {jax.__version__}; "
           f"{'tiny' if _TINY.value else _RESOLUTION.value + ' px, random weights'}; "
@@ -152,10 +188,9 @@ def main(argv):
     print(HEADER, flush=True)
     rows = run(_EDITORS.value, ns, _DTYPES.value, _REPEATS.value, _SEPARATE.value,
                _RESOLUTION.value, _TINY.value, _AMUSED_STEPS.value)
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(rows, f, indent=1)
-    print(f"wrote {_JSON.value}")
+    if _JSON.value:
+      write_json(_JSON.value, rows)
+      print(f"wrote {_JSON.value}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from lr_common import seeds
 from lr_common.errors import UserError
 from lr_jax import editors
 from lr_jax.encoders import hf_weights
@@ -55,6 +56,9 @@ def check_config(config) -> settings_lib.Method:
   if config.models not in MODEL_KINDS:
     raise settings_lib.SettingsError(
         f"config models must be one of {MODEL_KINDS}, got {config.models!r}")
+  if "seed" in config and (isinstance(config.seed, bool) or not isinstance(config.seed, int)):
+    raise settings_lib.SettingsError(f"config seed must be an integer, got {config.seed!r}")
+  settings_lib.check_integers(config)   # any seed; every other integer within int32
   module = editors.of(config)
   module.check_config(config)
   settings_lib.check(config)
@@ -66,7 +70,7 @@ def check_config(config) -> settings_lib.Method:
 def build_models(config) -> Built:
   """Loads (or, for config.models == 'tiny', randomly builds) every frozen model."""
   method = check_config(config)
-  rng = jax.random.PRNGKey(config.seed + 1000)
+  rng = seeds.prng_key(config.seed + 1000)
   editor_module = editors.of(config)
   if config.models == "tiny":
     dino = hf_weights.init_dino(hf_weights.tiny_dino_config(), jax.random.fold_in(rng, 0))
@@ -86,7 +90,7 @@ def build_random_models(config) -> Built:
   if config.models == "tiny":
     return build_models(config)
   method = check_config(config)
-  rng = jax.random.PRNGKey(config.seed + 1000)
+  rng = seeds.prng_key(config.seed + 1000)
   patch = 8 if "vitb8" in config.dino.repo or "b8" in config.dino.repo.split("/")[-1] else 16
   dino = hf_weights.init_dino(hf_weights.dino_config_from_json({"patch_size": patch}),
                               jax.random.fold_in(rng, 0))
