@@ -275,6 +275,7 @@ def test_second_evaluation_on_a_folder_is_refused(env, eval_manifest, tmp_path):
 
 @pytest.mark.parametrize("module,args,needle", [
     ("lr_jax.bench", ("--json", "{tmp}"), "it is a folder"),
+    ("lr_jax.samples", ("/proc/lr_jax_faults",), "cannot create files in /proc"),
     ("lr_jax.editor_bench", ("--tiny", "--json", "/proc/lr_jax_faults/x.json"),
      "cannot create files in /proc"),
     ("lr_jax.editor_bench", ("--tiny", "--editors="), "need --editors in maskgit, amused"),
