@@ -62,6 +62,8 @@ def validate_boxes(boxes, tokens_per_side: int) -> None:
 def grown_boxes(boxes: jax.Array, tokens_per_side: int, grow: int = 0) -> jax.Array:
   """(..., 4) boxes grown by `grow` tokens on each side and clamped to the grid."""
   boxes = jnp.asarray(boxes)
+  if isinstance(grow, int):   # past the grid is the whole grid; and no int32 overflow
+    grow = min(grow, tokens_per_side)
   top, left, height, width = (boxes[..., i] for i in range(4))
   clamp = lambda x: jnp.clip(x, 0, tokens_per_side)
   t0, l0 = clamp(top - grow), clamp(left - grow)

@@ -33,8 +33,30 @@ def _existing_ancestor(path: pathlib.Path) -> pathlib.Path:
   return folder
 
 
+_REASONS = {errno.EROFS: "the file system is read-only",
+            errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+            errno.ENOENT: "a virtual file system that takes no new files",
+            errno.ENOSPC: "no space left on the device",
+            errno.EDQUOT: "the disk quota is used up"}
+
+
+def write_problem(folder: str | os.PathLike) -> Optional[str]:
+  """Why no file can be created in the existing `folder` (None when one can). Asks the
+  file system itself, so a read-only mount, a virtual file system (/proc, /sys) or
+  missing permissions are found also where `os.access` says yes (as root): a
+  temporary file is created there and removed at once."""
+  try:
+    fd, name = tempfile.mkstemp(prefix=".write_check.", dir=folder)
+  except OSError as e:
+    return _REASONS.get(e.errno, e.strerror or str(e))
+  os.close(fd)
+  os.unlink(name)
+  return None
+
+
 def output_problem(path: pathlib.Path, overwrite: bool = False,
-                   flag: str = "--overwrite") -> Optional[str]:
+                   flag: str = "--overwrite",
+                   _probed: Optional[dict] = None) -> Optional[str]:
   """Why `path` cannot or must not be written (None when it can)."""
   path = pathlib.Path(path)
   folder = _existing_ancestor(path)
@@ -57,6 +79,11 @@ def output_problem(path: pathlib.Path, overwrite: bool = False,
     return f"cannot write {path}: {e.strerror or e}"
   if not os.access(folder, os.W_OK | os.X_OK):
     return f"cannot write {path}: the folder {folder} is not writable"
+  probed = {} if _probed is None else _probed
+  if folder not in probed:
+    probed[folder] = write_problem(folder)
+  if probed[folder]:
+    return f"cannot write {path}: cannot create files in {folder} ({probed[folder]})"
   if info is None:
     return None
   if stat.S_ISLNK(info.st_mode):
@@ -77,7 +104,9 @@ def check_outputs(paths: Sequence[pathlib.Path], overwrite: bool = False,
                   flag: str = "--overwrite") -> None:
   """Raises OutputError (one line) if any output cannot or must not be written."""
   paths = [pathlib.Path(p) for p in paths]
-  problems = [p for p in (output_problem(path, overwrite, flag) for path in paths) if p]
+  probed = {}   # one write check per folder
+  problems = [p for p in (output_problem(path, overwrite, flag, probed) for path in paths)
+              if p]
   existing = f"pass {flag} to replace it"
   if len(problems) > 1 and all(p.endswith(existing) for p in problems):
     shown = ", ".join(str(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
@@ -106,6 +135,10 @@ def check_folder(folder: str | os.PathLike) -> pathlib.Path:
     raise OutputError(f"cannot write into {folder}: it is a file, not a folder")
   elif not os.access(folder, os.W_OK | os.X_OK):
     raise OutputError(f"cannot write into {folder}: the folder is not writable")
+  else:
+    problem = write_problem(folder)
+    if problem:
+      raise OutputError(f"cannot write into {folder}: {problem}")
   return folder
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from lr_common import benchmarking
+from lr_common import output_files
 from lr_jax.files import config_files
 from lr_jax import errors
 from lr_jax import run_settings
@@ -49,14 +50,18 @@ def _time(fn, args, repeats: int) -> dict[str, float]:
           "temp_gb": getattr(memory, "temp_size_in_bytes", float("nan")) / 2**30}
 
 
+MAX_BATCH = 1024
+
+
 def run(config, what=("train", "edit"), batch: int = 1, repeats: int = 5) -> list[dict]:
   """Times the jitted train step and/or inference; returns one row per function."""
   unknown = [w for w in what if w not in ("train", "edit", "search")]
   if unknown or not what:
     raise errors.UsageError(f"--what takes train, edit and/or search, not "
                             f"{','.join(unknown) or '(none)'}")
-  if batch < 1 or repeats < 1:
-    raise errors.UsageError(f"--batch and --repeats must be >= 1, got {batch} and {repeats}")
+  if not 1 <= batch <= MAX_BATCH or repeats < 1:
+    raise errors.UsageError(f"--batch must be in [1, {MAX_BATCH}] (images per call, all in "
+                            f"memory) and --repeats >= 1, got {batch} and {repeats}")
   parsed = run_settings.parse(config)
   built = build_random_models(parsed)
   models, frozen = built.models, built.frozen
@@ -107,11 +112,12 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv):
   with errors.cli(argv):
+    if _JSON.value:   # before the benchmark runs, not after
+      output_files.check_outputs([_JSON.value], overwrite=True, flag="--json")
     rows = run(_CONFIG.value, _WHAT.value, _BATCH.value, _REPEATS.value)
-  print(format_table(rows))
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(rows, f, indent=2)
+    print(format_table(rows))
+    if _JSON.value:
+      output_files.write_text(_JSON.value, json.dumps(rows, indent=2), overwrite=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import pathlib
-import socket
 import time
 from typing import Any
 
@@ -15,6 +14,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lr_common import folder_lock
+from lr_common import json_files
 from lr_common import output_files
 from lr_common.errors import UserError
 from lr_jax import defaults
@@ -84,7 +85,9 @@ def _saved_flat(config_path: pathlib.Path) -> dict[str, Any]:
   """The saved config in today's layout (the old per-editor sections mapped onto
   `editor.*`: `editors.upgrade_saved`), with settings added to lr_jax after the run was
   made filled in with what the run did: their defaults, or `LEGACY_VALUES`."""
-  saved = editors.upgrade_saved(_flatten(json.loads(config_path.read_text())))
+  saved = editors.upgrade_saved(_flatten(json_files.read_json(
+      config_path, dict, "the config a training run was made with",
+      "restore it, or point at another training workdir")))
   base = defaults.base_config()
   name = saved.get("editor.name", editors.DEFAULT)
   if name != editors.DEFAULT:
@@ -139,7 +142,13 @@ def check_workdir(workdir: str | pathlib.Path, config: Config,
           f"{workdir} holds a run made with another config; differing settings:\n"
           + "\n".join(diffs) + "\nUse a new --workdir, or rerun with the saved settings.")
     if data is not None and data_path.exists():
-      diff = _data_diff(json.loads(data_path.read_text()), data)
+      saved_data = json_files.read_json(
+          data_path, list, "the examples the run was trained on",
+          "restore it, or use a new --workdir")
+      if not all(isinstance(d, dict) for d in saved_data):
+        raise WorkdirError(f"{data_path} should hold one object per example; restore it, "
+                           "or use a new --workdir")
+      diff = _data_diff(saved_data, data)
       if diff:
         raise WorkdirError(
             f"{workdir} holds a run trained on other data ({diff}). Resuming would "
@@ -246,56 +255,18 @@ def check_finite(params: Any, where: str) -> None:
 LOCK_NAME = "train.lock"
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def acquire_lock(workdir: pathlib.Path) -> pathlib.Path:
-  """Marks `workdir` as trained by this process (`train.lock`: pid, host, start time).
-
-  A lock held by a live process, or by one on another host, is a WorkdirError; a lock
-  left by a run on this host that has ended (killed) is taken over with a warning."""
-  path = workdir / LOCK_NAME
-  mine = {"pid": os.getpid(), "host": socket.gethostname(),
-          "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-  try:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-  except FileExistsError:
-    try:
-      holder = json.loads(path.read_text())
-      pid, host = int(holder["pid"]), str(holder["host"])
-    except (OSError, ValueError, KeyError, TypeError):
-      holder, pid, host = {}, None, None
-    if pid is not None and host != mine["host"]:
-      raise WorkdirError(
-          f"{workdir} is being trained by pid {pid} on host {host} (since "
-          f"{holder.get('started')}); use another --workdir, or delete {path} if that "
-          f"run is gone.") from None
-    if pid is not None and pid != mine["pid"] and _alive(pid):
-      raise WorkdirError(
-          f"{workdir} is being trained by another run (pid {pid}, since "
-          f"{holder.get('started')}); wait for it to finish or use another --workdir.") from None
-    logging.warning("Taking over %s: the run that held it (pid %s) has ended.", path, pid)
-    output_files.write_text(path, json.dumps(mine), overwrite=True)
-    return path
-  with os.fdopen(fd, "w") as f:
-    f.write(json.dumps(mine))
-  return path
+  """Marks `workdir` as trained by this process (`train.lock`: pid, host, start time;
+  `lr_common.folder_lock`). A lock held by a live process, or by one on another host,
+  is a WorkdirError; a lock left by a run on this host that has ended (killed) is taken
+  over with a warning."""
+  return folder_lock.acquire(workdir, LOCK_NAME, doing="trained", flag="--workdir",
+                             error=WorkdirError)
 
 
 def release_lock(path: pathlib.Path) -> None:
   """Removes this process's lock (another process's lock is left alone)."""
-  try:
-    if json.loads(path.read_text()).get("pid") == os.getpid():
-      path.unlink()
-  except (OSError, ValueError):
-    pass
+  folder_lock.release(path)
 
 
 def resolve_rgn_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, int | None]:

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from lr_common import image_files as images_lib
+from lr_common import seeds
 from lr_jax.method import canvas as canvas_lib
 from lr_jax.encoders import imagenet
 from lr_jax.files import manifest as manifest_lib
@@ -159,7 +160,7 @@ def prepare(built: Built, examples: list[manifest_lib.Example],
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   """The example order of an epoch: a permutation fixed by (seed, epoch)."""
-  return np.random.default_rng([seed, epoch]).permutation(n)
+  return seeds.numpy_rng(seed, epoch).permutation(n)
 
 
 def batch_indices(seed: int, step: int, n: int, batch_size: int) -> np.ndarray:

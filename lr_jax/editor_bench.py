@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lr_common import benchmarking
+from lr_common import output_files
 from lr_jax import editors
 from lr_jax import errors
 from lr_jax import notebook
@@ -61,16 +62,52 @@ def editor_config(name: str, dtype: str, resolution: str = "256", tiny: bool = F
   return config
 
 
+MAX_BOXES = 1024   # boxes per call: all edited at once, in memory
+MAX_STEPS = 1024   # aMUSEd decoding steps (its config: 12)
+
+
+def check_flags(names: Sequence[str], ns: Sequence[Any], dtypes: Sequence[str],
+                repeats: int, steps: int | None = None,
+                json_path: str | None = None) -> list[int]:
+  """The flags checked before anything is built or timed; returns --ns as integers.
+  An empty selection (`--editors=`) is an error, not an empty table."""
+  problems = []
+  for flag, given, allowed in (("--editors", names, tuple(editors.available())),
+                               ("--dtypes", dtypes, DTYPES)):
+    unknown = [v for v in given if v not in allowed]
+    if not given or unknown:
+      problems.append(f"need {flag} in {', '.join(allowed)} (one or more), got "
+                      f"{','.join(unknown) if unknown else '(none)'}")
+  try:
+    ns = [int(n) for n in ns]
+  except (TypeError, ValueError):
+    problems.append(f"--ns must be integers, got {','.join(map(str, ns))}")
+    ns = []
+  else:
+    if not ns or not all(1 <= n <= MAX_BOXES for n in ns):
+      problems.append(f"--ns takes boxes per call in [1, {MAX_BOXES}], got "
+                      f"{','.join(map(str, ns)) or '(none)'}")
+  if repeats < 1:
+    problems.append(f"--repeats must be >= 1, got {repeats}")
+  if steps is not None and not 1 <= steps <= MAX_STEPS:
+    problems.append(f"--steps must be in [1, {MAX_STEPS}], got {steps}")
+  if problems:
+    raise errors.UsageError("; ".join(problems))
+  if json_path:
+    output_files.check_outputs([json_path], overwrite=True, flag="--json")
+  return ns
+
+
+def write_json(path: str, rows: list[dict[str, Any]]) -> None:
+  """The rows to `path` (replaced atomically; its folder created if needed)."""
+  output_files.write_text(path, json.dumps(rows, indent=1), overwrite=True)
+
+
 def run(names: Sequence[str], ns: Sequence[int], dtypes: Sequence[str], repeats: int,
         separate: bool = True, resolution: str = "256", tiny: bool = False,
         steps: int | None = None) -> list[dict[str, Any]]:
   """Times each (editor, dtype, N); returns one row each (printed as they come)."""
-  known = editors.available()
-  bad = [n for n in names if n not in known] + [d for d in dtypes if d not in DTYPES]
-  if bad or not names or not dtypes or not ns or min(ns) < 1 or repeats < 1:
-    raise errors.UsageError(f"need --editors in {tuple(known)}, --dtypes in {DTYPES} (each "
-                            f"at least one), --ns >= 1 and --repeats >= 1 "
-                            f"(bad: {bad or ns or 'an empty list'})")
+  ns = check_flags(names, ns, dtypes, repeats, steps)
   rows = []
   for name in names:
     reference = {}
@@ -137,22 +174,19 @@ def format_row(row: dict[str, Any]) -> str:
 
 def main(argv):
   with errors.cli(argv):
-    try:
-      ns = [int(n) for n in _NS.value]
-    except ValueError:
-      raise errors.UsageError(f"--ns must be integers, got {_NS.value}") from None
+    steps = _STEPS.value if _STEPS.value is not None else _AMUSED_STEPS.value
+    ns = check_flags(_EDITORS.value, _NS.value, _DTYPES.value, _REPEATS.value, steps,
+                     _JSON.value)
     device = jax.devices()[0]
     print(f"device: {device.platform} {device.device_kind}; jax {jax.__version__}; "
           f"{'tiny' if _TINY.value else _RESOLUTION.value + ' px, random weights'}; "
           f"repeats {_REPEATS.value}", flush=True)
     print(HEADER, flush=True)
     rows = run(_EDITORS.value, ns, _DTYPES.value, _REPEATS.value, _SEPARATE.value,
-               _RESOLUTION.value, _TINY.value,
-               _STEPS.value if _STEPS.value is not None else _AMUSED_STEPS.value)
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(rows, f, indent=1)
-    print(f"wrote {_JSON.value}")
+               _RESOLUTION.value, _TINY.value, steps)
+    if _JSON.value:
+      write_json(_JSON.value, rows)
+      print(f"wrote {_JSON.value}")
 
 
 if __name__ == "__main__":

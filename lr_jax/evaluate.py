@@ -47,16 +47,12 @@ def main(argv):
       raise errors.UsageError("give --manifest FILE and --out DIR")
     from lr_jax.evaluation import runner as evaluation  # pylint: disable=g-import-not-at-top
     from lr_jax.files import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
-    from lr_jax.evaluation import report  # pylint: disable=g-import-not-at-top
-    strategies = _STRATEGIES.value or default_strategies(_CKPT.value)
+    strategies = (_STRATEGIES.value if _STRATEGIES.present   # `--strategies=`: none, an error
+                  else default_strategies(_CKPT.value))
     examples = manifest_lib.read_manifest(_MANIFEST.value)
-    before = {r["key"] for r in evaluation.read_results(_OUT.value)}
-    rows = evaluation.evaluate(_CONFIG.value, examples, strategies, _OUT.value,
-                               rgn_checkpoint=_CKPT.value, refine_steps=_REFINE.value,
-                               seed=_SEED.value)
-    strategies = evaluation.check_strategies(strategies, _CKPT.value, _REFINE.value)
-    files = report.write_report(_OUT.value, rows, strategies,
-                                {r["index"] for r in rows if r["key"] not in before})
+    _, files = evaluation.evaluate_and_report(
+        _CONFIG.value, examples, strategies, _OUT.value, rgn_checkpoint=_CKPT.value,
+        refine_steps=_REFINE.value, seed=_SEED.value)
   print(files["markdown"].read_text())
   print(f"report: {files['markdown']}, {files['csv']}, {files['chart']}; sheets in "
         f"{files['markdown'].parent / 'sheets'}")

@@ -23,6 +23,7 @@ from lr_common import image_files as images_lib
 from lr_common import output_files
 from lr_common.errors import UserError
 from lr_common import pixels as pixels_lib
+from lr_common import seeds
 from lr_jax.method import canvas as canvas_lib
 from lr_jax import checkpointing
 from lr_jax import dataset
@@ -64,7 +65,7 @@ def refine(rgn_params, built: Built, batch, method: settings_lib.Method, steps: 
   # On the default device, placed as the step's outputs will be: one compile.
   state = jax.device_put(step_lib.new_train_state(rgn_params, method.optim))
   train_step = train_step or step_lib.make_train_step(built.models, method, donate=False)
-  rng = jax.random.PRNGKey(seed)
+  rng = seeds.prng_key(seed)
   for _ in range(steps):
     state, _ = train_step(state, built.frozen, batch, rng)
   return state.params
@@ -104,7 +105,8 @@ def _record(ex, prepared, i, out: step_lib.Inference, seed, run: run_settings.Ru
       # The kept candidate's index (a candidate, not an anchor: "search" has K x M);
       # `best_anchor` is its old name, kept one release for readers of old records.
       "best_candidate": best, "best_anchor": best, "seed": seed, "image_index": number,
-      "edit_rng": f"fold_in(PRNGKey({seed}), {number})", "model_image_size": editor.image_size,
+      "edit_rng": f"fold_in({seeds.describe(seed)}, {number})",
+      "model_image_size": editor.image_size,
       **editor.record(), "models": run.models.kind,
       "rgn_checkpoint": str(checkpoint) if checkpoint else None,
       "versions": dict(_versions()),
@@ -142,7 +144,7 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
   for i, ex in enumerate(tqdm.tqdm(examples, desc="edit", disable=not progress)):
     batch = prepared.batch(np.asarray([i]))
     number = start_index + i
-    rng = jax.random.fold_in(jax.random.PRNGKey(seed), number)
+    rng = jax.random.fold_in(seeds.prng_key(seed), number)
     params = refine(rgn_params, built, batch, method, refine_steps, seed + number, train_step)
     out = jax.tree.map(lambda x: np.asarray(x)[0],
                        jax.device_get(infer(params, built.frozen, batch, rng)))
@@ -267,7 +269,7 @@ def run_edit(config, examples: list[manifest_lib.Example], *, out_dir=None,
       logging.warning("No --rgn_checkpoint and no refinement steps: the boxes are chosen "
                       "by an untrained RGN.")
     rgn_params = step_lib.init_train_state(built.models, method,
-                                           jax.random.PRNGKey(run.seed)).params
+                                           seeds.prng_key(run.seed)).params
   return edit_examples(built, rgn_params, examples, run, seed=seed, out_dir=out_dir,
                        refine_steps=refine_steps, checkpoint=rgn_checkpoint,
                        progress=progress, overwrite=overwrite, loaded=loaded,

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
+from lr_common import seeds
 from lr_common.errors import UserError
 from lr_jax import run_settings
 from lr_jax.encoders import hf_weights
@@ -35,7 +36,7 @@ def build_models(config: ml_collections.ConfigDict | run_settings.Run) -> Built:
   """Loads (or, for models "tiny", randomly builds) every frozen model of a config or a
   parsed `Run`."""
   run = run_settings.parse(config)
-  rng = jax.random.PRNGKey(run.seed + 1000)
+  rng = seeds.prng_key(run.seed + 1000)
   if run.models.kind == "tiny":
     dino = hf_weights.init_dino(hf_weights.tiny_dino_config(), jax.random.fold_in(rng, 0))
     clip = hf_weights.init_clip(hf_weights.tiny_clip_config(), jax.random.fold_in(rng, 1))
@@ -55,7 +56,7 @@ def build_random_models(config: ml_collections.ConfigDict | run_settings.Run) ->
   run = run_settings.parse(config)
   if run.models.kind == "tiny":
     return build_models(run)
-  rng = jax.random.PRNGKey(run.seed + 1000)
+  rng = seeds.prng_key(run.seed + 1000)
   repo = run.models.dino_repo
   patch = 8 if "vitb8" in repo or "b8" in repo.split("/")[-1] else 16
   dino = hf_weights.init_dino(hf_weights.dino_config_from_json({"patch_size": patch}),

@@ -77,14 +77,15 @@ def parse(config: ml_collections.ConfigDict | Run) -> Run:
     return config
   if config.models not in MODEL_KINDS:
     raise SettingsError(f"config models must be one of {MODEL_KINDS}, got {config.models!r}")
+  seed = config.seed
+  if isinstance(seed, bool) or not isinstance(seed, int):
+    raise SettingsError(f"config seed must be an integer, got {seed!r}")
+  settings_lib.check_integers(config)   # any seed; every other integer within int32
   module = editors.of(config)
   editor = module.make(config)   # raises on a bad editor setting
   settings_lib.check(config)
   method = settings_lib.method(config)
   method.region.check_grid(editor.box_grid)
-  seed = config.seed
-  if isinstance(seed, bool) or not isinstance(seed, int):
-    raise SettingsError(f"config seed must be an integer, got {seed!r}")
   return Run(method=method, train=settings_lib.train(config), infer=settings_lib.infer(config),
              data=_data(config),
              models=ModelSettings(config.models, config.dino.repo, config.clip.repo),

@@ -75,7 +75,16 @@ def main(argv: Sequence[str]) -> int:
   if len(args) != 1 or args[0].startswith("-"):
     print(USAGE, file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
     return 0 if args and args[0] in ("-h", "--help") else 2
-  print(write_samples(args[0]))
+  from lr_common import output_files  # pylint: disable=g-import-not-at-top
+  folder = pathlib.Path(args[0])
+  try:   # before anything is written
+    output_files.check_folder(folder)
+    output_files.check_outputs([folder / "chelsea.png", folder / "manifest.json"],
+                               overwrite=True)
+  except output_files.OutputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(write_samples(folder))
   return 0
 
 

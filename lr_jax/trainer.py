@@ -13,6 +13,7 @@ import numpy as np
 import tqdm
 
 from lr_common import output_files
+from lr_common import seeds
 from lr_common.errors import UserError
 from lr_jax import checkpointing
 from lr_jax import dataset as data_lib
@@ -44,6 +45,11 @@ def _host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+# What a run writes in its workdir besides `checkpoints/` (checked before any work).
+WORKDIR_FILES = ("config.json", "data.json", "metrics.jsonl", "loss_curve.png",
+                 checkpointing.LOCK_NAME)
+
+
 def train(config: Any, workdir: str | pathlib.Path, *, built: Built | None = None,
           examples=None, progress: bool = True,
           devices: list[Any] | None = None) -> TrainResult:
@@ -59,6 +65,8 @@ def train(config: Any, workdir: str | pathlib.Path, *, built: Built | None = Non
   mesh = sharding.make_mesh(devices)
   sharding.check_batch_size(run.train.batch_size, mesh)
   workdir = output_files.check_folder(workdir)
+  output_files.check_outputs([workdir / name for name in WORKDIR_FILES], overwrite=True)
+  output_files.check_folder(workdir / "checkpoints")
   workdir.mkdir(parents=True, exist_ok=True)
   lock = checkpointing.acquire_lock(workdir) if jax.process_index() == 0 else None
   try:
@@ -77,7 +85,7 @@ def _train(run: run_settings.Run, workdir, built, examples, loaded, mesh,
   prepared = data_lib.prepare(built, examples, loaded=loaded, canvas=method.region.canvas)
   n, bs = len(prepared), loop.batch_size
 
-  rng = jax.random.PRNGKey(seed)
+  rng = seeds.prng_key(seed)
   init_rng, train_rng = jax.random.split(rng)
   state = sharding.put_replicated(step_lib.init_train_state(models, method, init_rng), mesh)
   frozen = sharding.put_replicated(built.frozen, mesh)

@@ -30,6 +30,7 @@ from PIL import Image
 
 from lr_common import image_files
 from lr_common import output_files
+from lr_common import seeds
 from lr_common.output_files import check_outputs
 from lr_common.errors import UserError
 from lr_common.pixels import composite_to_original, to_model_input
@@ -125,7 +126,11 @@ def _token_boxes(box_array: np.ndarray, box_units: str, height: int, width: int,
   if box_units == "tokens":
     if np.any(box_array != np.round(box_array)):
       raise EditCLIError("--box_units=tokens needs integer boxes")
-    tokens = box_array.astype(np.int32)
+    editing.validate_boxes(box_array, side)   # in float64: no value wraps around in int32
+    # Corners cut to the grid (the editor cuts them there too), so they fit int32.
+    corners = np.clip(np.concatenate([box_array[:, :2], box_array[:, :2] + box_array[:, 2:]],
+                                     1), 0, side)
+    tokens = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], 1).astype(np.int32)
   else:
     for top, left, box_h, box_w in box_array.tolist():
       where = f"box {top:g},{left:g},{box_h:g},{box_w:g}"
@@ -173,7 +178,7 @@ def run(image: str, boxes: Sequence[str], label: int, out: str, *,
       model, tokenizer, transformer, cache_dir, hint=CHECKPOINT_HINT)
   editor = editing.make_editor(model, editing.EditConfig(dtype=dtype, grow_tokens=grow_tokens))
   result = editor(tok_params, tr_params, pixels[None], box_tokens[None],
-                  np.array([label], np.int32), jax.random.PRNGKey(seed))
+                  np.array([label], np.int32), seeds.prng_key(seed))
   raw, masks = np.asarray(result["raw"][0]), np.asarray(result["pixel_mask"][0])
   for path, edited, mask in zip(paths, raw, masks):
     save_atomically(path, composite_to_original(original, edited, mask, dtype=np.uint8),

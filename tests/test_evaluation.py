@@ -1,11 +1,19 @@
-"""`lr_jax.evaluate` on tiny models: every pair measured on the written photo, resumable."""
+"""`lr_jax.evaluate` on tiny models: every pair measured on the written photo, resumable,
+keyed by what its result depends on, one run per folder."""
 import json
+import logging
+import re
+import shutil
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from lr_jax.evaluation import metrics as edit_metrics
+from lr_jax.evaluation import results as results_lib
 from lr_jax.evaluation import runner as evaluation
 from lr_jax import inference
 from lr_jax.files import manifest
@@ -109,6 +117,103 @@ def test_other_settings_are_refused_before_any_model_loads(evaluated, monkeypatc
     evaluation.evaluate(tiny_config(), examples, ["search"], out, seed=3)
   with pytest.raises(evaluation.EvaluationError, match="score.alpha"):
     evaluation.evaluate(tiny_config(**{"score.alpha": 1.0}), examples, ["search"], out)
+
+
+def _counting(monkeypatch) -> list:
+  calls = []
+  real = inference.edit_examples
+  def counting(*args, **kwargs):
+    calls.append(kwargs["strategy"])
+    return real(*args, **kwargs)
+  monkeypatch.setattr(inference, "edit_examples", counting)
+  return calls
+
+
+def test_a_changed_input_is_redone_and_said_so(evaluated, built, data, tmp_path, monkeypatch,
+                                               caplog):
+  out, _, rows = evaluated
+  folder = shutil.copytree(out, tmp_path / "eval")
+  moved = tmp_path / "moved"
+  moved.mkdir()
+  for name in ("wide.png", "wide_mask.png", "m.json"):
+    shutil.copy(data / name, moved / name)
+  examples = manifest.read_manifest(moved / "m.json")
+  calls = _counting(monkeypatch)
+  run = lambda strategies: evaluation.evaluate(tiny_config(), examples, strategies, folder,
+                                               built=built, progress=False)
+  same = run(["random", "dino_random"])   # moved, same content: nothing to redo
+  assert calls == [] and [r["metrics"] for r in same] == [r["metrics"] for r in rows]
+  assert same[0]["image"] == str(moved / "wide.png")
+  mask = np.zeros((72, 120), np.uint8)
+  mask[0:30, 0:40] = 255
+  Image.fromarray(mask).save(moved / "wide_mask.png")
+  with caplog.at_level(logging.WARNING):
+    [again] = run(["random"])
+  assert calls == ["random"]
+  assert "wide.png (row 0), strategy random is redone: the object mask changed" in caplog.text
+  assert again["regions"] != rows[0]["regions"]
+  assert again["metrics"]["clip_t2i"] == rows[0]["metrics"]["clip_t2i"]   # the same edit
+  keys = [r["key"] for r in evaluation.read_results(folder)]
+  assert rows[0]["key"] not in keys and again["key"] in keys   # the stale line is gone ...
+  assert rows[1]["key"] in keys                 # ... a strategy not run now is kept as it was
+  photo = np.asarray(Image.open(moved / "wide.png")).copy()
+  photo[0, 0] ^= 255
+  Image.fromarray(photo).save(moved / "wide.png")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    run(["random"])
+  assert calls == ["random", "random"] and "the image's content changed" in caplog.text
+  # The summary is of the lines that match the manifest: the row's current results only.
+  current = run(["random", "dino_random"])
+  assert calls[-1] == "dino_random" and len(current) == 2
+  assert {r["key"] for r in current} <= set(r["key"] for r in evaluation.read_results(folder))
+  assert not {r["key"] for r in current} & {r["key"] for r in rows}
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda r: [1, 2], "a JSON list, not an object"),
+    (lambda r: {"key": r["key"]}, "no 'index'"),
+    (lambda r: {**r, "index": "0"}, "'index' must be an integer"),
+    (lambda r: {**r, "index": True}, "'index' must be an integer"),
+    (lambda r: {**r, "metrics": {**r["metrics"], "clip_t2i": "high"}}, "must be a number"),
+    (lambda r: {**r, "chosen_box_tlhw_pixels": [1, 2]}, "must be 4 numbers"),
+    (lambda r: {**r, "files": {}}, "no 'edited' path"),
+    (lambda r: "not json", "is not JSON"),
+])
+def test_a_results_line_that_is_not_a_result_is_named(evaluated, tmp_path, edit, needle):
+  _, _, rows = evaluated
+  bad = edit(dict(rows[0]))
+  text = bad if isinstance(bad, str) else json.dumps(bad)
+  (tmp_path / evaluation.RESULTS_FILE).write_text(json.dumps(rows[0]) + "\n" + text + "\n")
+  with pytest.raises(results_lib.ResultsError,
+                     match=rf"results.jsonl: line 2 .*{re.escape(needle)}"):
+    evaluation.read_results(tmp_path)
+
+
+def test_a_folder_held_by_another_run_is_refused_before_any_model_loads(evaluated, monkeypatch):
+  out, examples, _ = evaluated
+  monkeypatch.setattr(evaluation, "build_models", lambda c: pytest.fail("built models"))
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  lock = out / evaluation.LOCK_FILE
+  try:
+    lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                "started": "earlier"}))
+    with pytest.raises(evaluation.EvaluationError,
+                       match=rf"being evaluated by another run \(pid {holder.pid}"):
+      evaluation.evaluate(tiny_config(), examples, ["random", "search"], out)
+    assert lock.exists()   # still the holder's
+  finally:
+    holder.kill()
+    holder.wait()
+    lock.unlink(missing_ok=True)
+
+
+def test_a_settings_file_of_another_shape_is_one_error(evaluated, tmp_path):
+  out, examples, _ = evaluated
+  folder = shutil.copytree(out, tmp_path / "eval")
+  (folder / evaluation.SETTINGS_FILE).write_text("[1, 2]")
+  with pytest.raises(Exception, match="should hold a JSON object, not list"):
+    evaluation.evaluate(tiny_config(), examples, ["random"], folder)
 
 
 def test_strategy_flags_are_checked():

@@ -1,10 +1,13 @@
 """Faults through the real commands (subprocesses, tiny config, offline): each is exit
 status 1, one `error:` line, no traceback, and earlier files stay byte for byte as they
 were; faults that can be recovered from (a stale lock, a damaged newest checkpoint) are
-recovered from with a warning."""
+recovered from with a warning. The pieces behind them (the folder lock, seeds of any
+size, the write check) are also tested as library functions, which is quicker."""
 import json
+import logging
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -14,7 +17,10 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
+from lr_common import folder_lock
+from lr_common import output_files
 from lr_jax import checkpointing
+from lr_jax import editor_bench
 from lr_jax import samples
 from tests.cli_helpers import assert_clean_error, run, snapshot
 
@@ -59,6 +65,9 @@ def edited(env, cat, tmp_path_factory):
     ("--config.train.batch_size=-1", "train.batch_size must be an integer >= 1, got -1"),
     ("--config.region.sizes=(1,9)", "at most 4 tokens"),
     ("--config.optim.learning_rate=nan", "optim.learning_rate"),
+    # Numbers at their limits: checked against what the code does with them.
+    (f"--config.region.roi_size={2**70}", "region.roi_size must be an integer in"),
+    ("--config.score.alpha=1e39", "a number float32 holds"),
 ])
 def test_bad_config_values_fail_before_anything_is_written(env, tmp_path, override, needle):
   wd = tmp_path / "wd"
@@ -94,12 +103,13 @@ def test_overwrite_replaces_and_never_writes_through_a_link(env, cat, edited, tm
   assert snapshot(out) != snapshot(edited)           # replaced by the seed-3 edit
 
 
-@pytest.mark.parametrize("kind", ["file", "under_file", "too_long"])
+@pytest.mark.parametrize("kind", ["file", "under_file", "too_long", "virtual_fs"])
 def test_unwritable_out_fails_before_any_work(env, cat, tmp_path, kind):
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
   out = {"file": blocker, "under_file": blocker / "sub",
-         "too_long": tmp_path / ("n" * 300)}[kind]
+         "too_long": tmp_path / ("n" * 300),
+         "virtual_fs": pathlib.Path("/proc/lr_jax_faults/out")}[kind]   # writable to os.access
   proc = run(env, "lr_jax.edit", *TINY, "--image", str(cat), "--prompt", "a lion",
              "--out", str(out))
   assert_clean_error(proc, "cannot write")
@@ -202,3 +212,142 @@ def test_bad_rgn_checkpoints_are_one_line(env, cat, workdir, tmp_path):
   assert_clean_error(run(env, *args, "--out", str(tmp_path / "o3"),
                          "--rgn_checkpoint", str(poisoned)), "NaN or infinite")
   assert not (tmp_path / "o3").exists() or not any((tmp_path / "o3").iterdir())
+
+
+# ---------------------------------------------------------------- second round (issue 21)
+
+def test_a_seed_of_any_size_is_its_own_and_recorded(env, cat, edited, tmp_path):
+  # 2**32 gave seed 0's picture; 1e308 x a box side overflowed an int in window mode.
+  out = tmp_path / "out"
+  proc = run(env, "lr_jax.edit", *TINY, "--image", str(cat), "--prompt", "a lion",
+             "--out", str(out), "--seed", str(2**32), "--config.region.window_scale=1e308")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads(next(out.glob("*.json")).read_text())
+  assert record["seed"] == 2**32 and "prng_key(4294967296)" in record["edit_rng"]
+  photo = lambda d: np.asarray(Image.open(next(d.glob("*_edited.png"))))
+  assert (photo(out) != photo(edited)).any()   # not seed 0's edit
+
+
+def test_pie_bench_run_start_past_64_bits(env, tmp_path):
+  mapping = tmp_path / "mapping_file.json"
+  mapping.write_text(json.dumps({"000": {"image_path": "000.jpg", "editing_prompt": "a [tiger]",
+                                         "mask": [2**63, 4]}}))
+  proc = run(env, "lr_jax.evaluate", *TINY, "--manifest", str(mapping), "--strategies",
+             "random", "--out", str(tmp_path / "eval"))
+  assert_clean_error(proc, "entry '000'", "outside the 512x512 image")
+  assert not (tmp_path / "eval").exists()
+
+
+@pytest.fixture()
+def eval_manifest(cat, tmp_path):
+  manifest = tmp_path / "m.json"
+  manifest.write_text(json.dumps([{"image": str(cat), "prompt": "a lion"}]))
+  return manifest
+
+
+def test_a_results_line_that_is_not_a_result(env, eval_manifest, tmp_path):
+  out = tmp_path / "eval"
+  out.mkdir()
+  (out / "results.jsonl").write_text('{"key": "0|random|x", "index": 0}\n')   # JSON, no result
+  before = snapshot(out)
+  proc = run(env, "lr_jax.evaluate", *TINY, "--manifest", str(eval_manifest),
+             "--strategies", "random", "--out", str(out))
+  assert_clean_error(proc, "results.jsonl: line 1 is not a result line", "Remove that line")
+  assert snapshot(out) == before   # the lock is gone again too
+
+
+def test_second_evaluation_on_a_folder_is_refused(env, eval_manifest, tmp_path):
+  out = tmp_path / "eval"
+  out.mkdir()
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  try:
+    (out / "evaluate.lock").write_text(json.dumps(
+        {"pid": holder.pid, "host": socket.gethostname(), "started": "earlier"}))
+    before = snapshot(out)
+    proc = run(env, "lr_jax.evaluate", *TINY, "--manifest", str(eval_manifest),
+               "--strategies", "dino_random", "--out", str(out))
+    assert_clean_error(proc, "being evaluated by another run", f"pid {holder.pid}")
+    assert snapshot(out) == before
+  finally:
+    holder.kill()
+    holder.wait()
+
+
+@pytest.mark.parametrize("module,args,needle", [
+    ("lr_jax.bench", ("--json", "{tmp}"), "it is a folder"),
+    ("lr_jax.samples", ("/proc/lr_jax_faults",), "cannot create files in /proc"),
+    ("lr_jax.editor_bench", ("--tiny", "--json", "/proc/lr_jax_faults/x.json"),
+     "cannot create files in /proc"),
+    ("lr_jax.editor_bench", ("--tiny", "--editors="), "need --editors in maskgit, amused"),
+    ("lr_jax.editor_bench", ("--tiny", "--dtypes="), "need --dtypes in float32, bfloat16"),
+    ("lr_jax.evaluate", ("--manifest", "{manifest}", "--strategies=", "--out", "{tmp}/e"),
+     "no strategy given"),
+])
+def test_outputs_and_empty_selections_fail_before_any_timing(env, eval_manifest, tmp_path,
+                                                             module, args, needle):
+  args = [a.format(tmp=tmp_path, manifest=eval_manifest) for a in args]
+  proc = run(env, module, *args)
+  assert_clean_error(proc, needle)
+  assert "device:" not in proc.stdout and "ms/img" not in proc.stdout   # nothing was timed
+  assert not (tmp_path / "e").exists()
+
+
+def test_folder_lock_refuses_the_living_and_takes_over_from_the_dead(tmp_path, caplog):
+  busy = folder_lock.FolderBusyError
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  lock = tmp_path / "x.lock"
+  try:
+    lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                "started": "then"}))
+    with pytest.raises(busy, match=rf"being used by another run \(pid {holder.pid}, since then"):
+      folder_lock.acquire(tmp_path, "x.lock")
+  finally:
+    holder.kill()
+    holder.wait()
+  with caplog.at_level(logging.WARNING):   # the holder has ended: taken over
+    path = folder_lock.acquire(tmp_path, "x.lock")
+  assert "Taking over" in caplog.text and json.loads(path.read_text())["pid"] == os.getpid()
+  folder_lock.release(path)
+  assert not path.exists()
+  lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "then"}))
+  with pytest.raises(busy, match=rf"pid 1 on host elsewhere .*delete {lock}"):
+    folder_lock.acquire(tmp_path, "x.lock", flag="--workdir")
+  folder_lock.release(lock)   # not ours: left alone
+  assert lock.exists()
+  lock.write_text("{half a lo")   # a lock that cannot be read (an old one): taken over
+  os.utime(lock, (0, 0))
+  folder_lock.release(folder_lock.acquire(tmp_path, "x.lock"))
+  with folder_lock.held(tmp_path, "y.lock") as held:   # nested: held until the outer ends
+    with folder_lock.held(tmp_path, "y.lock"):
+      pass
+    assert held.exists()
+  assert not held.exists()
+
+
+def test_write_check_asks_the_file_system(tmp_path):
+  assert output_files.write_problem(tmp_path) is None
+  assert not list(tmp_path.iterdir())   # the probe is gone
+  assert "virtual file system" in output_files.write_problem("/proc")
+  with pytest.raises(output_files.OutputError, match="cannot create files in /proc"):
+    output_files.check_outputs(["/proc/lr_jax_faults/a.json"], overwrite=True)
+  if os.geteuid() != 0:   # root writes into read-only modes
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    with pytest.raises(output_files.OutputError, match="not writable"):
+      output_files.check_folder(ro / "out")
+
+
+def test_editor_bench_flags_are_checked_before_timing(tmp_path):
+  check = editor_bench.check_flags
+  assert check(["amused"], ["1", "4"], ["float32"], 1, json_path=str(tmp_path / "new" / "x.json")
+               ) == [1, 4]
+  for args, needle in ((([], ["1"], ["float32"], 1), "need --editors in"),
+                       ((["amused"], ["1"], [], 1), "need --dtypes in"),
+                       ((["amused"], [str(2**70)], ["float32"], 1), "--ns takes"),
+                       ((["amused"], ["x"], ["float32"], 1), "--ns must be integers")):
+    with pytest.raises(editor_bench.errors.UsageError, match=needle):
+      check(*args)
+  with pytest.raises(output_files.OutputError, match="it is a folder"):
+    check(["amused"], ["1"], ["float32"], 1, json_path=str(tmp_path))
+  editor_bench.write_json(str(tmp_path / "new" / "x.json"), [{"n": 1}])
+  assert json.loads((tmp_path / "new" / "x.json").read_text()) == [{"n": 1}]

@@ -113,16 +113,24 @@ def test_all_bad_rows_reported_together(data_dir):
       {"image": "imgs/dog.jpg", "prompt": "b", "class_id": "seven"},
       {"image": "imgs/dog.jpg", "prompt": "b", "class_id": -1},
       "not an object",
+      {"image": "imgs/dog.jpg", "prompt": "b", "class_id": 1000},
+      {"image": "imgs/dog.jpg", "prompt": "b", "class_id": 2**70},
   ])
   with pytest.raises(ManifestError) as e:
     manifest.read_manifest(path)
   msg = str(e.value)
-  assert "4 bad entries" in msg
+  assert "6 bad entries" in msg
   assert "entry 0" in msg and "prompt must be a non-empty" in msg
   assert "entry 1" not in msg
   assert "entry 2" in msg and "'seven'" in msg
-  assert "entry 3" in msg and ">= 0" in msg
+  assert "entry 3" in msg and "ImageNet class in 0..999, got -1" in msg
   assert "entry 4" in msg
+  assert "got 1000" in msg and f"got {2**70}" in msg   # checked here, not after models load
+
+
+def test_class_ids_are_imagenets():
+  from lr_jax.encoders import imagenet
+  assert manifest.IMAGENET_CLASSES == imagenet.NUM_CLASSES
 
 
 def test_missing_images_listed_at_once(data_dir):

@@ -50,6 +50,19 @@ def test_bad_mapping_entries_are_listed_together(tmp_path):
   assert "entry 'b'" in str(e.value) and "editing_prompt" in str(e.value)
 
 
+def test_run_lengths_of_any_size_are_checked_not_overflowed(tmp_path):
+  mapping = {"a": {"image_path": "x.jpg", "editing_prompt": "a dog", "mask": [2**63, 5]},
+             "b": {"image_path": "x.jpg", "editing_prompt": "a dog", "mask": [0, 1, 2**64, 1]}}
+  (tmp_path / "mapping_file.json").write_text(json.dumps(mapping))
+  with pytest.raises(manifest.ManifestError) as e:
+    manifest.read_manifest(tmp_path / "mapping_file.json")
+  assert "entry 'a'" in str(e.value) and "run 0 starts at pixel 9223372036854775808" in str(e.value)
+  assert "entry 'b'" in str(e.value) and "run 1" in str(e.value) and "< 262144" in str(e.value)
+  # A run may end past the image (it is cut), whatever its length.
+  assert pie_bench.decode_rle([13, 2**70], shape=(3, 5)).sum() == 2
+  assert pie_bench.rle_problem([13, 2**70], shape=(3, 5)) is None
+
+
 def test_mask_column_in_json_and_csv(tmp_path):
   _image(tmp_path / "a.png", (20, 30))
   m = np.zeros((20, 30), np.uint8)

@@ -44,6 +44,17 @@ def test_defaults_are_the_papers_setup_and_hashable():
     ("models", "huge", "config models must be one of"),
     ("editor.num_iter", 0, "config editor:"),
     ("editor.model", "imagenet1024", "config editor.model"),
+    # Numbers at their limits: what the code does with them, not only "finite".
+    ("region.roi_size", 65, "region.roi_size must be at most 64"),
+    ("region.sampling_ratio", 10**6, "region.sampling_ratio must be at most 64"),
+    ("rgn.conv_features", (256, 10**6), "rgn.conv_features"),
+    ("loss.num_views", 10**4, "loss.num_views must be at most 256"),
+    ("train.epochs", 2**40, "int32"),
+    ("editor.num_iter", 2**70, "config editor.num_iter must be an integer in"),   # editor sections
+    ("score.alpha", 1e39, "float32"),
+    ("selection.tau", 1e-40, "float32"),
+    ("optim.eps", 1e-45, "float32"),
+    ("optim.b2", 0.99999999999, "also in float32"),
 ])
 def test_out_of_range_values_are_one_clear_error(key, value, needle):
   c = tiny.get_config()
@@ -73,3 +84,40 @@ def test_guard_keys_are_derived():
   assert checkpointing.resumable_keys(c) == (
       "region.window", "region.window_scale", "train.max_steps", "train.log_every", "train.checkpoint_every", "train.max_to_keep",
       "infer.refine_steps", "editor.cache_dir")
+
+
+def test_score_weights_keep_s_finite_in_float32():
+  c = tiny.get_config()
+  c.score.alpha, c.score.beta = 3e38, -2e38   # each fits float32; S may not
+  with pytest.raises(settings.SettingsError, match=r"\|alpha\| \+ \|beta\|"):
+    check_config(c)
+
+
+def test_window_scale_of_any_finite_size_is_the_whole_photo():
+  from lr_jax.method import window as window_lib
+  c = tiny.get_config()
+  c.region.window_scale = 1e308
+  check_config(c)   # host side, float64: allowed
+  box, photo = (10, 20, 30, 40), (300, 451)
+  assert window_lib.window_around(box, photo, 1e308, 64) == (0, 0, 300, 451)
+  assert window_lib.window_around(box, photo, 1e308, 64) == window_lib.window_around(
+      box, photo, 1000.0, 64)
+  assert window_lib.window_around(box, photo, 2.0, 1) == (0, 0, 80, 80)
+
+
+def test_seeds_of_any_size_are_their_own_key():
+  import jax
+  import numpy as np
+  from lr_common import seeds
+  data = lambda s: tuple(np.asarray(jax.random.key_data(seeds.prng_key(s))).tolist())
+  for s in (0, 1, 2**32 - 1):   # the keys of every earlier run
+    assert data(s) == tuple(np.asarray(jax.random.key_data(jax.random.PRNGKey(s))).tolist())
+  given = [0, 1, 2**32 - 1, 2**32, 2**32 + 1, -1, -2**32, 2**63, 2**64, -2**64, 10**40]
+  assert len({data(s) for s in given}) == len(given)   # no two seeds share a key
+  assert seeds.describe(7) == "PRNGKey(7)" and "prng_key(-1)" in seeds.describe(-1)
+  assert (seeds.numpy_rng(5, 3).permutation(50) == np.random.default_rng([5, 3]).permutation(
+      50)).all()   # training orders of earlier runs
+  orders = {tuple(seeds.numpy_rng(s, 0).permutation(50)) for s in (-1, 2**32 - 1, 2**64, 0)}
+  assert len(orders) == 4
+  with pytest.raises(seeds.SeedError, match="--seed must be an integer"):
+    seeds.check_seed(1.5, "--seed")

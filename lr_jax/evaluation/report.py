@@ -129,7 +129,7 @@ def _csv(table: list[dict[str, Any]]) -> str:
 def _markdown(table: list[dict[str, Any]], rows: list[dict[str, Any]],
               strategies: Sequence[str]) -> str:
   lines = ["# Evaluation", "",
-           f"{len({r['key'].rsplit('|', 1)[0] for r in rows})} edits (image, prompt); "
+           f"{len({(r['index'], r['image'], r['prompt']) for r in rows})} edits (image, prompt); "
            "mean [95 % bootstrap interval] per strategy; arrows: which way is better.", ""]
   cells = {(t["strategy"], t["metric"]): t for t in table}
   lines += ["| metric | " + " | ".join(strategies) + " |",
@@ -216,8 +216,9 @@ def comparison_sheet(path: str | pathlib.Path, source: str, rows: list[dict[str,
     ax.imshow(edited)
     _draw(ax, row["chosen_box_tlhw_pixels"], edit_scale, "#ffe066", "-")
     _draw(ax, row["editor_box_tlhw_pixels"], edit_scale, "#ff4d4d", "--")
-    m = row["metrics"]
-    ax.set_title(f"{strategy}\nS {m['quality_S']:.3f}  t2i {m['clip_t2i']:.3f}", fontsize=8)
+    m = {k: "-" if v is None else f"{v:.3f}" for k, v in row["metrics"].items()}
+    ax.set_title(f"{strategy}\nS {m.get('quality_S', '-')}  t2i {m.get('clip_t2i', '-')}",
+                 fontsize=8)
   for ax in axes:
     ax.set_xticks([])
     ax.set_yticks([])

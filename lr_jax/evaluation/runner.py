@@ -3,13 +3,18 @@
 `evaluate(config, examples, strategies, out_dir)` is importable from notebooks; the
 command is `lr_jax.evaluate`. Per pair it writes the edit's files under
 `out_dir/edits/<strategy>/` and one JSON line in `out_dir/results.jsonl`, measured on
-the written photo at its own resolution (`lr_jax.evaluation.metrics`); a rerun skips the
-pairs already there. `lr_jax.evaluation.report` turns the lines into tables and pictures.
+the written photo at its own resolution (`lr_jax.evaluation.metrics`). A pair is keyed by
+what its result depends on (`lr_jax.evaluation.results`): a rerun skips the pairs already
+there and redoes, saying so, those whose image, prompts or mask changed. One run at a
+time writes a folder (`evaluate.lock`). `lr_jax.evaluation.report` turns the lines into
+tables and pictures (`evaluate_and_report` does both).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import logging
 import pathlib
 import time
 from typing import Any, Sequence
@@ -20,8 +25,11 @@ import numpy as np
 import tqdm
 from PIL import Image
 
+from lr_common import folder_lock
+from lr_common import json_files
 from lr_common import output_files
 from lr_common import pixels as pixels_lib
+from lr_common import seeds
 from lr_common.errors import UserError
 from lr_jax.method import canvas as canvas_lib
 from lr_jax import checkpointing
@@ -31,13 +39,16 @@ from lr_jax.evaluation import metrics as edit_metrics
 from lr_jax import inference
 from lr_jax.files import manifest as manifest_lib
 from lr_jax.evaluation import object_masks
+from lr_jax.evaluation import results as results_lib
 from lr_jax.method import settings as settings_lib
 from lr_jax.method import step as step_lib
 from lr_jax import run_settings
 from lr_jax.models import Built, Models, build_models
 
-RESULTS_FILE = "results.jsonl"
+RESULTS_FILE = results_lib.RESULTS_FILE
 SETTINGS_FILE = "evaluation.json"
+LOCK_FILE = "evaluate.lock"
+read_results = results_lib.read_results
 DEFAULT_STRATEGIES = ("rgn", "search", "dino_random", "random")
 
 
@@ -122,11 +133,6 @@ def dino_self_similarity(built: Built, image: np.ndarray) -> np.ndarray:
 # One (image, strategy) pair.
 # ----------------------------------------------------------------------------
 
-def pair_key(index: int, example: manifest_lib.Example, strategy: str) -> str:
-  """The identity of a result line: manifest row, image, prompt, strategy."""
-  return f"{index}|{example.image_path}|{example.prompt}|{strategy}"
-
-
 def source_features(built: Built, source: np.ndarray) -> dict[str, np.ndarray]:
   """What `measure` compares every edit of one photo with (computed once per photo)."""
   return {"clip": clip_embedding(built, source),
@@ -174,7 +180,7 @@ def measure(built: Built, score: settings_lib.ScoreSettings, outcome: inference.
 
 
 # ----------------------------------------------------------------------------
-# The folder: settings, results, resuming.
+# The folder: settings, outputs, one writer, resuming.
 # ----------------------------------------------------------------------------
 
 def _settings(run: run_settings.Run, seed: int, rgn_checkpoint: str | None,
@@ -193,17 +199,35 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: value}
 
 
-def check_folder(out_dir: pathlib.Path, settings: dict) -> None:
-  """The folder can be written and, if it holds an evaluation, it was made with these
-  settings (results of other settings are never mixed in)."""
+def output_paths(out_dir: pathlib.Path, examples: list[manifest_lib.Example],
+                 strategies: Sequence[str]) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
+  """(files, folders) an evaluation writes in `out_dir`."""
+  files = [out_dir / n for n in (RESULTS_FILE, SETTINGS_FILE, LOCK_FILE, "summary.md",
+                                 "summary.csv", "summary.png")]
+  folders = [out_dir / "sheets", out_dir / "edits"] + [out_dir / "edits" / s for s in strategies]
+  for i, ex in enumerate(examples):
+    files.append(out_dir / "sheets" / f"{i:03d}_{pathlib.Path(ex.image_path).stem}.png")
+    for s in strategies:
+      files += inference.output_names(out_dir / "edits" / s, i, ex).values()
+  return files, folders
+
+
+def check_folder(out_dir: pathlib.Path, settings: dict,
+                 examples: list[manifest_lib.Example] | None = None,
+                 strategies: Sequence[str] = ()) -> None:
+  """The folder and every file the evaluation writes there can be written and, if it
+  holds an evaluation, it was made with these settings (results of other settings are
+  never mixed in)."""
   output_files.check_folder(out_dir)
+  files, folders = output_paths(out_dir, examples or [], strategies)
+  for folder in folders:
+    output_files.check_folder(folder)
+  output_files.check_outputs(files, overwrite=True)
   path = out_dir / SETTINGS_FILE
   if not path.is_file():
     return
-  try:
-    before = json.loads(path.read_text())
-  except (OSError, ValueError) as e:
-    raise EvaluationError(f"{path}: unreadable ({e}); move it away to start afresh") from None
+  before = json_files.read_json(path, dict, "the settings of the evaluation in that folder",
+                                "move it away to start afresh")
   old, new = _flat(before), _flat(json.loads(json.dumps(settings)))
   changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
   if changed:
@@ -213,76 +237,143 @@ def check_folder(out_dir: pathlib.Path, settings: dict) -> None:
                           "--out, or the same settings to resume it")
 
 
-def read_results(out_dir: str | pathlib.Path) -> list[dict[str, Any]]:
-  """The result lines of an evaluation folder (none if it has no results yet)."""
-  path = pathlib.Path(out_dir) / RESULTS_FILE
-  if not path.is_file():
-    return []
-  rows = []
-  for number, line in enumerate(path.read_text().splitlines(), 1):
-    if line.strip():
-      try:
-        rows.append(json.loads(line))
-      except ValueError:
-        raise EvaluationError(f"{path}: line {number} is not JSON; the file was edited by "
-                              "hand? Remove that line to resume") from None
-  return rows
+def locked(out_dir: str | pathlib.Path):
+  """The evaluation folder held by this process for the block (`evaluate.lock`); a
+  second run on the folder is refused, naming the holder."""
+  return folder_lock.held(out_dir, LOCK_FILE, doing="evaluated", flag="--out",
+                          error=EvaluationError)
 
 
-def _finite(value: Any) -> Any:
-  """JSON-safe: a NaN or infinite number becomes None."""
-  if isinstance(value, dict):
-    return {k: _finite(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_finite(v) for v in value]
-  if isinstance(value, float) and not np.isfinite(value):
+def _rgn_step(rgn_checkpoint: str | None) -> int | None:
+  """The checkpoint step an RGN strategy loads (the newest when a workdir is given)."""
+  if not rgn_checkpoint:
     return None
-  return value
+  workdir, step = checkpointing.resolve_rgn_checkpoint(rgn_checkpoint)
+  if step is None:
+    steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    step = max(steps, default=None)
+  return step
 
 
-def _write_results(out_dir: pathlib.Path, rows: list[dict[str, Any]]) -> None:
-  """All lines at once, atomically: a kill leaves the old file or the new one."""
-  text = "".join(json.dumps(_finite(r), allow_nan=False) + "\n" for r in rows)
-  output_files.write_text(out_dir / RESULTS_FILE, text, overwrite=True)
+@dataclasses.dataclass
+class Plan:
+  """A checked evaluation, before any model is built: what to do and with what."""
+  run: run_settings.Run
+  method: settings_lib.Method
+  examples: list[manifest_lib.Example]
+  strategies: tuple[str, ...]
+  out_dir: pathlib.Path
+  settings: dict[str, Any]
+  loaded: list[Any]
+  masks: list[np.ndarray | None]
+  wanted: dict[tuple[int, str], dict[str, Any]]   # (index, strategy) -> key, inputs
+  rgn_checkpoint: str | None
+  refine_steps: int
+  seed: int
+
+
+def plan(config, examples: list[manifest_lib.Example], strategies: Sequence[str],
+         out_dir: str | pathlib.Path, *, rgn_checkpoint: str | None = None,
+         refine_steps: int = 0, seed: int = 0) -> Plan:
+  """Checks everything that can be checked before any model is built (the config, the
+  seed, the strategies, the folder and its outputs, the images, the object masks, the
+  checkpoint) and keys every pair by what its result depends on. Writes nothing."""
+  run = run_settings.parse(config)
+  method = run.method
+  seed = seeds.check_seed(seed, "--seed")   # any integer: lr_common.seeds
+  strategies = check_strategies(strategies, rgn_checkpoint, refine_steps)
+  out_dir = pathlib.Path(out_dir)
+  settings = _settings(run, seed, rgn_checkpoint, refine_steps)
+  check_folder(out_dir, settings, examples, strategies)
+  loaded = dataset.load_images(examples)
+  masks = object_masks.load_masks(examples, [im.original.shape[:2] for im in loaded])
+  if rgn_checkpoint:
+    checkpointing.check_compatible(checkpointing.resolve_rgn_checkpoint(rgn_checkpoint)[0],
+                                   run, checkpointing.rgn_keys(run))
+  step = _rgn_step(rgn_checkpoint)
+  settings_id = results_lib.settings_sha1(settings)
+  wanted = {}
+  for i, ex in enumerate(examples):
+    content = (results_lib.array_sha1(loaded[i].original), results_lib.array_sha1(masks[i]))
+    for s in strategies:
+      inputs = results_lib.pair_inputs(ex, *content, s, step)
+      wanted[(i, s)] = {"key": results_lib.pair_key(i, s, inputs, settings_id),
+                        "inputs": inputs}
+  return Plan(run, method, examples, strategies, out_dir, settings, loaded, masks, wanted,
+              rgn_checkpoint, refine_steps, seed)
 
 
 def evaluate(config, examples: list[manifest_lib.Example],
              strategies: Sequence[str] = DEFAULT_STRATEGIES, out_dir: str | pathlib.Path = "",
              *, rgn_checkpoint: str | None = None, refine_steps: int = 0, seed: int = 0,
              built: Built | None = None, progress: bool = True) -> list[dict[str, Any]]:
-  """Edits every example with every strategy, measures each edit, appends the lines to
-  `out_dir/results.jsonl` (skipping pairs already there); returns all current lines.
+  """Edits every example with every strategy, measures each edit, adds the lines to
+  `out_dir/results.jsonl` (skipping pairs already there with the same inputs and
+  settings); returns the lines of this manifest and these strategies, in file order.
 
-  Everything that can be checked is checked before any model is built: the config,
-  the strategies, the folder, the images and the object masks.
+  Everything that can be checked is checked before any model is built (`plan`); the
+  folder is held by this run meanwhile (`locked`).
   """
-  run = run_settings.parse(config)
-  method = run.method
-  strategies = check_strategies(strategies, rgn_checkpoint, refine_steps)
-  out_dir = pathlib.Path(out_dir)
-  settings = _settings(run, seed, rgn_checkpoint, refine_steps)
-  check_folder(out_dir, settings)
-  loaded = dataset.load_images(examples)
-  masks = object_masks.load_masks(examples, [im.original.shape[:2] for im in loaded])
-  if rgn_checkpoint:
-    checkpointing.check_compatible(checkpointing.resolve_rgn_checkpoint(rgn_checkpoint)[0],
-                                   run, checkpointing.rgn_keys(run))
-  rows = read_results(out_dir)
-  done = {r["key"] for r in rows}
-  todo = [(i, s) for i in range(len(examples)) for s in strategies
-          if pair_key(i, examples[i], s) not in done]
-  current = {pair_key(i, ex, s) for i, ex in enumerate(examples) for s in strategies}
-  if not todo:
-    return [r for r in rows if r["key"] in current]
-  out_dir.mkdir(parents=True, exist_ok=True)
+  checked = plan(config, examples, strategies, out_dir, rgn_checkpoint=rgn_checkpoint,
+                 refine_steps=refine_steps, seed=seed)
+  checked.out_dir.mkdir(parents=True, exist_ok=True)
+  with locked(checked.out_dir):
+    return run(checked, built, progress)[0]
+
+
+def evaluate_and_report(config, examples: list[manifest_lib.Example],
+                        strategies: Sequence[str], out_dir: str | pathlib.Path, *,
+                        rgn_checkpoint: str | None = None, refine_steps: int = 0,
+                        seed: int = 0, built: Built | None = None, progress: bool = True
+                        ) -> tuple[list[dict[str, Any]], dict[str, pathlib.Path]]:
+  """`evaluate`, then the report of its lines (`lr_jax.evaluation.report`: summary
+  files, and the sheets of the images with new results), the folder held throughout;
+  returns the lines and the summary files."""
+  from lr_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+  checked = plan(config, examples, strategies, out_dir, rgn_checkpoint=rgn_checkpoint,
+                 refine_steps=refine_steps, seed=seed)
+  checked.out_dir.mkdir(parents=True, exist_ok=True)
+  with locked(checked.out_dir):
+    rows, new = run(checked, built, progress)
+    files = report.write_report(checked.out_dir, rows, checked.strategies,
+                                {i for i, _ in new})
+  return rows, files
+
+
+def run(p: Plan, built: Built | None = None, progress: bool = True
+        ) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+  """Runs a checked plan in its folder (held by the caller: `locked`); returns the lines
+  of the plan's pairs (file order) and the pairs done now."""
+  check_folder(p.out_dir, p.settings)   # again: another run may have started the folder
+  settings_id = results_lib.settings_sha1(p.settings)
+  kept, todo, redo = results_lib.split(read_results(p.out_dir), p.wanted, settings_id)
+  for (i, s), why in redo.items():
+    logging.warning("%s: %s (row %d), strategy %s is redone: %s.", RESULTS_FILE,
+                    pathlib.Path(p.examples[i].image_path).name, i, s, why)
+  current = {w["key"]: pair for pair, w in p.wanted.items()}
+  rows = kept
+  for row in rows:   # a moved image (same content) keeps its result: name where it is now
+    if row["key"] in current:
+      row["image"] = str(p.examples[current[row["key"]][0]].image_path)
+  if todo:
+    _edit_and_measure(p, rows, todo, built, progress)
+  return [r for r in rows if r["key"] in current], todo
+
+
+def _edit_and_measure(p: Plan, rows: list[dict[str, Any]], todo: list[tuple[int, str]],
+                      built: Built | None, progress: bool) -> None:
+  """Edits and measures the pairs `todo`, adding each line to `rows` and rewriting the
+  results file after each."""
+  examples, loaded, out_dir = p.examples, p.loaded, p.out_dir
   if not (out_dir / SETTINGS_FILE).is_file():
-    output_files.write_text(out_dir / SETTINGS_FILE, json.dumps(settings, indent=2))
-  built = build_models(run) if built is None else built
-  if rgn_checkpoint:
-    trained = checkpointing.load_rgn_params(rgn_checkpoint, built.models, run)
+    output_files.write_text(out_dir / SETTINGS_FILE, json.dumps(p.settings, indent=2))
+  settings_id = results_lib.settings_sha1(p.settings)
+  built = build_models(p.run) if built is None else built
+  if p.rgn_checkpoint:
+    trained = checkpointing.load_rgn_params(p.rgn_checkpoint, built.models, p.run)
   else:
-    trained = step_lib.init_train_state(built.models, method,
-                                        jax.random.PRNGKey(run.seed)).params
+    trained = step_lib.init_train_state(built.models, p.method,
+                                        seeds.prng_key(p.run.seed)).params
   compiled = set()
   bar = tqdm.tqdm(total=len({i for i, _ in todo}), desc="evaluate", unit="image",
                   disable=not progress)
@@ -291,22 +382,23 @@ def evaluate(config, examples: list[manifest_lib.Example],
     for strategy in [s for j, s in todo if j == i]:
       start = time.perf_counter()
       outcome = inference.edit_examples(
-          built, trained, [examples[i]], run, seed=seed,
+          built, trained, [examples[i]], p.run, seed=p.seed,
           out_dir=out_dir / "edits" / strategy, progress=False, overwrite=True,
           loaded=[loaded[i]], strategy=strategy, start_index=i,
-          refine_steps=refine_steps if strategy == "refine" else 0,
-          checkpoint=rgn_checkpoint if strategy in ("rgn", "refine") else None)[0]
+          refine_steps=p.refine_steps if strategy == "refine" else 0,
+          checkpoint=p.rgn_checkpoint if strategy in ("rgn", "refine") else None)[0]
       seconds = time.perf_counter() - start
+      wanted = p.wanted[(i, strategy)]
       rows.append({
-          "key": pair_key(i, examples[i], strategy), "index": i,
+          "key": wanted["key"], "index": i, "inputs": wanted["inputs"],
+          "settings_sha1": settings_id,
           "image": str(examples[i].image_path), "prompt": examples[i].prompt,
           "source_prompt": outcome.record["source_prompt"],
           "conditioning": outcome.record["conditioning"], "strategy": strategy,
-          "seed": seed, "seconds": seconds, "includes_compile": strategy not in compiled,
+          "seed": p.seed, "seconds": seconds, "includes_compile": strategy not in compiled,
           "files": outcome.files,
-          **measure(built, method.score, outcome, loaded[i].original, masks[i], features)})
+          **measure(built, p.method.score, outcome, loaded[i].original, p.masks[i], features)})
       compiled.add(strategy)
-      _write_results(out_dir, rows)
+      results_lib.write_results(out_dir, rows)
     bar.update(1)
   bar.close()
-  return [r for r in rows if r["key"] in current]

@@ -30,6 +30,7 @@ from lr_common.errors import UserError
 from lr_common import image_files as images
 from lr_jax.files import pie_bench
 
+IMAGENET_CLASSES = 1000   # lr_jax.encoders.imagenet.NUM_CLASSES (checked by the tests)
 REQUIRED_KEYS = ("image", "prompt")
 OPTIONAL_KEYS = ("source_prompt", "class_id", "mask")
 ALLOWED_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS
@@ -77,8 +78,9 @@ def _parse_class_id(value: Any) -> int | None:
     value = int(number)
   if not isinstance(value, int):
     raise ValueError(f"class_id must be an integer, got {value!r}")
-  if value < 0:
-    raise ValueError(f"class_id must be >= 0, got {value}")
+  if not 0 <= value < IMAGENET_CLASSES:
+    raise ValueError(f"class_id must be an ImageNet class in 0..{IMAGENET_CLASSES - 1}, "
+                     f"got {value}")
   return value
 
 

@@ -9,8 +9,8 @@ from typing import Any, Iterable
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
-  """Reads a JSON-lines metrics file (one object per line); lines that do not parse
-  (e.g. half a line written by a killed run) are skipped with a warning."""
+  """Reads a JSON-lines metrics file (one object per line, with its integer "step");
+  other lines (e.g. half a line written by a killed run) are skipped with a warning."""
   path = pathlib.Path(path)
   records = []
   for line_no, line in enumerate(path.read_text().splitlines(), start=1):
@@ -21,8 +21,12 @@ def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
     except json.JSONDecodeError:
       logging.warning("Skipping unreadable line %d of %s: %r", line_no, path, line[:80])
       continue
-    if isinstance(record, dict):
-      records.append(record)
+    step = record.get("step") if isinstance(record, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int):   # JSON, but not a step's line
+      logging.warning("Skipping line %d of %s: not a step's metrics: %r", line_no, path,
+                      line[:80])
+      continue
+    records.append(record)
   return records
 
 
@@ -31,7 +35,7 @@ def read_upto(path: pathlib.Path, step: int) -> list[dict[str, Any]]:
   steps whose checkpoint was never written)."""
   if not path.exists():
     return []
-  return [r for r in read_metrics(path) if r.get("step", step + 1) <= step]
+  return [r for r in read_metrics(path) if r["step"] <= step]
 
 
 def write_atomically(path: pathlib.Path, text: str) -> None:

@@ -45,11 +45,10 @@ def entries(data: dict[str, Any], base: pathlib.Path
     location = f"entry {key!r}"
     problems = [f"missing {k!r}" for k in ("image_path", "editing_prompt", "mask")
                 if k not in entry]
-    rle = entry.get("mask")
-    if "mask" in entry and not (isinstance(rle, list) and len(rle) % 2 == 0 and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in rle)):
-      problems.append("mask must be an even-length list of non-negative integers "
-                      "(start, length pairs)")
+    if "mask" in entry:
+      problem = rle_problem(entry["mask"])
+      if problem:
+        problems.append(problem)
     if "editing_prompt" in entry and not _text(entry["editing_prompt"]):
       problems.append("editing_prompt is empty")
     if problems:
@@ -58,16 +57,32 @@ def entries(data: dict[str, Any], base: pathlib.Path
     source = _text(entry.get("original_prompt", "")) or None
     out.append((location, {"image_path": _image_path(str(entry["image_path"]), base),
                            "prompt": _text(entry["editing_prompt"]),
-                           "source_prompt": source, "mask_rle": tuple(rle)}))
+                           "source_prompt": source, "mask_rle": tuple(entry["mask"])}))
   return out
+
+
+def rle_problem(rle: Any, shape: tuple[int, int] = MASK_SHAPE) -> str | None:
+  """What is wrong with a run-length mask (None: nothing). Runs are (start, length)
+  pairs of integers; a start must lie in the image (a run may end past it: it is cut)."""
+  pixels = shape[0] * shape[1]
+  if not (isinstance(rle, list) and len(rle) % 2 == 0 and all(
+      isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in rle)):
+    return "mask must be an even-length list of non-negative integers (start, length pairs)"
+  outside = [(pair, start) for pair, start in enumerate(rle[::2]) if start >= pixels]
+  if outside:
+    pair, start = outside[0]
+    return (f"mask run {pair} starts at pixel {start}, outside the {shape[1]}x{shape[0]} "
+            f"image (starts must be < {pixels})")
+  return None
 
 
 def decode_rle(rle: tuple[int, ...] | list[int],
                shape: tuple[int, int] = MASK_SHAPE) -> np.ndarray:
   """(H, W) bool mask from (start, length) pairs over the row-major flattened image
-  (runs past the end are cut)."""
-  flat = np.zeros(shape[0] * shape[1], bool)
-  pairs = np.asarray(rle, np.int64).reshape(-1, 2)
-  for start, length in pairs:
-    flat[start:start + length] = True
+  (runs past the end are cut; Python integers of any size)."""
+  size = shape[0] * shape[1]
+  flat = np.zeros(size, bool)
+  for start, length in zip(rle[::2], rle[1::2]):
+    start = min(int(start), size)
+    flat[start:min(start + int(length), size)] = True
   return flat.reshape(shape)

@@ -18,6 +18,8 @@ import dataclasses
 import math
 from typing import Any, ClassVar, Iterator
 
+import numpy as np
+
 from lr_common.errors import SettingsError  # pylint: disable=unused-import (re-exported)
 from lr_jax.method import losses
 from lr_jax.method import rgn as rgn_lib
@@ -34,19 +36,59 @@ def _fail(section: str, name: str, value: Any, need: str) -> None:
   raise SettingsError(f"config {section}.{name} must be {need}, got {value!r}")
 
 
-def _int(section: str, name: str, value: Any, low: int) -> None:
+# JAX computes in int32 and float32 (x64 is off): integers of the config must fit int32,
+# and numbers that enter the jitted steps must be numbers float32 can hold.
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)   # the smallest normal float32
+# Settings that size arrays: larger values only exhaust memory (or overflow the shape).
+MAX_ROI_SIZE = 64          # a 64 x 64 pool per box is finer than any DINO patch grid here
+MAX_SAMPLING_RATIO = 64    # samples per pooled cell and axis
+MAX_VIEWS = 256            # random crops per edit
+MAX_FEATURES = 65536       # RGN layer widths
+
+
+def _int(section: str, name: str, value: Any, low: int, high: int = INT32_MAX,
+         why: str = "JAX's int32") -> None:
   if isinstance(value, bool) or not isinstance(value, int) or value < low:
     _fail(section, name, value, f"an integer >= {low}")
+  if value > high:
+    _fail(section, name, value, f"at most {high} ({why})")
 
 
 def _finite(section: str, name: str, value: Any, low: float | None = None,
-            strict: bool = False) -> None:
+            strict: bool = False, float32: bool = True) -> None:
+  """A finite number (above `low`); with `float32` (a setting the jitted steps compute
+  with) also one that float32 holds: at most FLOAT32_MAX in size, and 0 or at least
+  FLOAT32_TINY."""
   ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
   if ok and low is not None:
     ok = value > low if strict else value >= low
   if not ok:
     bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
     _fail(section, name, value, f"a finite number{bound}")
+  if float32 and (abs(value) > FLOAT32_MAX or 0 < abs(value) < FLOAT32_TINY):
+    _fail(section, name, value, f"a number float32 holds (0, or between {FLOAT32_TINY:.2g} "
+          f"and {FLOAT32_MAX:.2g} in size)")
+
+
+def check_integers(config, skip: tuple[str, ...] = ("seed",)) -> None:
+  """Every integer of the config (editor sections included) fits JAX's int32, except
+  the keys in `skip` (a seed may be any integer: `lr_common.seeds`)."""
+  def walk(value: Any, key: str) -> None:
+    if key in skip:
+      return
+    if hasattr(value, "items"):
+      for k, v in value.items():
+        walk(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+      for v in value:
+        walk(v, key)
+    elif isinstance(value, int) and not isinstance(value, bool) and not (
+        -INT32_MAX - 1 <= value <= INT32_MAX):
+      raise SettingsError(f"config {key} must be an integer in [{-INT32_MAX - 1}, "
+                          f"{INT32_MAX}] (JAX's int32), got {value!r}")
+  walk(config, "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +114,8 @@ class RegionSettings:
       _fail(s, "canvas", self.canvas, f"one of {', '.join(CANVASES)}")
     if self.window not in WINDOW_MODES:
       _fail(s, "window", self.window, f"one of {', '.join(WINDOW_MODES)}")
-    _finite(s, "window_scale", self.window_scale, 1.0)
+    # Host side, float64; any size works (the window stops at the photo's edges).
+    _finite(s, "window_scale", self.window_scale, 1.0, float32=False)
     _int(s, "num_anchors", self.num_anchors, 1)
     sizes = self.sizes
     if (not isinstance(sizes, tuple) or not sizes
@@ -80,8 +123,9 @@ class RegionSettings:
       _fail(s, "sizes", sizes, "a non-empty tuple of positive integers (box sides in tokens)")
     if len(set(sizes)) != len(sizes):
       _fail(s, "sizes", sizes, "free of repeats (each proposal a different size)")
-    _int(s, "roi_size", self.roi_size, 1)
-    _int(s, "sampling_ratio", self.sampling_ratio, 0)   # 0: adaptive, as torchvision
+    _int(s, "roi_size", self.roi_size, 1, MAX_ROI_SIZE, "it sizes the pool of every box")
+    _int(s, "sampling_ratio", self.sampling_ratio, 0,   # 0: adaptive, as torchvision
+         MAX_SAMPLING_RATIO, "it sizes the samples of every pooled cell")
 
   @property
   def num_boxes(self) -> int:
@@ -108,9 +152,11 @@ class RGNSettings:
 
   def __post_init__(self):
     if (not isinstance(self.conv_features, tuple) or not self.conv_features or any(
-        isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.conv_features)):
-      _fail(self.SECTION, "conv_features", self.conv_features, "a tuple of positive integers")
-    _int(self.SECTION, "dense_features", self.dense_features, 1)
+        isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_FEATURES
+        for v in self.conv_features)):
+      _fail(self.SECTION, "conv_features", self.conv_features,
+            f"a tuple of integers in [1, {MAX_FEATURES}] (layer widths)")
+    _int(self.SECTION, "dense_features", self.dense_features, 1, MAX_FEATURES, "a layer width")
 
   def module(self) -> rgn_lib.RegionGenerationNetwork:
     return rgn_lib.RegionGenerationNetwork(conv_features=self.conv_features,
@@ -144,7 +190,7 @@ class LossSettings:
                           f"got {names}")
     for name, weight in self.weights:
       _finite(self.SECTION, name, weight, 0.0)
-    _int(self.SECTION, "num_views", self.num_views, 0)
+    _int(self.SECTION, "num_views", self.num_views, 0, MAX_VIEWS, "crops per edit, all in memory")
 
   @classmethod
   def from_section(cls, section: dict[str, Any]) -> "LossSettings":
@@ -172,6 +218,10 @@ class ScoreSettings:
   def __post_init__(self):
     _finite(self.SECTION, "alpha", self.alpha)
     _finite(self.SECTION, "beta", self.beta)
+    if abs(self.alpha) + abs(self.beta) > FLOAT32_MAX:   # |S_t2i|, |S_i2i| <= 1
+      raise SettingsError(f"config score.alpha and score.beta must keep S = alpha S_t2i + beta "
+                          f"S_i2i finite in float32: |alpha| + |beta| <= {FLOAT32_MAX:.2g}, got "
+                          f"{self.alpha!r} and {self.beta!r}")
     _int(self.SECTION, "top_t2i", self.top_t2i, 0)
 
 
@@ -189,8 +239,8 @@ class OptimSettings:
     for name in ("b1", "b2"):
       value = getattr(self, name)
       _finite(self.SECTION, name, value, 0.0)
-      if value >= 1:
-        _fail(self.SECTION, name, value, "in [0, 1)")
+      if value >= 1 or np.float32(value) >= 1:   # 0.999999999 is 1.0 in float32
+        _fail(self.SECTION, name, value, "in [0, 1) (also in float32: at most 0.99999994)")
     _finite(self.SECTION, "eps", self.eps, 0.0, strict=True)
 
 

@@ -52,7 +52,10 @@ def window_around(box_px: Sequence[int], original_hw: Sequence[int], scale: floa
   where the photo is smaller. It always holds the box."""
   top, left, height, width = (int(v) for v in box_px)
   photo_h, photo_w = (int(v) for v in original_hw[:2])
-  side = max(math.ceil(scale * max(height, width)), int(min_side), height, width)
+  # Any finite scale: a side past the photo's is cut to the photo below anyway, so it is
+  # capped before rounding (scale x side may be a float too large for an int).
+  wanted = min(float(scale) * max(height, width), float(max(photo_h, photo_w, height, width)))
+  side = max(math.ceil(wanted), int(min_side), height, width)
 
   def place(start, length, limit):
     extent = min(side, limit)
