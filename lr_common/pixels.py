@@ -181,8 +181,21 @@ def _full_copy(original: np.ndarray, dtype: np.dtype) -> np.ndarray:
   return out
 
 
+def limit_weights(count: int, start: int, stop: int, margin: int) -> np.ndarray:
+  """(count,) float32 weights of a feather limit along one axis: 1 on [start, stop) and up
+  to margin // 2 pixels past it, then a linear ramp that reaches 0 at `margin` pixels
+  past it (and stays 0 beyond)."""
+  index = np.arange(count)
+  past = np.maximum(np.maximum(start - index, index - (stop - 1)), 0)
+  half = margin // 2
+  ramp = (margin - past) / max(margin - half, 1)
+  return np.where(past <= half, 1.0, np.clip(ramp, 0.0, 1.0)).astype(np.float32)
+
+
 def composite_to_original(original: np.ndarray, edited_small: np.ndarray,
-                          mask_small: np.ndarray, dtype=None) -> np.ndarray:
+                          mask_small: np.ndarray, dtype=None,
+                          limit: tuple[tuple[int, int, int, int], tuple[int, int]] | None = None
+                          ) -> np.ndarray:
   """Blends a model-size edit into the full-resolution original.
 
   The edit (s_h, s_w, 3) is upsampled to (H, W) bicubically and the (feathered)
@@ -198,6 +211,11 @@ def composite_to_original(original: np.ndarray, edited_small: np.ndarray,
   result: to `to_uint8(original)`). Only the mask's bounding window
   (`composite_window`) is computed, a strip of rows at a time, so small edits on
   large photos are cheap and no float copy of the frame is made.
+
+  `limit` = ((top, left, height, width), (margin_rows, margin_cols)) in original pixels
+  bounds the feather: the upsampled mask is multiplied by `limit_weights` along each axis,
+  so no pixel `margin` or more rows (columns) past the box changes, and where the mask is
+  already 0 wherever a weight is below 1 the result is the same as without a limit.
   """
   original = _check_image("original", original)
   out_dtype = original.dtype if dtype is None else np.dtype(dtype)
@@ -222,6 +240,14 @@ def composite_to_original(original: np.ndarray, edited_small: np.ndarray,
   if window is None:
     return result
   top, bottom, left, right = window
+  if limit is not None:
+    (box_t, box_l, box_h, box_w), (margin_r, margin_c) = limit
+    top, bottom = max(top, box_t - margin_r), min(bottom, box_t + box_h + margin_r)
+    left, right = max(left, box_l - margin_c), min(right, box_l + box_w + margin_c)
+    if top >= bottom or left >= right:
+      return result
+    row_weights = limit_weights(height, box_t, box_t + box_h, margin_r)[top:bottom, None]
+    col_weights = limit_weights(width, box_l, box_l + box_w, margin_c)[None, left:right]
   # Source window in input coordinates that yields exactly the output window.
   box = (left * small_w / width, top * small_h / height,
          right * small_w / width, bottom * small_h / height)
@@ -233,6 +259,8 @@ def composite_to_original(original: np.ndarray, edited_small: np.ndarray,
     for r0, r1 in strips(bottom - top):
       rows = slice(top + r0, top + r1)
       m = np.clip(_image_rows(mask, r0, r1), 0.0, 1.0)
+      if limit is not None:
+        m *= row_weights[r0:r1] * col_weights
       e = np.clip(_image_rows(edit, r0, r1), 0.0, 1.0)
       region = to_float(original[rows, left:right, c])
       # edit * m + region * (1 - m), written as region + m * (edit - region): where

@@ -3,10 +3,13 @@ r"""Edits images with a text prompt, no mask needed.
   python -m lr_jax.edit --config configs/maskgit_imagenet256.py \
       --image cat.png --prompt "a lion" --out results/
 
-`--image` takes a file or a folder; `--manifest` a JSON/CSV list of (image, prompt);
-`--rgn_checkpoint` a training workdir (else the RGN is untrained: use
-`--refine_steps N` to fit it to each image first, the paper's per-image mode, or
-`--strategy search` to edit and score every proposal).
+`--image` takes a file or a folder; `--manifest` a JSON/CSV list of (image, prompt).
+How the regions are chosen (the first line printed says which, and why):
+`--strategy search` (the default without a trained RGN) edits and scores every
+proposal; `--rgn_checkpoint DIR` uses a trained RGN; `--refine_steps N` fits the RGN to
+each image first (the paper's per-image mode); `--box top,left,height,width` (repeat
+for several; photo pixels, or `--box_unit tokens`) edits your own boxes, no region
+selection. Files are named <index>_<image>_<prompt>_<strategy>_seed<seed>_*.
 """
 from absl import app
 from absl import flags
@@ -39,7 +42,14 @@ _STRATEGY = flags.DEFINE_string(
     "strategy", None, "How the regions are chosen: rgn (the trained RGN, --rgn_checkpoint), "
     "refine (the RGN fitted to each image, --refine_steps), search (every proposal edited and "
     "scored: K x M edits, no training), random / dino_random (the paper's baselines). "
-    "Default: refine with --refine_steps, else rgn.")
+    "Default: box with --box, refine with --refine_steps, rgn with --rgn_checkpoint, "
+    "else search.")
+_BOX = flags.DEFINE_multi_string(
+    "box", None, "Your own box top,left,height,width (repeat for several: each is a "
+    "candidate, scored, the best kept); skips region selection (no DINO, no RGN).")
+_BOX_UNIT = flags.DEFINE_enum("box_unit", "pixels", ["pixels", "tokens"],
+                              "Unit of --box: the photo's pixels, or cells of the box grid on "
+                              "the editor's canvas (a record's boxes_tlhw_tokens).")
 
 
 def _examples() -> list[manifest_lib.Example]:
@@ -57,10 +67,17 @@ def main(argv):
     if _REFINE.value is not None and _REFINE.value < 0:
       raise errors.UsageError(f"--refine_steps must be >= 0, got {_REFINE.value}")
     from lr_jax import inference  # pylint: disable=g-import-not-at-top
+    from lr_jax import user_boxes  # pylint: disable=g-import-not-at-top
+    boxes = [user_boxes.parse(b) for b in _BOX.value] if _BOX.value else None
+    refine_steps = config.infer.refine_steps if _REFINE.value is None else _REFINE.value
+    strategy, reason = inference.choose_strategy(   # fails before anything loads
+        _STRATEGY.value, _CKPT.value, refine_steps, boxes is not None)
+    examples = _examples()
+    print(f"strategy: {strategy} ({reason})", flush=True)
     outcomes = inference.run_edit(
-        config, _examples(), out_dir=_OUT.value, rgn_checkpoint=_CKPT.value,
-        refine_steps=config.infer.refine_steps if _REFINE.value is None else _REFINE.value,
-        seed=_SEED.value, overwrite=_OVERWRITE.value, strategy=_STRATEGY.value)
+        config, examples, out_dir=_OUT.value, rgn_checkpoint=_CKPT.value,
+        refine_steps=refine_steps, seed=_SEED.value, overwrite=_OVERWRITE.value,
+        strategy=_STRATEGY.value, boxes=boxes, box_unit=_BOX_UNIT.value)
   for o in outcomes:
     best = o.record["best_candidate"]
     print(f"{o.example.image_path}: {o.record['conditioning']}, best candidate {best}, "

@@ -143,11 +143,31 @@ def original_box_to_tokens(box_px: Sequence[int], lay: Layout) -> tuple[int, int
   return r0, c0, rh, cw
 
 
+# The feather of an edit reaches at most this fraction of the edited (grown) box's side
+# past that box, in the written photo's pixels (README: "What changes outside the box").
+FEATHER_LIMIT = 0.25
+
+
+def feather_limit(box_tokens: Sequence[int], lay: Layout
+                  ) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+  """(box, margins) in original pixels for `pixels.composite_to_original`'s `limit`: the
+  token box (the grown box the editor regenerated) and FEATHER_LIMIT of its height and
+  width (at least one pixel)."""
+  box = tuple(boxes_to_original(np.asarray(box_tokens), lay))
+  margins = tuple(max(1, math.ceil(FEATHER_LIMIT * side)) for side in box[2:])
+  return box, margins
+
+
 def composite(original: np.ndarray, edited_canvas: np.ndarray, mask_canvas: np.ndarray,
-              lay: Layout, dtype=None) -> np.ndarray:
+              lay: Layout, dtype=None, box_tokens: Sequence[int] | None = None) -> np.ndarray:
   """`pixels.composite_to_original` of the photo's part of a canvas-size edit: the
-  padding is cut away first, so it never reaches the result."""
+  padding is cut away first, so it never reaches the result. With `box_tokens` (the
+  grown box the editor regenerated, tokens of this canvas) the feather is bounded in
+  original pixels (`feather_limit`): nothing FEATHER_LIMIT x the box side or further past
+  it changes, however much the canvas is scaled up."""
   top, left, h, w = lay.image_tlhw
   rows, cols = slice(top, top + h), slice(left, left + w)
+  limit = None if box_tokens is None else feather_limit(box_tokens, lay)
   return pixels_lib.composite_to_original(original, np.asarray(edited_canvas)[rows, cols],
-                                          np.asarray(mask_canvas)[rows, cols], dtype=dtype)
+                                          np.asarray(mask_canvas)[rows, cols], dtype=dtype,
+                                          limit=limit)

@@ -100,11 +100,13 @@ def window_canvas(original: np.ndarray, window: Plan) -> np.ndarray:
 
 
 def paste(original: np.ndarray, window: Plan, edited_canvas: np.ndarray,
-          mask_canvas: np.ndarray) -> np.ndarray:
-  """The original (as uint8) with the window's edit composited into its place."""
+          mask_canvas: np.ndarray, box_tokens=None) -> np.ndarray:
+  """The original (as uint8) with the window's edit composited into its place (the
+  feather bounded around `box_tokens`, the box regenerated in the window's tokens:
+  `canvas.composite`)."""
   top, left, h, w = window.window_tlhw
   result = np.array(pixels_lib.to_uint8(original))   # a copy, also of uint8 input
   result[top:top + h, left:left + w] = canvas_lib.composite(
       original[top:top + h, left:left + w], edited_canvas, mask_canvas, window.layout,
-      dtype=np.uint8)
+      dtype=np.uint8, box_tokens=box_tokens)
   return result

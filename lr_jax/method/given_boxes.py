@@ -1,0 +1,48 @@
+"""The "box" strategy: boxes the user gives, edited and scored without region selection.
+
+No DINO and no RGN: the boxes (B, N, 4) on the box grid are edited in one editor call,
+scored by CLIP like any candidates (`step.infer`), and the best is kept. The result is a
+`step.Inference` whose region fields are placeholders (zero attention, each box its own
+proposal, its anchor the cell at its centre), so records and sheets read it as any other.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from lr_jax.method import scoring
+from lr_jax.method import step as step_lib
+from lr_jax.method.bundle import Models
+from lr_jax.method.settings import Method
+
+
+def infer_boxes(frozen: Any, batch: dict[str, Any], boxes: jax.Array, rng: jax.Array, *,
+                models: Models, method: Method) -> step_lib.Inference:
+  """Edits, scores and picks among the given boxes (B, N, 4) (tokens, float)."""
+  images = batch["images"]
+  b, n = boxes.shape[:2]
+  boxes = boxes.astype(jnp.float32)
+  out = step_lib.edit_boxes(models, frozen, images, boxes, batch["cond"], rng)
+  both = jnp.concatenate([images[:, None], out.images], axis=1)          # one CLIP call
+  all_emb, _ = step_lib.clip_images(models, frozen, both)
+  s = method.score
+  scores = jax.vmap(functools.partial(scoring.quality_score, alpha=s.alpha, beta=s.beta))(
+      all_emb[:, 1:], all_emb[:, 0], batch["text_embed"])
+  best = jax.vmap(lambda q: scoring.pick_best(q, top_t2i=s.top_t2i or None))(scores)
+  grid = models.editor.box_grid
+  anchors = jnp.floor(boxes[..., :2] + boxes[..., 2:] / 2).astype(jnp.int32)
+  anchors = jnp.clip(anchors, 0, grid - 1)
+  regions = step_lib.Regions(jnp.zeros((b, grid, grid), jnp.float32), anchors,
+                             boxes[:, :, None], jnp.zeros((b, n, 1, 1, 1, 1), jnp.float32))
+  return step_lib.Inference(regions, step_lib.Candidates(anchors, boxes[:, :, None]),
+                            jnp.zeros((b, n, 1), jnp.float32), jnp.zeros((b, n), jnp.int32),
+                            boxes, out, scores, best)
+
+
+@functools.lru_cache(maxsize=16)
+def make_infer_boxes(models: Models, method: Method):
+  """`infer_boxes` jitted for these models and settings (one compile per box count)."""
+  return jax.jit(functools.partial(infer_boxes, models=models, method=method))
