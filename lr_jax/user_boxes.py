@@ -22,6 +22,15 @@ class BoxError(UserError, ValueError):
   """A box that is not four numbers, is empty, or lies outside the photo."""
 
 
+def _where(name: str, box) -> str:
+  """How the user wrote the box: `--box 1,2,3,4` or `box=(1, 2, 3, 4)`."""
+  if isinstance(box, str):
+    return f"{name}{box!r}" if name.endswith("=") else f"{name} {box!r}"
+  text = (", " if name.endswith("=") else ",").join(
+      f"{v:g}" if isinstance(v, (int, float)) else repr(v) for v in box)
+  return f"{name}({text})" if name.endswith("=") else f"{name} {text}"
+
+
 def parse(spec: str, name: str = "--box") -> tuple[float, float, float, float]:
   """'top,left,height,width' -> four finite numbers."""
   parts = [p for p in str(spec).replace(" ", "").split(",") if p]
@@ -30,7 +39,7 @@ def parse(spec: str, name: str = "--box") -> tuple[float, float, float, float]:
   except ValueError:
     values = []
   if len(values) != 4 or not all(math.isfinite(v) for v in values):
-    raise BoxError(f"{name} {spec!r} must be four numbers: top,left,height,width")
+    raise BoxError(f"{_where(name, spec)} must be four numbers: top,left,height,width")
   return tuple(values)
 
 
@@ -53,7 +62,7 @@ def normalize(boxes, name: str = "box") -> list[tuple[float, float, float, float
     if (values is None or len(values) != 4
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(v) for v in values)):
-      raise BoxError(f"{name} {item!r} must be four numbers: top, left, height, width")
+      raise BoxError(f"{_where(name, item)} must be four numbers: top, left, height, width")
     out.append(tuple(float(v) for v in values))
   return out
 
@@ -68,7 +77,7 @@ def to_tokens(boxes: Sequence[Sequence[float]], unit: str, lay: canvas_lib.Layou
   out = []
   for box in boxes:
     top, left, h, w = box
-    where = f"{name} {','.join(f'{v:g}' for v in box)}"
+    where = _where(name, box)
     if h <= 0 or w <= 0:
       raise BoxError(f"{where} is empty (height and width must be > 0)")
     if unit == "pixels":

@@ -63,7 +63,8 @@ def test_edit_notebook_has_form_fields():
   for field in ("PROMPT", "REFINE_STEPS", "SEED"):
     assert any(line.startswith(f"{field} =") and "#@param" in line
                for line in source.splitlines()), field
-  assert "jax.devices()" in source and "inference.run_edit" in source
+  assert "jax.devices()" in source and "api.load(" in source and "editor.edit(" in source
+  assert "inference.run_edit" not in source   # the edit notebook uses the Python API
   assert "nb.upload_image" in source and "nb.download_weights" in source
 
 
@@ -114,8 +115,9 @@ def _text(nb) -> str:
 def test_edit_notebook_runs_tiny(executed):
   nb, folder = executed["edit"]
   sheets = sorted((folder / "edits").glob("*_sheet.png"))
-  assert [p.name for p in sheets] == ["000_chelsea_a_lion_sheet.png",
-                                      "001_chelsea_cat_face_sheet.png"]
+  # Names carry the strategy (search without a trained RGN) and the seed.
+  assert [p.name for p in sheets] == ["000_chelsea_a_lion_search_seed0_sheet.png",
+                                      "000_chelsea_cat_face_search_seed0_sheet.png"]
   custom = sorted((folder / "edits_custom").glob("*_edited.png"))
   assert len(custom) == 1
   with Image.open(custom[0]) as edited, Image.open(folder / "samples" / "chelsea.png") as cat:

@@ -256,15 +256,27 @@ def test_missing_weights_offline_name_the_files(tmp_path, monkeypatch):
 
 
 def test_strategy_resolution():
-  assert inference.resolve_strategy(None, None, 0) == "rgn"
+  # Without a trained RGN or refinement the default is search, and the reason says so.
+  strategy, reason = inference.choose_strategy(None, None, 0)
+  assert strategy == "search" and "no rgn_checkpoint or refine_steps" in reason
+  assert inference.resolve_strategy(None, "wd", 0) == "rgn"
   assert inference.resolve_strategy(None, "wd", 3) == "refine"
+  assert inference.choose_strategy(None, None, 0, boxes=True)[0] == "box"
+  with pytest.raises(inference.StrategyError,
+                     match="--strategy rgn needs a trained RGN: pass --rgn_checkpoint DIR.*"
+                           "or use --strategy search"):
+    inference.resolve_strategy("rgn", None, 0)
+  with pytest.raises(inference.StrategyError, match=r"strategy='rgn' needs.*rgn_checkpoint="):
+    inference.choose_strategy("rgn", None, 0, python=True)
   assert inference.resolve_strategy("search", None, 0) == "search"
-  for args, needle in [(("bogus", None, 0), "one of rgn, refine, search, random, dino_random"),
-                       (("refine", None, 0), "needs --refine_steps"),
-                       (("search", None, 2), "--refine_steps is for --strategy=refine"),
+  for args, needle in [(("bogus", None, 0), "one of rgn, refine, search, random, dino_random, box"),
+                       (("refine", None, 0), "needs --refine_steps N"),
+                       (("search", None, 2), "--refine_steps N is for --strategy refine"),
                        (("dino_random", "wd", 0), "drop --rgn_checkpoint")]:
     with pytest.raises(inference.StrategyError, match=needle):
       inference.resolve_strategy(*args)
+  with pytest.raises(inference.StrategyError, match="--box top,left,height,width is for"):
+    inference.choose_strategy("search", None, 0, boxes=True)
 
 
 def test_search_strategy_writes_the_usual_outputs(built, examples, tmp_path):

@@ -107,6 +107,7 @@ ImageNet-256 tokenizer and transformer from Google Cloud Storage; aMUSEd: the
 `amused/amused-256` VQ model, transformer, CLIP-L text encoder and tokenizer from the Hugging
 Face hub, openrail++ licence) and DINO and CLIP (Hugging Face hub); later runs read the
 caches. Then all frozen models are loaded (random tiny ones in tiny mode).'''
+# (edit.ipynb loads them through `api.load` in the next section.)
 
 WEIGHTS = '''weights = nb.download_weights(config)'''
 
@@ -122,42 +123,56 @@ def md(src):
   return v4.new_markdown_cell(src)
 
 
-def common(title_md):
+def common(title_md, with_build=True):
   return [md(title_md), md(SETTINGS_MD), code(SETTINGS), md(INSTALL_MD), code(INSTALL),
-          md(DEVICES_MD), code(DEVICES), md(WEIGHTS_MD), code(WEIGHTS), code(BUILD)]
+          md(DEVICES_MD), code(DEVICES), md(WEIGHTS_MD), code(WEIGHTS)] + (
+              [code(BUILD)] if with_build else [])
 
 
 EDIT = common('''# Text-driven image editing with learnable regions (lr_jax): edit
 
-Edits a photo from a text prompt alone, without a mask: a region generation network (RGN)
-proposes boxes around *K* anchor points, the editor regenerates each box (MaskGIT: as the
-ImageNet class the prompt names; aMUSEd: from the prompt's text), and CLIP scores pick the best
-of the *K* candidates (Lin et al., CVPR 2024).
-Runs on a GPU or TPU runtime (*Runtime → Change runtime type*).''') + [
-    md('''## 4. Edit the sample cat
+Edits a photo from a text prompt alone, without a mask: boxes are proposed around *K* anchor
+points (DINO's attention), the editor regenerates each box (MaskGIT: as the ImageNet class the
+prompt names; aMUSEd: from the prompt's text), and CLIP scores pick the best candidate
+(Lin et al., CVPR 2024). Runs on a GPU or TPU runtime (*Runtime → Change runtime type*).''',
+                with_build=False) + [
+    md('''## 4. Load the editor once
+
+`api.load` builds the models once (from the config loaded above); every `editor.edit`
+reuses them and their compiled functions.'''),
+    code('''from lr_jax import api
+editor = api.load(config)'''),
+    md('''## 5. Edit the sample cat
 
 The sample is scikit-image's cat photo, with the paper's prompts "a lion" and "cat face".
-Without a trained RGN (see `train.ipynb`), `refine_steps` fits the RGN to each image for a few
-steps first, the paper's per-image mode (0: boxes from an untrained RGN).'''),
-    code('''from lr_jax import inference
-SAMPLE_REFINE_STEPS = 5  #@param {type:"integer"}
-examples = nb.sample_examples("samples")
-outcomes = inference.run_edit(config, examples, out_dir="edits", built=built,
-                              refine_steps=SAMPLE_REFINE_STEPS, seed=0)'''),
-    md('''Each sheet shows the input, DINO's attention with the anchors, all box proposals (the
-chosen one per anchor bold), the result, and below the *K* candidates with their scores (the
-best one highlighted). The edited photos at full resolution and a JSON record of each edit
-are in `edits/`.'''),
-    code('''nb.show_outcomes(outcomes)'''),
-    md('''## 5. Your own image and prompt
+Without a trained RGN (see `train.ipynb`) the default strategy is `search`: every proposal is
+edited and scored, and the best kept. `result.save(folder)` writes the edited photo (the
+input's size), a sheet and a JSON record; the names carry the strategy and the seed, so runs
+with other settings sit side by side (`overwrite=True` replaces a run with the same ones).'''),
+    code('''examples = nb.sample_examples("samples")
+results = [editor.edit(ex.image_path, ex.prompt, source_prompt=ex.source_prompt, seed=0)
+           for ex in examples]
+for result in results:
+  result.save("edits", overwrite=True)'''),
+    md('''Each sheet shows the input, DINO's attention with the anchors, the proposals, the result,
+and below the candidates with their scores (the best one highlighted). `result.candidates`
+holds every candidate's score and box in the photo's pixels.'''),
+    code('''for result in results:
+  print(nb.summary(result.outcome))
+  print([(c.index, round(c.score, 4), c.box_pixels) for c in result.candidates[:3]], "...")
+  nb.show(result.outcome.files["sheet"], width=900)'''),
+    md('''## 6. Your own image, prompt and box
 
-Set the prompt, the refinement steps and the seed. With MaskGIT an ImageNet class works best
-(it is class-conditional: the prompt is mapped to the nearest class); with aMUSEd any text
-("a cat wearing sunglasses") conditions the edit as it is, and each record names it. `SOURCE_PROMPT` describes the
-input (empty: CLIP guesses it).'''),
+Set the prompt and the seed. With MaskGIT an ImageNet class works best (it is
+class-conditional: the prompt is mapped to the nearest class); with aMUSEd any text ("a cat
+wearing sunglasses") conditions the edit as it is. `SOURCE_PROMPT` describes the input (empty:
+CLIP guesses it). `BOX`: your own box `top,left,height,width` in the photo's pixels (empty:
+the regions are chosen for you); `REFINE_STEPS` > 0 fits the RGN to the image first (the
+paper's per-image mode).'''),
     code('''PROMPT = "a tiger"  #@param {type:"string"}
 SOURCE_PROMPT = ""  #@param {type:"string"}
-REFINE_STEPS = 5  #@param {type:"integer"}
+BOX = ""  #@param {type:"string"}
+REFINE_STEPS = 0  #@param {type:"integer"}
 SEED = 0  #@param {type:"integer"}'''),
     md('''In Colab, with `UPLOAD` on, the next cell asks for a picture to upload. Elsewhere (or with
 `UPLOAD` off) it uses `IMAGE_PATH`.'''),
@@ -165,11 +180,12 @@ SEED = 0  #@param {type:"integer"}'''),
 IMAGE_PATH = "samples/chelsea.png"  #@param {type:"string"}
 image_path = nb.upload_image("uploads", fallback=IMAGE_PATH, ask=UPLOAD)
 nb.show(image_path, width=320)'''),
-    code('''custom = inference.run_edit(config, nb.example_for(image_path, PROMPT, SOURCE_PROMPT),
-                            out_dir="edits_custom", built=built,
-                            refine_steps=REFINE_STEPS, seed=SEED)
-nb.show_outcomes(custom)
-nb.show(custom[0].files["edited"], width=480, title="edited, at the input's resolution:")'''),
+    code('''custom = editor.edit(image_path, PROMPT, source_prompt=SOURCE_PROMPT or None,
+                     box=BOX or None, refine_steps=REFINE_STEPS, seed=SEED)
+files = custom.save("edits_custom", overwrite=True)
+print(nb.summary(custom.outcome))
+nb.show(files["sheet"], width=900)
+nb.show(custom.image, width=480, title="edited, at the input's resolution:")'''),
 ]
 
 TRAIN = common('''# Text-driven image editing with learnable regions (lr_jax): train the RGN
