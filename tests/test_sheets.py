@@ -61,7 +61,7 @@ def test_edit_sheet_names_the_written_size_apart_from_the_canvas(tmp_path, monke
   monkeypatch.setattr(sheets, "_plain", lambda ax, title: (titles.append(title),
                                                            real(ax, title))[1])
   sheets.edit_sheet(tmp_path / "s.png", **_inputs(), photo_hw=(1500, 4000))
-  assert titles[0] == "input 4000x1500\n192x128 on the editor's canvas"
+  assert titles[0] == "input 4000x1500\neditor canvas 192x128"
   assert titles[3] == "result: candidate 1\nwritten 4000x1500 (shown 192x128)"
   assert titles[4].startswith("candidate 0: score")
 

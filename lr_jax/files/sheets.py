@@ -168,7 +168,7 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
   ax = top_axes[0]
   ax.imshow(image)
   frame(ax)
-  canvas = f"{v_w}x{v_h} on the editor's canvas" + ("" if view is None else ", padding cut")
+  canvas = f"editor canvas {v_w}x{v_h}" + ("" if view is None else ", padding cut")
   _plain(ax, (f"input {int(photo_hw[1])}x{int(photo_hw[0])}\n" if photo_hw is not None
               else "input\n") + canvas)
 
