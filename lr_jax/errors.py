@@ -97,8 +97,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   overrides naming no config field. A relative `--config` path is also looked up in
   the repository checkout, so the CLIs work from any folder."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+  asked = [a for a in argv[1:] if a.split("=")[0] in HELP_FLAGS]
+  argv = [a for a in argv if a.split("=")[0] not in HELP_FLAGS]
   if "config" in flags.FLAGS:
     argv = _with_config_found(list(argv))
+  if asked:
+    _help_and_exit(argv, full=any(a.startswith("--helpfull") for a in asked))
   try:
     rest = flags.FLAGS(argv)
   except (OSError, SyntaxError, ImportError) as e:   # the config file itself
@@ -122,6 +126,50 @@ def parse_flags(argv: list[str]) -> list[str]:
       _fit_editor_section(flags.FLAGS.config)
     return rest
   sys.exit(1)
+
+
+HELP_FLAGS = ("--help", "-help", "-h", "--h", "-?", "--helpshort", "--helpfull")
+
+
+def _help_and_exit(argv: list[str], full: bool) -> None:
+  """Prints the command's usage and flags, then every field of the `--config` file (or of
+  the default one) with its value, and exits 0; flags still missing do not matter here."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    flags.FLAGS(argv)
+  except flags.Error:   # a required flag not given: the help is what was asked for
+    pass
+  except Exception as e:  # pylint: disable=broad-except  (a config that does not load)
+    print(f"(the config could not be loaded: {_clean(str(e).splitlines()[0])})")
+  app.usage(shorthelp=not full, writeto_stdout=True)
+  config = None
+  if "config" in flags.FLAGS:
+    try:
+      config = flags.FLAGS["config"].value
+    except Exception:  # pylint: disable=broad-except
+      config = None
+  if config is None:
+    if "config" in flags.FLAGS:
+      print("\nAdd --config FILE (configs/*.py) to --help to list that config's fields "
+            "and their defaults.")
+    sys.exit(0)
+  print(f"\nconfig fields of {flags.FLAGS['config'].config_filename} with their values "
+        f"(change any with --config.FIELD=VALUE):")
+  for name, value in config_fields(config):
+    print(f"  --config.{name}={value!r}")
+  sys.exit(0)
+
+
+def config_fields(config) -> list[tuple[str, object]]:
+  """(dotted name, value) of every leaf of a ConfigDict, in its order."""
+  out = []
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      out += [(f"{key}.{k}", v) for k, v in config_fields(value)]
+    else:
+      out.append((key, value))
+  return out
 
 
 def _fit_editor_section(config) -> None:

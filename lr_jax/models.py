@@ -9,6 +9,7 @@ built offline; `build_random_models` gives the real sizes with random values.
 from __future__ import annotations
 
 import logging
+import textwrap
 from typing import Any, NamedTuple
 
 import jax
@@ -75,21 +76,39 @@ def _load_official(run: run_settings.Run):
   name = run.editor.name
   logging.info("Loading DINO from %s, CLIP from %s, editor %s", run.models.dino_repo,
                run.models.clip_repo, name)
-  loaded, problems = {}, []
+  loaded, problems = {}, {}
   loaders = {
-      "dino": (lambda: hf_weights.load_dino(run.models.dino_repo), "--config.dino.repo=DIR"),
-      "clip": (lambda: hf_weights.load_clip(run.models.clip_repo), "--config.clip.repo=DIR"),
-      name: (lambda: run.editor_module.build(run.config, "official", None), None),
+      "dino": lambda: hf_weights.load_dino(run.models.dino_repo),
+      "clip": lambda: hf_weights.load_clip(run.models.clip_repo),
+      name: lambda: run.editor_module.build(run.config, "official", None),
   }
-  for key, (load, flag) in loaders.items():
+  for key, load in loaders.items():
     try:
       loaded[key] = load()
     except UserError as e:
-      problems.append(f"[{key}] {e}" + (f"\nThen run with {flag}." if flag else ""))
+      problems[key] = e
   if problems:
+    from lr_jax import weights  # pylint: disable=import-outside-toplevel
+    details = "\n".join(textwrap.fill(f"[{k}] {_first_sentence(e)}", 96, initial_indent="  ",
+                                       subsequent_indent="    ", break_on_hyphens=False,
+                                       break_long_words=False) for k, e in problems.items())
     raise hf_weights.WeightsError(
-        "Pretrained weights are missing or unusable:\n\n" + "\n\n".join(problems))
+        f"Pretrained weights are missing or unusable ({', '.join(problems)}).\n"
+        + weights.fetch_help(run, keys=tuple(problems))
+        + "\nOr pass a folder per model: --config.dino.repo=DIR, --config.clip.repo=DIR,\n"
+        + "--config.editor.cache_dir=DIR (MaskGIT) or --config.editor.repo=DIR (aMUSEd).\n"
+        + f"What failed:\n{details}")
   return loaded["dino"], loaded["clip"], loaded[name]
+
+
+def _first_sentence(error: Exception) -> str:
+  """The reason of a loader's error, without the download hints `fetch_help` replaces."""
+  text = str(error)
+  for marker in (" On a machine with network access", " Without network access",
+                 "\nIf a repo offers only"):
+    text = text.split(marker)[0]
+  text = " ".join(text.split())
+  return text if len(text) <= 400 else text[:397] + "..."
 
 
 def _assemble(method: settings_lib.Method, dino, clip, editor: Editor, editor_params) -> Built:

@@ -28,7 +28,7 @@ def main(argv):
   last = result.metrics[-1] if result.metrics else {}
   steps = int(result.state.step)  # the metrics may be sparse (train.log_every, resumption)
   logging.info("Done: %d steps, last loss %s; see %s", steps, last.get("loss"), result.workdir)
-  print(f"trained {steps} steps; workdir {result.workdir}")
+  print(result.summary())
 
 
 if __name__ == "__main__":

@@ -35,6 +35,19 @@ class TrainResult:
   metrics: list[dict[str, Any]]
   prepared: data_lib.Prepared
   workdir: pathlib.Path
+  first_step: int = 0      # the step this run started from (> 0: resumed)
+
+  def summary(self) -> str:
+    """One line on what this run did: trained, resumed, or nothing left to train."""
+    steps = int(self.state.step)
+    if steps == self.first_step:
+      return (f"nothing to train: {self.workdir} already holds step {steps}, the last of "
+              f"these settings (raise --config.train.epochs or --config.train.max_steps "
+              f"to train more)")
+    if self.first_step:
+      return (f"trained {steps - self.first_step} steps (resumed at step {self.first_step}, "
+              f"now {steps}); workdir {self.workdir}")
+    return f"trained {steps} steps; workdir {self.workdir}"
 
 
 def _host_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -146,4 +159,4 @@ def _train(run: run_settings.Run, workdir, built, examples, loaded, mesh,
   if history and main_process:
     with output_files.atomic_path(workdir / "loss_curve.png", overwrite=True) as tmp:
       sheets.loss_curve(tmp, history)
-  return TrainResult(sharding.to_host(state), history, prepared, workdir)
+  return TrainResult(sharding.to_host(state), history, prepared, workdir, start)

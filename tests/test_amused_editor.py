@@ -306,7 +306,10 @@ def test_edit_command_offline_fails_fast_naming_the_files(cli_env, tmp_path):
   text = cli_helpers.assert_clean_error(
       proc, "[amused]", "amused/amused-256", "transformer/diffusion_pytorch_model.safetensors",
       "hf download amused/amused-256", "facebook/dino-vitb16")
-  assert "--local-dir amused-256" in text and "--local-dir dino-vitb16" in text
+  assert "--local-dir weights/amused-256" in text and "--local-dir weights/dino-vitb16" in text
+  assert text.splitlines()[2].strip() == (
+      "python -m lr_jax.weights download --config configs/amused.py")
+  assert max(len(line) for line in text.splitlines()) < 100
   assert time.time() - start < 60
   assert not (tmp_path / "out").exists()
   proc = cli_helpers.run(cli_env, "lr_jax.train", "--config", "configs/amused_tiny.py",

@@ -62,6 +62,14 @@ def trained(env, tmp_path_factory):
   return workdir
 
 
+def test_a_rerun_of_a_finished_training_says_it_trained_nothing(env, trained):
+  proc = _run(env, "lr_jax.train", "--config", "configs/tiny.py", "--workdir", str(trained),
+              *TRAIN_FLAGS)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert f"nothing to train: {trained} already holds step {2 * EPOCHS}" in proc.stdout
+  assert "trained" not in proc.stdout.replace("train more", "")
+
+
 def test_unreadable_small_and_huge_images_are_listed_together(env, tmp_path):
   folder = tmp_path / "bad"
   folder.mkdir()

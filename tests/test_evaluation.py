@@ -90,7 +90,7 @@ def test_an_unchanged_photo_measures_as_unchanged(built, data):
 
 
 def test_a_rerun_skips_finished_pairs_and_runs_new_strategies_only(evaluated, built,
-                                                                    monkeypatch):
+                                                                    monkeypatch, capsys):
   out, examples, rows = evaluated
   calls = []
   real = inference.edit_examples
@@ -101,11 +101,14 @@ def test_a_rerun_skips_finished_pairs_and_runs_new_strategies_only(evaluated, bu
   again = evaluation.evaluate(tiny_config(), examples, ["random", "dino_random"], out,
                               built=built, progress=False)
   assert calls == [] and again == rows
+  said = capsys.readouterr().out   # a rerun says what it skipped
+  assert f"{len(rows)} already in" in said and "skipped, nothing to edit" in said
   (out / evaluation.RESULTS_FILE).write_text(   # as if killed after the first pair
       (out / evaluation.RESULTS_FILE).read_text().splitlines(keepends=True)[0])
   more = evaluation.evaluate(tiny_config(), examples, ["dino_random", "random"], out,
                              built=built, progress=False)
   assert calls == ["dino_random"]
+  assert f"{len(rows) - 1} already in" in capsys.readouterr().out
   assert [r["strategy"] for r in more] == ["random", "dino_random"]   # file order
   assert more[0] == rows[0] and more[1]["metrics"] == rows[1]["metrics"]   # seeded: the same
 

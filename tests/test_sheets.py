@@ -55,6 +55,17 @@ def test_edit_sheet_writes_a_sane_png(tmp_path):
   assert seconds < 10  # generous bound for a loaded 2-core machine
 
 
+def test_edit_sheet_names_the_written_size_apart_from_the_canvas(tmp_path, monkeypatch):
+  titles = []
+  real = sheets._plain  # pylint: disable=protected-access
+  monkeypatch.setattr(sheets, "_plain", lambda ax, title: (titles.append(title),
+                                                           real(ax, title))[1])
+  sheets.edit_sheet(tmp_path / "s.png", **_inputs(), photo_hw=(1500, 4000))
+  assert titles[0] == "input 4000x1500\neditor canvas 192x128"
+  assert titles[3] == "result: candidate 1\nwritten 4000x1500 (shown 192x128)"
+  assert titles[4].startswith("candidate 0: score")
+
+
 def test_edit_sheet_many_candidates_and_no_components(tmp_path):
   inputs = _inputs(k=9, m=4, height=256, width=128, seed=1)
   inputs["components"] = None

@@ -22,6 +22,7 @@ import numpy as np
 from lr_common import box_editing
 from lr_common.errors import SettingsError
 from lr_jax.editors import base
+from lr_jax.encoders import hf_files
 from lr_jax.encoders import imagenet
 from maskgit import checkpoints
 from maskgit import configs as maskgit_configs
@@ -149,7 +150,7 @@ def build(config, weights: str, rng: jax.Array) -> tuple[MaskGITEditor, dict[str
   if weights == "official":
     tokenizer, transformer = checkpoints.load_maskgit(
         model, config.editor.tokenizer or None, config.editor.transformer or None,
-        config.editor.cache_dir or None, hint=_HINT)
+        _cache_dir(config), hint=_HINT)
   elif weights in ("tiny", "random"):
     tokenizer, transformer = checkpoints.init_params(model, rng)
   else:
@@ -160,10 +161,17 @@ def build(config, weights: str, rng: jax.Array) -> tuple[MaskGITEditor, dict[str
   return editor, {"vqgan": tokenizer, "transformer": transformer}
 
 
+def _cache_dir(config) -> str | None:
+  """editor.cache_dir, else $LR_JAX_WEIGHTS/maskgit where it exists, else None (the
+  checkpoints' own default: $MASKGIT_CACHE_DIR or ~/.cache/lr_jax/maskgit)."""
+  carried = hf_files.carried_folder(NAME)
+  return config.editor.cache_dir or (str(carried) if carried else None)
+
+
 def weight_files(config) -> dict[str, Any]:
   """Downloads (once, with progress bars) the two checkpoints; returns their paths."""
   tok_name, tr_name = checkpoints.official_checkpoint_names(_model_config(config))
-  cache_dir = config.editor.cache_dir or None
+  cache_dir = _cache_dir(config)
   return {"maskgit_tokenizer": checkpoints.fetch_checkpoint(
               config.editor.tokenizer or tok_name, cache_dir, hint=_HINT),
           "maskgit_transformer": checkpoints.fetch_checkpoint(

@@ -138,6 +138,8 @@ class PipelineLayout:
     for subfolder in subfolders:
       self.subfolder_files(subfolder, variant)  # unknown names fail here, before any lookup
     path = pathlib.Path(repo_or_dir).expanduser()
+    if not path.is_dir() and hf_files.carried_folder(str(path)) is not None:
+      path = hf_files.carried_folder(str(path))   # $LR_JAX_WEIGHTS/<repo name>
     if path.is_dir():
       missing = self.missing_files(subfolders, variant, lambda f: (path / f).is_file())
       if missing:

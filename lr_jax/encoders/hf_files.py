@@ -47,6 +47,26 @@ class WeightsError(UserError, ValueError):
   """A checkpoint could not be found, read, or mapped onto the Flax model."""
 
 
+# A folder made by `python -m lr_jax.weights download --to DIR` (or by the `hf download`
+# lines of the hints): one subfolder per model, named by `local_folder`. Set, every loader
+# looks there first.
+WEIGHTS_ENV = "LR_JAX_WEIGHTS"
+
+
+def weights_root() -> pathlib.Path | None:
+  """The folder $LR_JAX_WEIGHTS names, or None when it is unset."""
+  value = os.environ.get(WEIGHTS_ENV, "").strip()
+  return pathlib.Path(value).expanduser() if value else None
+
+
+def carried_folder(name: str) -> pathlib.Path | None:
+  """$LR_JAX_WEIGHTS/<name> (`name`: a repo id or a folder name) when it exists, else None."""
+  root = weights_root()
+  if root is None:
+    return None
+  folder = root / local_folder(name)
+  return folder if folder.is_dir() else None
+
 
 def local_folder(repo_id: str) -> str:
   """The folder a download command fills: the repo's name, so each model gets its own."""
@@ -67,11 +87,32 @@ def download_command(repo_id: str, files: Sequence[str], revision: str | None = 
   return " ".join(shlex.quote(w) for w in words)
 
 
+def wrap_words(units: Sequence[str], width: int = 96, indent: str = "  ") -> str:
+  """Shell units (already quoted; a flag and its value may be one unit) joined into lines
+  under `width` characters, continued with a backslash: paste-ready in a terminal."""
+  lines, line = [], indent
+  for unit in units:
+    if line.strip() and len(line) + len(unit) + 3 > width:
+      lines.append(line + " \\")
+      line = indent + "  "
+    line += ("" if not line.strip() else " ") + unit
+  return "\n".join(lines + [line])
+
+
+def short_download_command(repo_id: str, files: Sequence[str], revision: str | None,
+                           local_dir: str | os.PathLike) -> str:
+  """`download_command` in lines under 100 characters (`wrap_words`)."""
+  units = ["hf download " + shlex.quote(repo_id), *map(shlex.quote, files)]
+  units += [f"--revision {shlex.quote(revision)}"] if revision else []
+  return wrap_words(units + [f"--local-dir {shlex.quote(str(local_dir))}"])
+
+
 def download_hint(repo_id: str, filenames: Sequence[str], revision: str | None = None,
                   local_dir: str | os.PathLike | None = None) -> str:
   """How to fetch the files elsewhere: the command, then what to pass here."""
   folder = local_dir if local_dir is not None else local_folder(repo_id)
-  return (f"On a machine with network access run\n"
+  return (f"On a machine with network access run (or, for every model of a config at once, "
+          f"python -m lr_jax.weights download --config FILE [--to DIR])\n"
           f"  {download_command(repo_id, filenames, revision, folder)}\n"
           f"and pass the folder {shlex.quote(str(folder))} (copied to this machine) instead of "
           f"the repo id.")
@@ -143,7 +184,8 @@ def _hub_candidates(repo_id: str, filenames: Sequence[str], revision: str | None
 def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
                     optional_filenames: Sequence[str] = (),
                     revision: str | None = None,
-                    default_repo: str | None = None) -> pathlib.Path:
+                    default_repo: str | None = None,
+                    local_dir: str | os.PathLike | None = None) -> pathlib.Path:
   """Returns a directory holding `filenames` (and whichever optional files exist).
 
   A local directory is used as is; anything else is taken as a hub repo id and
@@ -153,10 +195,14 @@ def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
   main branch lacks model.safetensors is tried at SAFETENSORS_REVISIONS[repo]
   and at its SFconvertbot pull requests. Failures raise WeightsError with
   instructions; where the repo is unknown (a local directory) they name the download
-  of `default_repo`.
+  of `default_repo`. A repo id with a folder of its own under $LR_JAX_WEIGHTS is read
+  from there. With `local_dir`, hub files are downloaded into that folder (not the cache).
   """
   path = pathlib.Path(repo_id_or_dir).expanduser()
   hint_repo = default_repo or "<repo id>"
+  carried = None if path.is_dir() or local_dir is not None else carried_folder(str(path))
+  if carried is not None:
+    path, hint_repo = carried, str(repo_id_or_dir)
   hint_revision = revision or SAFETENSORS_REVISIONS.get(hint_repo)
   all_files = list(filenames) + list(optional_filenames)
   if path.is_dir():
@@ -174,8 +220,9 @@ def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
   import huggingface_hub  # pylint: disable=import-outside-toplevel
   offline = _offline_reason()
   failures = []
+  into = {} if local_dir is None else {"local_dir": str(local_dir)}
   download = functools.partial(huggingface_hub.hf_hub_download,
-                               local_files_only=offline is not None)
+                               local_files_only=offline is not None, **into)
   for candidate in _hub_candidates(repo_id, filenames, revision):
     try:
       local = [pathlib.Path(download(repo_id, f, revision=candidate)) for f in filenames]
@@ -196,6 +243,27 @@ def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
          if offline else "(tried ") + f"{'; '.join(failures)}). "
       + download_hint(repo_id, all_files, hint_revision)
       + "\n" + _conversion_hint().replace("DIR", local_folder(repo_id)))
+
+
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+  """Why a safetensors file is unusable (truncated, not safetensors), or None when its
+  header parses and its data is as long as the header says. Reads the header only."""
+  path = pathlib.Path(path)
+  try:
+    with open(path, "rb") as f:
+      head = f.read(8)
+      if len(head) < 8:
+        return "shorter than a safetensors header"
+      size = int.from_bytes(head, "little")
+      if size > 100_000_000:
+        return "not a safetensors file (implausible header length)"
+      header = json.loads(f.read(size))
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+              default=0)
+  except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+    return f"not a safetensors file ({err})"
+  actual = path.stat().st_size - 8 - size
+  return None if actual >= end else f"truncated ({actual} of {end} data bytes)"
 
 
 def _diagnose_safetensors(path: pathlib.Path) -> str:

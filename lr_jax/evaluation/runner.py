@@ -355,13 +355,18 @@ def run(p: Plan, built: Built | None = None, progress: bool = True
   for row in rows:   # a moved image (same content) keeps its result: name where it is now
     if row["key"] in current:
       row["image"] = str(p.examples[current[row["key"]][0]].image_path)
+  skipped = len(p.wanted) - len(todo)
+  images = len({i for i, _ in p.wanted})
+  print(f"evaluate: {len(p.wanted)} pairs ({images} images x {len(p.strategies)} strategies); "
+        + (f"{skipped} already in {p.out_dir / RESULTS_FILE} skipped, " if skipped else "")
+        + (f"{len(todo)} to edit" if todo else "nothing to edit"), flush=True)
   if todo:
-    _edit_and_measure(p, rows, todo, built, progress)
+    _edit_and_measure(p, rows, todo, built, progress, skipped)
   return [r for r in rows if r["key"] in current], todo
 
 
 def _edit_and_measure(p: Plan, rows: list[dict[str, Any]], todo: list[tuple[int, str]],
-                      built: Built | None, progress: bool) -> None:
+                      built: Built | None, progress: bool, skipped: int = 0) -> None:
   """Edits and measures the pairs `todo`, adding each line to `rows` and rewriting the
   results file after each."""
   examples, loaded, out_dir = p.examples, p.loaded, p.out_dir
@@ -375,11 +380,14 @@ def _edit_and_measure(p: Plan, rows: list[dict[str, Any]], todo: list[tuple[int,
     trained = step_lib.init_train_state(built.models, p.method,
                                         seeds.prng_key(p.run.seed)).params
   compiled = set()
-  bar = tqdm.tqdm(total=len({i for i, _ in todo}), desc="evaluate", unit="image",
-                  disable=not progress)
+  # Over pairs (one edit each, minutes on a CPU), the skipped ones counted as done.
+  bar = tqdm.tqdm(total=len(p.wanted), initial=skipped, unit="pair", disable=not progress,
+                  desc=f"evaluate ({skipped} skipped)" if skipped else "evaluate",
+                  dynamic_ncols=True)
   for i in sorted({i for i, _ in todo}):
     features = source_features(built, loaded[i].original)
     for strategy in [s for j, s in todo if j == i]:
+      bar.set_postfix_str(f"{pathlib.Path(examples[i].image_path).name} {strategy}")
       start = time.perf_counter()
       outcome = inference.edit_examples(
           built, trained, [examples[i]], p.run, seed=p.seed,
@@ -400,5 +408,5 @@ def _edit_and_measure(p: Plan, rows: list[dict[str, Any]], todo: list[tuple[int,
           **measure(built, p.method.score, outcome, loaded[i].original, p.masks[i], features)})
       compiled.add(strategy)
       results_lib.write_results(out_dir, rows)
-    bar.update(1)
+      bar.update(1)
   bar.close()

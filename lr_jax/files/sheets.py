@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
 import numpy as np  # noqa: E402
+from matplotlib import lines  # noqa: E402
 from matplotlib import patches  # noqa: E402
 
 from lr_common import pixels as pixels_lib  # noqa: E402
@@ -86,11 +87,11 @@ def _check_edit_inputs(image, attention, anchors, proposals, chosen,
           scores, components)
 
 
-def _draw_box(ax, box, sy, sx, colour, linewidth, alpha):
+def _draw_box(ax, box, sy, sx, colour, linewidth, alpha, linestyle="-"):
   top, left, height, width = (float(v) for v in box)
   ax.add_patch(patches.Rectangle(
       (left * sx - 0.5, top * sy - 0.5), width * sx, height * sy,
-      fill=False, edgecolor=colour, linewidth=linewidth, alpha=alpha))
+      fill=False, edgecolor=colour, linewidth=linewidth, alpha=alpha, linestyle=linestyle))
 
 
 def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
@@ -101,7 +102,8 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
                best: int, result: np.ndarray, title: str = "",
                dpi: int = 100, view: Sequence[int] | None = None,
                pixel_aspect: float = 1.0,
-               window: Sequence[int] | None = None) -> pathlib.Path:
+               window: Sequence[int] | None = None,
+               photo_hw: Sequence[int] | None = None) -> pathlib.Path:
   """Writes a PNG explaining one edit.
 
   Top row: the input; the attention map over the (dimmed) input with the K
@@ -123,6 +125,8 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
     pixel_aspect: displayed height / width of one image pixel (a squeezed canvas is
       shown with the photo's aspect: H / W).
     window: (top, left, height, width) of the result framed as the window-mode window.
+    photo_hw: (height, width) of the photo as given and as written (the panels show it at
+      the editor's resolution, the result shrunk for the sheet); None: not named.
   """
   (image, attention, anchors, proposals, chosen, candidates, scores,
    components) = _check_edit_inputs(image, attention, anchors, proposals,
@@ -164,7 +168,9 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
   ax = top_axes[0]
   ax.imshow(image)
   frame(ax)
-  _plain(ax, f"input {v_w}x{v_h}" + ("" if view is None else " (padding cut)"))
+  canvas = f"editor canvas {v_w}x{v_h}" + ("" if view is None else ", padding cut")
+  _plain(ax, (f"input {int(photo_hw[1])}x{int(photo_hw[0])}\n" if photo_hw is not None
+              else "input\n") + canvas)
 
   ax = top_axes[1]
   ax.imshow(image.mean(axis=-1), cmap="gray", vmin=0, vmax=1, alpha=1.0)
@@ -180,20 +186,31 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
 
   ax = top_axes[2]
   ax.imshow(image)
-  for i in range(k):
+  for i in range(k):   # one colour per anchor; the others dashed, the chosen one solid
     for m in range(proposals.shape[1]):
       if m != chosen[i]:
-        _draw_box(ax, proposals[i, m], sy, sx, _colour(i), 0.8, 0.35)
+        _draw_box(ax, proposals[i, m], sy, sx, _colour(i), 1.4, 0.8, "--")
   for i in range(k):
-    _draw_box(ax, proposals[i, chosen[i]], sy, sx, _colour(i), 2.5, 1.0)
+    _draw_box(ax, proposals[i, chosen[i]], sy, sx, _colour(i), 3.0, 1.0)
   frame(ax)
-  _plain(ax, f"proposals ({proposals.shape[1]}/anchor), chosen bold")
+  ax.legend(handles=[lines.Line2D([], [], color="white", linewidth=3.0, label="chosen"),
+                     lines.Line2D([], [], color="white", linewidth=1.4, linestyle="--",
+                              label="other proposals")],
+            loc="lower left", fontsize=6, framealpha=0.6, facecolor="gray",
+            labelcolor="white", handlelength=2.2)
+  _plain(ax, f"proposals: {proposals.shape[1]} per anchor,\none colour per anchor")
 
   ax = top_axes[3]
   ax.imshow(result)
   if window is not None:
     _draw_box(ax, window, 1, 1, "white", 1.5, 1.0)
-  _plain(ax, f"result (#{best}) {result.shape[1]}x{result.shape[0]}"
+  shown = f"{result.shape[1]}x{result.shape[0]}"
+  if photo_hw is not None:
+    written = f"{int(photo_hw[1])}x{int(photo_hw[0])}"
+    size = f"written {written}" + ("" if written == shown else f" (shown {shown})")
+  else:
+    size = shown
+  _plain(ax, f"result: candidate {best}\n{size}"
          + (", window framed" if window is not None else ""))
   for c in range(4, ncols):
     fig.add_subplot(grid[0, c]).axis("off")
@@ -205,7 +222,7 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
       continue
     ax.imshow(candidates[i])
     frame(ax)
-    parts = [f"#{i} score {scores[i]:.3f}"]
+    parts = [f"candidate {i}: score {scores[i]:.3f}"]
     extra = "  ".join(f"{name} {v[i]:.3f}" for name, v in components.items())
     if extra:
       parts.append(extra)
@@ -214,7 +231,7 @@ def edit_sheet(path: str | pathlib.Path, *, image: np.ndarray,
       spine.set_edgecolor(_colour(i))
       spine.set_linewidth(6 if i == best else 2)
     if i == best:
-      ax.title.set_text("BEST " + ax.title.get_text())
+      ax.title.set_text("best " + ax.title.get_text())
       ax.title.set_fontweight("bold")
       ax.title.set_bbox({"facecolor": _BEST_COLOUR, "edgecolor": "none",
                          "boxstyle": "round,pad=0.2"})
@@ -253,7 +270,7 @@ def inference_sheet(path: str | pathlib.Path, *, image: np.ndarray, outputs,
       scores=outputs.scores.score,
       components={"t2i": outputs.scores.t2i, "i2i": outputs.scores.i2i}, best=best,
       result=final, title=title, dpi=dpi, view=view, pixel_aspect=aspect,
-      window=window)
+      window=window, photo_hw=None if layout is None else layout.original_hw)
 
 
 def preview(pixels: np.ndarray, max_side: int = 768) -> np.ndarray:
