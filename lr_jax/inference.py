@@ -139,6 +139,12 @@ def _feather_record(out: step_lib.Inference, best: int, lay, window: window_lib.
                                    min(left + w + mc, width) - l]}
 
 
+def _sheet_title(prompt: str, conditioning: str) -> str:
+  """One title: the prompt and what the editor made of it, once each (a free-text editor's
+  conditioning already quotes the prompt)."""
+  return conditioning if repr(prompt) in conditioning else f"{prompt!r} -> {conditioning}"
+
+
 def _slug(text: str) -> str:
   return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")[:40] or "edit"
 
@@ -234,7 +240,8 @@ def write_outcome(outcome: EditOutcome, names: dict[str, pathlib.Path], overwrit
     window_tlhw = outcome.record["window"]["window_tlhw_pixels_original"]
   with output_files.atomic_path(files["sheet"], overwrite, flag) as tmp:
     sheets.inference_sheet(tmp, image=outcome.canvas, outputs=outcome.outputs,
-                           title=f"{outcome.example.prompt!r} -> {outcome.record['conditioning']}",
+                           title=_sheet_title(outcome.example.prompt,
+                                              outcome.record["conditioning"]),
                            layout=outcome.layout, result=sheets.preview(outcome.result),
                            window=window_tlhw)
   outcome.record["files"] = files
