@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import pathlib
 import shlex
-import sys
 from typing import Callable
 
 from lr_jax import run_settings
