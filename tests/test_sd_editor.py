@@ -4,7 +4,7 @@ tests/test_editors.py checks the editor contract for it; here what is SD's own: 
 against the latent grid (a box cell is 2 x 2 latents), pixels beyond the feathered edge, a
 box alone as in a batch, the prompt template and its record, config checks, the offline
 error, a local pipeline directory, and the commands end to end (train, edit --strategy
-search, evaluate with strategies rgn, refine, search and random)."""
+search, evaluate with strategies rgn, refine and search)."""
 import json
 import time
 
@@ -64,7 +64,8 @@ def test_grids_sizes_and_full_size_facts():
     assert full.models.unet.cross_attention_dim == full.models.text.text.hidden_size == width
     record = full.record()
     assert record["stable_diffusion"] == repo and record["stable_diffusion_scheduler"] == kind
-    assert (record["stable_diffusion_steps"], record["stable_diffusion_guidance_scale"]) == (50, 7.5)
+    assert record["stable_diffusion_steps"] == 50
+    assert record["stable_diffusion_guidance_scale"] == 7.5
     assert full.settings.prompt_template == "a high quality image of {prompt}."
     assert max(config.region.sizes) <= full.box_grid and config.region.num_anchors == 4
     models.check_config(config)   # the region sizes fit the 32-grid
@@ -88,7 +89,7 @@ def test_grids_sizes_and_full_size_facts():
     ("guidance_scale", -1.0, "editor.guidance_scale"),
     ("guidance_scale", float("nan"), "editor.guidance_scale"),
     ("negative_prompt", None, "editor.negative_prompt"),
-    ("prompt_template", "a photo of a cat", "editor.prompt_template must be a string with {prompt}"),
+    ("prompt_template", "a photo", "editor.prompt_template must be a string with {prompt}"),
     ("prompt_template", "{prompt} and {prompt}", "editor.prompt_template"),
     ("grow_tokens", -1, "editor.grow_tokens"),
     ("grow_tokens", True, "editor.grow_tokens"),
@@ -276,7 +277,7 @@ def test_notebook_setup_picks_the_sd_configs(capsys):
 
 # -- the commands ------------------------------------------------------------------------
 
-def test_commands_train_edit_and_evaluate_every_strategy(cli_env, tmp_path):
+def test_commands_train_edit_search_and_evaluate(cli_env, tmp_path):
   from lr_jax import samples  # pylint: disable=g-import-not-at-top
   config = ["--config", "configs/stable_diffusion_tiny.py"]
   workdir = tmp_path / "wd"
@@ -300,13 +301,15 @@ def test_commands_train_edit_and_evaluate_every_strategy(cli_env, tmp_path):
   assert data["text_condition"]["prompt_as_sent"] == (
       "a high quality image of a cat wearing sunglasses.")
   assert data["strategy"] == "search" and "class" not in data
-  # Each strategy compiles its own program (~15 s here); dino_random is random's program
-  # with DINO's anchors (nothing of the editor differs), so it is left to the MaskGIT tests.
-  strategies = "rgn,refine,search,random"
+  # Each strategy compiles its own program (10-20 s here; search's is the edit run's, from
+  # the shared XLA cache). random and dino_random edit K boxes of random sizes in one call,
+  # as rgn edits K boxes: left to the MaskGIT tests to keep this one short.
+  strategies = "rgn,refine,search"
   proc = cli_helpers.run(cli_env, "lr_jax.evaluate", *config, "--manifest", str(manifest),
                          "--strategies", strategies, "--rgn_checkpoint", str(workdir),
                          "--refine_steps", "1", "--out", str(tmp_path / "eval"), timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = [json.loads(line) for line in (tmp_path / "eval" / "results.jsonl").read_text().splitlines()]
+  results = (tmp_path / "eval" / "results.jsonl").read_text().splitlines()
+  rows = [json.loads(line) for line in results]
   assert {r["strategy"] for r in rows} == set(strategies.split(","))
   assert all(np.isfinite(r["metrics"]["quality_S"]) for r in rows)
