@@ -6,7 +6,8 @@ r"""Benchmark of the editors side by side: N boxes of one image in one call vs N
 Every editor runs through the contract of lr_jax/editors/base.py (`editor.edit`, jitted)
 at its full size with random weights (`build(config, "random")`; nothing is downloaded),
 from its paper config (the editor module's `CONFIGS`: configs/maskgit_imagenet256.py,
-configs/amused.py, ...; `--resolution 512` for the 512 models). Per (editor, dtype, N): milliseconds per edited image when the
+configs/amused.py, configs/stable_diffusion.py; `--config_arg 512` for the 512 MaskGIT and
+aMUSEd models, `--config_arg 2` for SD-2). Per (editor, dtype, N): milliseconds per edited image when the
 N boxes are edited in one call, the same for N separate one-box calls (measured, or with
 `--noseparate` taken as N times the N=1 call, which is the same compiled function), the
 first call (compile) time, peak memory, and for bfloat16 the largest pixel difference
@@ -44,18 +45,28 @@ _SEPARATE = flags.DEFINE_bool("separate", True, "Time N separate one-box calls (
 _STEPS = flags.DEFINE_integer("steps", None, "Decoding steps of the editors that have "
                               "them (editor.num_steps; default: each config's).")
 _AMUSED_STEPS = flags.DEFINE_integer("amused_steps", None, "Old name of --steps.")
-_RESOLUTION = flags.DEFINE_enum("resolution", "256", ["256", "512"], "Model resolution.")
+_RESOLUTION = flags.DEFINE_string("resolution", None, "Old name of --config_arg.")
+_CONFIG_ARG = flags.DEFINE_string("config_arg", None, "The argument of every editor's paper "
+                                  "config (configs/<name>.py:ARG, e.g. 512; default: none).")
 _TINY = flags.DEFINE_bool("tiny", False, "The tiny configs instead of the full sizes.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
 
 
-def editor_config(name: str, dtype: str, resolution: str = "256", tiny: bool = False,
+def _paper_config(name: str, paper: str, arg: str | None):
+  try:
+    return notebook.load_config(paper, arg=arg)
+  except ValueError as e:
+    raise errors.UsageError(f"editor {name}: configs/{paper}.py does not take {arg!r} "
+                            f"({e})") from None
+
+
+def editor_config(name: str, dtype: str, resolution: str | None = None, tiny: bool = False,
                   steps: int | None = None):
   """The config of editor `name` with compute dtype `dtype` (and `steps` decoding
   steps, where the editor has them)."""
   paper, tiny_name = editors.configs(name)
   config = (notebook.load_config(tiny_name) if tiny
-            else notebook.load_config(paper, arg=resolution))
+            else _paper_config(name, paper, resolution))
   config.editor.dtype = dtype
   if steps is not None and "num_steps" in config.editor:
     config.editor.num_steps = steps
@@ -104,7 +115,7 @@ def write_json(path: str, rows: list[dict[str, Any]]) -> None:
 
 
 def run(names: Sequence[str], ns: Sequence[int], dtypes: Sequence[str], repeats: int,
-        separate: bool = True, resolution: str = "256", tiny: bool = False,
+        separate: bool = True, resolution: str | None = None, tiny: bool = False,
         steps: int | None = None) -> list[dict[str, Any]]:
   """Times each (editor, dtype, N); returns one row each (printed as they come)."""
   ns = check_flags(names, ns, dtypes, repeats, steps)
@@ -179,11 +190,11 @@ def main(argv):
                      _JSON.value)
     device = jax.devices()[0]
     print(f"device: {device.platform} {device.device_kind}; jax {jax.__version__}; "
-          f"{'tiny' if _TINY.value else _RESOLUTION.value + ' px, random weights'}; "
+          f"{'tiny' if _TINY.value else 'full sizes, random weights'}; "
           f"repeats {_REPEATS.value}", flush=True)
     print(HEADER, flush=True)
     rows = run(_EDITORS.value, ns, _DTYPES.value, _REPEATS.value, _SEPARATE.value,
-               _RESOLUTION.value, _TINY.value, steps)
+               _CONFIG_ARG.value or _RESOLUTION.value, _TINY.value, steps)
     if _JSON.value:
       write_json(_JSON.value, rows)
       print(f"wrote {_JSON.value}")

@@ -13,6 +13,7 @@ from configs import tiny
 from lr_jax import checkpointing
 from lr_jax import editors
 from lr_jax import inference
+from lr_jax import notebook
 from lr_jax.files import manifest as manifest_lib
 from lr_jax import samples
 from lr_jax.method import settings
@@ -27,11 +28,14 @@ NAMES = editors.available() + [FAKE, FAKE_FINE]
 
 
 def config_for(name):
-  c = tiny.get_config()
+  """The editor's own tiny config (`CONFIGS`); the fake editor on configs/tiny.py."""
   module, _, variant = name.partition(":")
-  if module != editors.DEFAULT:
+  if "." in module:
+    c = tiny.get_config()
     editors.use(c, module)
     c.region.sizes = (1, 2)   # the fake editor's grid is 2x2
+  else:
+    c = notebook.load_config(editors.configs(module)[1])
   if variant == "fine":
     c.editor.fine = 2
   c.train.epochs = 2

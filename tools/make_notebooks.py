@@ -5,6 +5,7 @@ of the standard-library-only functions `lr_jax.notebook.BOOTSTRAP_FUNCTIONS`, re
 lr_jax/notebook.py here; tests/test_notebooks.py checks that the copies match.
 """
 import ast
+import json
 import pathlib
 import sys
 
@@ -12,6 +13,8 @@ import nbformat
 from nbformat import v4
 
 SOURCE_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(SOURCE_ROOT))
+from lr_jax import editors  # pylint: disable=wrong-import-position
 ROOT = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else SOURCE_ROOT
 BOOTSTRAP_FUNCTIONS = ("github_repo", "detect_runtime", "install")  # = notebook.BOOTSTRAP_FUNCTIONS
 
@@ -37,15 +40,18 @@ def bootstrap_source(names=BOOTSTRAP_FUNCTIONS,
 SETTINGS = '''import os
 TINY = False  #@param {type:"boolean"}
 TINY = TINY or os.environ.get("LR_JAX_TINY") == "1"  # the CI test runs the offline tiny path
-# The generator: MaskGIT (ImageNet classes: the prompt becomes the nearest class) or
-# aMUSEd (free text, through its own CLIP-L text encoder).
-EDITOR = "maskgit"  #@param ["maskgit", "amused"]
+# The generator: MaskGIT (ImageNet classes: the prompt becomes the nearest class),
+# aMUSEd or Stable Diffusion inpainting (free text, through their own CLIP text encoders).
+EDITOR = "maskgit"  #@param EDITOR_CHOICES
 EDITOR = os.environ.get("LR_JAX_EDITOR", EDITOR)
 # The lr_jax git repository. Left as this placeholder: the GitHub repository (and branch)
 # Colab opened this notebook from.
 REPO_URL = "https://github.com/OWNER/lr_jax"  #@param {type:"string"}
 REPO_DIR = "lr_jax_repo"  # where the repository is cloned (its configs/ folder is used)
 JAX_EXTRA = "auto"  #@param ["auto", "", "cuda", "tpu"]'''
+
+# The editors of the registry (lr_jax/editors/), as Colab's form list.
+SETTINGS = SETTINGS.replace("EDITOR_CHOICES", json.dumps(editors.available()))
 
 SETTINGS_MD = '''**Settings.** `TINY` selects `configs/tiny.py` (`configs/amused_tiny.py` for aMUSEd):
 small random models, no network and no weights (for a quick check that everything runs; its
