@@ -17,7 +17,7 @@ from configs import stable_diffusion as sd_config
 from configs import stable_diffusion_tiny
 from lr_common.errors import SettingsError
 from lr_jax import editors
-from lr_jax import models
+from lr_jax import run_settings
 from lr_jax.editors import stable_diffusion as sd
 from lr_jax.encoders.hf_files import WeightsError
 from lr_jax.files import manifest as manifest_lib
@@ -68,8 +68,8 @@ def test_grids_sizes_and_full_size_facts():
     assert record["stable_diffusion_guidance_scale"] == 7.5
     assert full.settings.prompt_template == "a high quality image of {prompt}."
     assert max(config.region.sizes) <= full.box_grid and config.region.num_anchors == 4
-    models.check_config(config)   # the region sizes fit the 32-grid
-  models.check_config(tiny_config())
+    run_settings.parse(config)   # the region sizes fit the 32-grid
+  run_settings.parse(tiny_config())
   with pytest.raises(ValueError, match="1.5"):
     sd_config.get_config("3")
   # The scheduler setting swaps the repo's sampler, "" keeps it.
