@@ -278,7 +278,7 @@ def test_second_evaluation_on_a_folder_is_refused(env, eval_manifest, tmp_path):
     ("lr_jax.samples", ("/proc/lr_jax_faults",), "cannot create files in /proc"),
     ("lr_jax.editor_bench", ("--tiny", "--json", "/proc/lr_jax_faults/x.json"),
      "cannot create files in /proc"),
-    ("lr_jax.editor_bench", ("--tiny", "--editors="), "need --editors in maskgit, amused"),
+    ("lr_jax.editor_bench", ("--tiny", "--editors="), "need --editors in amused, maskgit"),
     ("lr_jax.editor_bench", ("--tiny", "--dtypes="), "need --dtypes in float32, bfloat16"),
     ("lr_jax.evaluate", ("--manifest", "{manifest}", "--strategies=", "--out", "{tmp}/e"),
      "no strategy given"),
