@@ -7,6 +7,10 @@
 #   4. lr_jax's full-size inference and train step.
 #   5. The editors side by side (MaskGIT and aMUSEd-256, 12 steps), N = 1, 4, 8, 28 boxes in
 #      one call vs N one-box calls, float32 and bfloat16.
+#   6. Only with SD=1 (it needs about 5 more minutes, past one 10-minute call; alone:
+#      `python3 tools/sd_gpu_bench.py --json $OUT/sd.json`): SD-1.5-inpainting inpainting
+#      (random weights, 512 px, guidance 7.5, DDIM), bfloat16 with cuDNN attention,
+#      50 and 25 steps, N = 1, 8, 28 masks per call.
 # Results (JSON) go to $OUT. The GPU image lacks ml_collections: carry its wheel,
 #   pip download --no-deps ml_collections==1.1.0 -d .whl
 set -u
@@ -37,3 +41,8 @@ echo "== 5. editors: maskgit and amused, N boxes in one call vs N calls"
 timeout "${T_EDITORS:-240}" python3 -m lr_jax.editor_bench --editors "${EDITORS:-maskgit,amused}" \
   --ns 1,4,8,28 --dtypes float32,bfloat16 --repeats 5 --json "$OUT/editors.json" 2>&1 \
   | quiet | tail -18
+if [ -n "${SD:-}" ]; then
+  echo "== 6. stable diffusion inpainting, bfloat16, 50 and 25 steps, N = 1, 8, 28"
+  timeout "${T_SD:-330}" python3 tools/sd_gpu_bench.py --models sd15 --ns 1,8,28 \
+    --steps 50,25 --dtype bfloat16 --repeats 2 --json "$OUT/sd.json" 2>&1 | quiet | tail -8
+fi

@@ -148,7 +148,8 @@ def jax_half(args) -> None:
   assert models == hub.sd15_inpainting_models(), models
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}: loaded the weights in "
         f"{time.perf_counter() - start:.0f} s", flush=True)
-  settings = inpaint.InpaintSettings(scheduler, num_steps=args.steps, guidance_scale=GUIDANCE)
+  settings = inpaint.InpaintSettings(scheduler, num_steps=args.steps, guidance_scale=GUIDANCE,
+                                     chunk_size=args.jax_chunk)
   jitted = jax.jit(inpaint.inpaint, static_argnames=("models", "settings"))
   for count in args.ns:
     inputs = make_inputs(count, args.size)
@@ -165,7 +166,7 @@ def jax_half(args) -> None:
     error = (float(np.max(np.abs(images - np.load(reference)))) if reference.is_file()
              else None)
     report(side="jax", n=count, seconds=seconds, ms_per_image=1e3 * seconds / count,
-           compile_seconds=compile_seconds, max_abs_vs_torch=error, load_before=load,
+           chunk_size=args.jax_chunk, compile_seconds=compile_seconds, max_abs_vs_torch=error, load_before=load,
            load_after=load_average())
 
 
@@ -175,7 +176,8 @@ def jax_half(args) -> None:
 
 def run_half(python: str, half: str, args, weights: pathlib.Path) -> list[dict]:
   command = [python, __file__, "--half", half, "--weights", str(weights), "--ns",
-             ",".join(map(str, args.ns)), "--steps", str(args.steps), "--size", str(args.size)]
+             ",".join(map(str, args.ns)), "--steps", str(args.steps), "--size", str(args.size),
+             "--jax-chunk", str(args.jax_chunk)]
   print(f"== {half}: {' '.join(command)} (load {load_average():.1f})", flush=True)
   results = []
   with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -198,6 +200,10 @@ def main() -> None:
   parser.add_argument("--half", choices=("torch", "jax"), default=None)
   parser.add_argument("--weights", default=None, help="the weights folder (written if empty)")
   parser.add_argument("--keep", action="store_true", help="keep the weights folder")
+  parser.add_argument("--jax-chunk", type=int, default=0,
+                      help="InpaintSettings.chunk_size of the JAX half: XLA's CPU attention "
+                           "holds each (batch, heads, 4096, 4096) score matrix, and N=4 "
+                           "(UNet batch 8) needs more than 20 GB without chunks")
   parser.add_argument("--torch-python", default="/work/fixture_env/bin/python")
   parser.add_argument("--jax-python", default=(sys.executable if importlib.util.find_spec("jax")
                                                else "python"))
@@ -223,8 +229,8 @@ def main() -> None:
     line += f", jax {jax_row['ms_per_image']:.0f}" if jax_row else ", jax -"
     if torch_row and jax_row:
       line += (f", torch / jax = {torch_row['ms_per_image'] / jax_row['ms_per_image']:.2f}; "
-               f"jax compile {jax_row['compile_seconds']:.0f} s; max |jax - torch| "
-               f"{jax_row['max_abs_vs_torch']}")
+               f"jax compile {jax_row['compile_seconds']:.0f} s, chunk_size "
+               f"{jax_row['chunk_size']}; max |jax - torch| {jax_row['max_abs_vs_torch']}")
     print(line)
 
 
