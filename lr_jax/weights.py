@@ -6,7 +6,8 @@ r"""Every pretrained file a config needs, in one command.
 Without `--to` the files go to the caches the loaders read (the Hugging Face cache for
 DINO, CLIP and aMUSEd, the MaskGIT cache), so the next run finds them. With `--to DIR`
 (or $LR_JAX_WEIGHTS set) they go into DIR, one folder per model (DIR/dino-vitb16,
-DIR/clip-vit-base-patch16, DIR/maskgit or DIR/amused-256): copy DIR to a machine without
+DIR/clip-vit-base-patch16, and the editor's: DIR/maskgit, DIR/amused-256,
+DIR/stable-diffusion-inpainting, ...): copy DIR to a machine without
 network and set LR_JAX_WEIGHTS=DIR there; every loader looks in it first. Each file is
 checked after the download (JSON parses, safetensors complete, MaskGIT trees load).
 """
@@ -49,41 +50,19 @@ def _hf_models(run: run_settings.Run) -> dict[str, tuple[str, tuple[str, ...]]]:
   return {k: v for k, v in models.items() if not pathlib.Path(v[0]).expanduser().is_dir()}
 
 
-def _amused_repo(run: run_settings.Run) -> tuple[str, str | None]:
-  from lr_jax.editors import amused  # pylint: disable=import-outside-toplevel
-  return amused._repo(run.config), amused._variant(run.config)  # pylint: disable=protected-access
-
-
 def manual_commands(run: run_settings.Run, root: str = DEFAULT_FOLDER,
                     keys: tuple[str, ...] | None = None) -> str:
   """Paste-ready lines (each under 100 characters) fetching each model (`keys`: those
-  named, default all) into its own folder under `root`."""
+  named, default all) into its own folder under `root`; the editor's come from its module
+  (`download_lines`)."""
   lines = []
   for key, (repo, files) in _hf_models(run).items():
     if keys is None or key in keys:
       revision = hf_files.SAFETENSORS_REVISIONS.get(repo)
       lines.append(hf_files.short_download_command(
           repo, files, revision, f"{root}/{hf_files.local_folder(repo)}"))
-  name = run.editor.name
-  if keys is not None and name not in keys:
-    return "\n".join(lines)
-  if name == "maskgit":
-    from lr_jax.editors import maskgit as maskgit_editor  # pylint: disable=import-outside-toplevel
-    from maskgit import checkpoints  # pylint: disable=import-outside-toplevel
-    names = checkpoints.official_checkpoint_names(
-        maskgit_editor._model_config(run.config))  # pylint: disable=protected-access
-    lines.append(f"  mkdir -p {root}/maskgit")
-    lines += [hf_files.wrap_words(["curl -fL -o", f"{root}/maskgit/{n}",
-                                   shlex.quote(checkpoints.CHECKPOINT_URLS[n])])
-              for n in names]
-  elif name == "amused":
-    from lr_jax.generators.amused import hub  # pylint: disable=import-outside-toplevel
-    repo, variant = _amused_repo(run)
-    if not pathlib.Path(repo).expanduser().is_dir():
-      files = [f for s in hub.SUBFOLDERS for f in
-               ([f"{s}/"] if s in hub.LAYOUT.tokenizers else hub.subfolder_files(s, variant))]
-      lines.append(hf_files.short_download_command(repo, files, None,
-                                                   f"{root}/{hf_files.local_folder(repo)}"))
+  if keys is None or run.editor.name in keys:
+    lines += run.editor_module.download_lines(run.config, root)
   return "\n".join(lines)
 
 
@@ -137,32 +116,8 @@ def _fetch_hf(repo: str, files: tuple[str, ...], to: pathlib.Path | None) -> pat
 
 
 def _fetch_editor(run: run_settings.Run, to: pathlib.Path | None) -> list[pathlib.Path]:
-  """The editor's files: its own `weight_files` (into its cache, or `to`/<folder>)."""
-  name = run.editor.name
-  config = run.config.copy_and_resolve_references()
-  if to is not None and name == "amused":
-    import huggingface_hub  # pylint: disable=import-outside-toplevel
-    from lr_jax.generators.amused import hub  # pylint: disable=import-outside-toplevel
-    repo, variant = _amused_repo(run)
-    if pathlib.Path(repo).expanduser().is_dir():
-      return [pathlib.Path(repo)]
-    folder = to / hf_files.local_folder(repo)
-    for subfolder in hub.SUBFOLDERS:
-      optional = subfolder in hub.LAYOUT.tokenizers
-      for file in hub.subfolder_files(subfolder, variant):
-        try:
-          huggingface_hub.hf_hub_download(repo, file, local_dir=str(folder))
-        except Exception as err:  # pylint: disable=broad-except
-          if not optional:
-            raise WeightsError(f"could not download {file} of {repo}: "
-                               f"{type(err).__name__}: {str(err)[:200]}") from err
-    return [hub.resolve_amused(folder, variant)]
-  if to is not None:
-    if "cache_dir" not in config.editor:
-      raise WeightsError(f"editor {name} has no editor.cache_dir: --to cannot place its files")
-    with config.unlocked():
-      config.editor.cache_dir = str(to / name)
-  found = run.editor_module.weight_files(config)
+  """The editor's files: its own `weight_files` (into its cache, or `to`/<its folder>)."""
+  found = run.editor_module.weight_files(run.config, to)
   return [pathlib.Path(p) for p in found.values()]
 
 

@@ -83,5 +83,9 @@ def build(config, weights: str, rng) -> tuple[FakeEditor, dict[str, Any]]:
   return make(config), {"gain": jnp.ones((), jnp.float32)}
 
 
-def weight_files(config) -> dict[str, Any]:
+def weight_files(config, to=None) -> dict[str, Any]:
   return {}
+
+
+def download_lines(config, root: str) -> list[str]:
+  return []

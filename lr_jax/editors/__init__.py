@@ -22,7 +22,7 @@ from lr_common.errors import SettingsError
 DEFAULT = "maskgit"
 DEFAULT_CONFIG = "maskgit_imagenet256"   # configs/<this>.py: the default editor's paper setup
 _CONTRACT = ("CONFIGS", "RGN_KEYS", "RESUMABLE_KEYS", "default_config", "make", "build",
-             "weight_files")
+             "weight_files", "download_lines")
 
 
 def available() -> list[str]:

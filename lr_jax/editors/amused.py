@@ -16,6 +16,7 @@ tokens, the tiny DINO's patch grid) with the offline byte tokenizer.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import logging
 from typing import Any, ClassVar, Sequence
 
@@ -385,7 +386,15 @@ def build(config, weights: str, rng: jax.Array) -> tuple[AmusedEditor, dict[str,
   return editor, params
 
 
-def weight_files(config) -> dict[str, Any]:
-  """Downloads (once) the four subfolders of the configured repo; returns the folder."""
-  return {"amused": hub.resolve_amused(_repo(config), _variant(config),
-                                       config.editor.cache_dir or None)}
+def weight_files(config, to: pathlib.Path | None = None) -> dict[str, Any]:
+  """Downloads (once) the four subfolders of the configured repo, into the Hugging Face
+  cache or `to`/<repo name>; returns the folder."""
+  if to is not None:
+    return {NAME: hub.LAYOUT.fetch_to(_repo(config), _variant(config), to)}
+  return {NAME: hub.resolve_amused(_repo(config), _variant(config),
+                                   config.editor.cache_dir or None)}
+
+
+def download_lines(config, root: str) -> list[str]:
+  """Paste-ready `hf download` lines fetching the repo into `root`/<repo name>."""
+  return hub.LAYOUT.download_lines(_repo(config), _variant(config), root)

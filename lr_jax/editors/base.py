@@ -19,8 +19,10 @@ name as big_vision picks `models.<name>`) provides:
   * `build(config, weights, rng) -> (Editor, params)` with weights "official" (real
     files, downloaded or local), "tiny" (small random model) or "random" (real
     sizes, random values, for benchmarks);
-  * `weight_files(config) -> {name: path}`: downloads what `build(config,
-    "official")` needs (for notebooks) and returns where it is;
+  * `weight_files(config, to=None) -> {name: path}`: downloads what `build(config,
+    "official")` needs and returns where it is (`to`: into `to`/<its folder>, the folder
+    `LR_JAX_WEIGHTS` makes the loaders find); `download_lines(config, root)`: the
+    paste-ready shell lines that fetch the same files into `root`/<its folder> by hand;
   * `CONFIGS`: (paper config, tiny config), names of files in `configs/` (the
     notebooks and the editor benchmark list editors from these);
   * `RGN_KEYS`: the config keys a trained RGN depends on (the box grid),

@@ -12,6 +12,8 @@ editing demo.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
+import shlex
 from typing import Any, Sequence
 
 import jax
@@ -168,11 +170,21 @@ def _cache_dir(config) -> str | None:
   return config.editor.cache_dir or (str(carried) if carried else None)
 
 
-def weight_files(config) -> dict[str, Any]:
-  """Downloads (once, with progress bars) the two checkpoints; returns their paths."""
+def weight_files(config, to: pathlib.Path | None = None) -> dict[str, Any]:
+  """Downloads (once, with progress bars) the two checkpoints, into `to`/maskgit when
+  given (the folder `LR_JAX_WEIGHTS` finds); returns their paths."""
   tok_name, tr_name = checkpoints.official_checkpoint_names(_model_config(config))
-  cache_dir = _cache_dir(config)
+  cache_dir = str(to / NAME) if to is not None else _cache_dir(config)
   return {"maskgit_tokenizer": checkpoints.fetch_checkpoint(
               config.editor.tokenizer or tok_name, cache_dir, hint=_HINT),
           "maskgit_transformer": checkpoints.fetch_checkpoint(
               config.editor.transformer or tr_name, cache_dir, hint=_HINT)}
+
+
+def download_lines(config, root: str) -> list[str]:
+  """Paste-ready lines (each under 100 characters) fetching the checkpoints into
+  `root`/maskgit."""
+  names = checkpoints.official_checkpoint_names(_model_config(config))
+  return [f"  mkdir -p {root}/{NAME}"] + [
+      hf_files.wrap_words(["curl -fL -o", f"{root}/{NAME}/{n}",
+                           shlex.quote(checkpoints.CHECKPOINT_URLS[n])]) for n in names]

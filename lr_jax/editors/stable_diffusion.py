@@ -27,6 +27,7 @@ compositing (`grow_tokens`, `feather_radius`), compute (`dtype`, `chunk_size`) a
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import logging
 import math
 from typing import Any, Sequence
@@ -378,8 +379,17 @@ def build(config, weights: str, rng: jax.Array) -> tuple[StableDiffusionEditor, 
   return editor, params
 
 
-def weight_files(config) -> dict[str, Any]:
-  """Downloads (once) the five subfolders of the configured repo; returns the folder."""
+def weight_files(config, to: pathlib.Path | None = None) -> dict[str, Any]:
+  """Downloads (once) the five subfolders of the configured repo, into the Hugging Face
+  cache or `to`/<repo name>; returns the folder."""
   check_config(config)
+  if to is not None:
+    return {NAME: hub.LAYOUT.fetch_to(_repo(config), config.editor.variant or None, to)}
   return {NAME: hub.resolve_stable_diffusion(_repo(config), config.editor.variant or None,
                                              config.editor.cache_dir or None)}
+
+
+def download_lines(config, root: str) -> list[str]:
+  """Paste-ready `hf download` lines fetching the repo into `root`/<repo name>."""
+  check_config(config)
+  return hub.LAYOUT.download_lines(_repo(config), config.editor.variant or None, root)

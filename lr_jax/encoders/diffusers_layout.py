@@ -24,6 +24,7 @@ import numpy as np
 
 from lr_jax.encoders import hf_files
 from lr_jax.encoders.hf_files import (CLIP_TOKENIZER_FILES, WeightsError, download_command,
+                                      short_download_command,
                                       local_folder, read_clip_tokenizer, read_json,
                                       read_safetensors)
 
@@ -124,6 +125,33 @@ class PipelineLayout:
       folder = "its --local-dir folder"
     return (f"On a machine with network access run{which}\n{commands}\nand pass {folder} "
             f"(copied to this machine) instead of the repo id.")
+
+  def download_lines(self, repo_id: str, variant: str | None, root: str) -> list[str]:
+    """Paste-ready lines (each under 100 characters) fetching the whole pipeline into
+    `root/<repo name>`; none for a local folder."""
+    if pathlib.Path(repo_id).expanduser().is_dir():
+      return []
+    files = [f for s in self.subfolders
+             for f in ([f"{s}/"] if s in self.tokenizers else self.subfolder_files(s, variant))]
+    return [short_download_command(repo_id, files, None, f"{root}/{local_folder(repo_id)}")]
+
+  def fetch_to(self, repo_id: str, variant: str | None, root: pathlib.Path) -> pathlib.Path:
+    """Downloads the pipeline into `root/<repo name>` (the folder `LR_JAX_WEIGHTS` finds)
+    and returns it checked (`resolve`); a local folder is returned as it is."""
+    if pathlib.Path(repo_id).expanduser().is_dir():
+      return self.resolve(repo_id, variant)
+    import huggingface_hub  # pylint: disable=import-outside-toplevel
+    folder = root / local_folder(repo_id)
+    for subfolder in self.subfolders:
+      optional = subfolder in self.tokenizers   # its candidates: some need not exist
+      for file in self.subfolder_files(subfolder, variant):
+        try:
+          huggingface_hub.hf_hub_download(repo_id, file, local_dir=str(folder))
+        except Exception as err:  # pylint: disable=broad-except  (the hub raises many kinds)
+          if not optional:
+            raise WeightsError(f"could not download {file} of {repo_id}: "
+                               f"{type(err).__name__}: {str(err)[:200]}") from err
+    return self.resolve(folder, variant)
 
   # -- finding the files --------------------------------------------------------------------
 
