@@ -9,25 +9,14 @@ are noise: this config checks the plumbing, not the quality.
   python -m lr_jax.edit --config configs/stable_diffusion_tiny.py --image cat.png \
       --prompt "a cat wearing sunglasses" --out /tmp/out --rgn_checkpoint /tmp/lr_sd_tiny
 """
-import importlib.util
-import pathlib
-
 import ml_collections
 
 from lr_jax import editors
-
-
-def _tiny_config(arg):
-  """configs/tiny.py's config (loaded by path: config files are not a package)."""
-  spec = importlib.util.spec_from_file_location(
-      "lr_jax_configs_tiny", pathlib.Path(__file__).with_name("tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from lr_jax.files import config_files
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = _tiny_config(arg)
+  c = config_files.load_sibling(__file__, "tiny", arg)   # configs/tiny.py
   editors.use(c, "stable_diffusion")
   c.editor.resolution = 64     # the tiny model's size (it always works at 64 px)
   c.editor.num_steps = 3

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import logging
 from typing import Any, ClassVar, Sequence
 
 import jax
@@ -26,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from lr_common import box_editing
-from lr_common.errors import PromptError
+from lr_common.errors import PromptError  # pylint: disable=unused-import (re-exported)
 from lr_jax.encoders import hf_weights
 from lr_jax.generators.amused import decoding
 from lr_jax.generators.amused import hub
@@ -34,6 +33,7 @@ from lr_jax.generators.amused import text as text_lib
 from lr_jax.generators.amused import transformer as transformer_lib
 from lr_jax.generators.amused import vq as vq_lib
 from lr_jax.editors import base
+from lr_jax.editors import free_text
 from lr_jax.encoders.hf_files import WeightsError
 from lr_common.errors import SettingsError
 
@@ -194,37 +194,15 @@ class AmusedEditor(base.Editor):
   def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
     """(N, T) int32 ids as the pipeline tokenizes (padded to T, truncated), and whether
     each prompt was truncated."""
-    if self.tokenizer is None:
-      raise ValueError("this aMUSEd editor has no tokenizer (make() or random weights): "
-                       "build it with official or tiny weights to encode prompts")
-    length = self.max_text_length
-    ids = self.tokenizer(list(prompts), padding="max_length", max_length=length,
-                         truncation=True, return_tensors="np")["input_ids"]
-    full = self.tokenizer(list(prompts), verbose=False)["input_ids"]
-    return np.asarray(ids, np.int32), [len(f) > length for f in full]
+    return free_text.tokenize(self.tokenizer, prompts, self.max_text_length, "aMUSEd")
 
   def condition(self, examples: Sequence[Any], text_encoder: Any) -> base.Conditioning:
     del text_encoder   # the project's CLIP; aMUSEd has its own text encoder
-    empty = [str(ex.image_path) for ex in examples if not ex.prompt.strip()]
-    if empty:
-      raise PromptError(f"the aMUSEd editor needs a text prompt (a class_id alone is "
-                        f"MaskGIT's conditioning); none for {', '.join(empty)}")
-    ignored = [str(ex.image_path) for ex in examples if ex.class_id is not None]
-    if ignored:
-      logging.warning("aMUSEd conditions on the prompt text; class_id ignored for %s",
-                      ", ".join(ignored))
-    prompts = [ex.prompt for ex in examples]
-    negative = self.settings.decode.negative_prompt
-    prompt_ids, truncated = self.tokenize(prompts)
-    negative_ids, _ = self.tokenize([negative] * len(prompts))
-    records = [{"text_condition": {"prompt": p, "negative_prompt": negative,
-                           "guidance_scale": self.settings.decode.guidance_scale,
-                           "truncated_to_tokens": self.max_text_length if t else None}}
-               for p, t in zip(prompts, truncated)]
-    summaries = [f"prompt {p!r}" + (" (truncated)" if t else "")
-                 for p, t in zip(prompts, truncated)]
-    return base.Conditioning({"prompt_ids": prompt_ids, "negative_ids": negative_ids},
-                             records, summaries)
+    decode = self.settings.decode
+    return free_text.condition(examples, editor="aMUSEd", tokenize_fn=self.tokenize,
+                               negative_prompt=decode.negative_prompt,
+                               guidance_scale=decode.guidance_scale,
+                               max_length=self.max_text_length)
 
   def dummy_condition(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)

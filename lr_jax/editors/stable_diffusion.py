@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import logging
 import math
 from typing import Any, Sequence
 
@@ -38,8 +37,9 @@ import ml_collections
 import numpy as np
 
 from lr_common import box_editing
-from lr_common.errors import PromptError, SettingsError
+from lr_common.errors import PromptError, SettingsError  # pylint: disable=unused-import (re-exported)
 from lr_jax.editors import base
+from lr_jax.editors import free_text
 from lr_jax.encoders.hf_files import WeightsError
 from lr_jax.generators.stable_diffusion import hub
 from lr_jax.generators.stable_diffusion import inpaint as inpaint_lib
@@ -231,38 +231,14 @@ class StableDiffusionEditor(base.Editor):
   def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
     """(N, 77) int32 ids as the pipeline tokenizes (padded, truncated) and whether each
     text was truncated."""
-    if self.tokenizer is None:
-      raise ValueError("this Stable Diffusion editor has no tokenizer (make() or random "
-                       "weights): build it with official or tiny weights to encode prompts")
-    length = self.max_text_length
-    ids = self.tokenizer(list(texts), padding="max_length", max_length=length,
-                         truncation=True, return_tensors="np")["input_ids"]
-    full = self.tokenizer(list(texts), verbose=False)["input_ids"]
-    return np.asarray(ids, np.int32), [len(f) > length for f in full]
+    return free_text.tokenize(self.tokenizer, texts, self.max_text_length, "Stable Diffusion")
 
   def condition(self, examples: Sequence[Any], text_encoder: Any) -> base.Conditioning:
     del text_encoder   # the project's CLIP; SD has its own text encoder
-    empty = [str(ex.image_path) for ex in examples if not ex.prompt.strip()]
-    if empty:
-      raise PromptError(f"the Stable Diffusion editor needs a text prompt (a class_id alone "
-                        f"is MaskGIT's conditioning); none for {', '.join(empty)}")
-    ignored = [str(ex.image_path) for ex in examples if ex.class_id is not None]
-    if ignored:
-      logging.warning("Stable Diffusion conditions on the prompt text; class_id ignored for %s",
-                      ", ".join(ignored))
-    prompts = [ex.prompt for ex in examples]
-    sent = [self.prompt_as_sent(p) for p in prompts]
-    negative = self.settings.negative_prompt
-    prompt_ids, truncated = self.tokenize(sent)
-    negative_ids, _ = self.tokenize([negative] * len(prompts))
-    records = [{"text_condition": {
-        "prompt": p, "prompt_as_sent": s, "negative_prompt": negative,
-        "guidance_scale": self.settings.inpaint.guidance_scale,
-        "truncated_to_tokens": self.max_text_length if t else None}}
-               for p, s, t in zip(prompts, sent, truncated)]
-    summaries = [f"prompt {s!r}" + (" (truncated)" if t else "") for s, t in zip(sent, truncated)]
-    return base.Conditioning({"prompt_ids": prompt_ids, "negative_ids": negative_ids},
-                             records, summaries)
+    return free_text.condition(examples, editor="Stable Diffusion", tokenize_fn=self.tokenize,
+                               negative_prompt=self.settings.negative_prompt,
+                               guidance_scale=self.settings.inpaint.guidance_scale,
+                               max_length=self.max_text_length, template=self.prompt_as_sent)
 
   def dummy_condition(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)

@@ -37,3 +37,14 @@ def resolve(path: str) -> tuple[str, list[str]]:
     if candidate.is_file():
       return str(candidate) + sep + arg, tried
   return path, tried
+
+
+def load_sibling(config_file: str | os.PathLike, name: str, arg: str | None = None):
+  """`get_config(arg)` of `configs/<name>.py` beside `config_file` (a config file building on
+  another one: config files are loaded by path, not imported as a package)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(config_file).with_name(f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"lr_jax_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
