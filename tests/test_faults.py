@@ -76,12 +76,20 @@ def test_bad_config_values_fail_before_anything_is_written(env, tmp_path, overri
   assert not wd.exists()
 
 
-def test_editing_twice_into_one_folder_keeps_the_first_results(env, cat, edited):
+def test_editing_twice_into_one_folder_keeps_the_first_results(env, cat, edited, tmp_path):
   before = snapshot(edited)
   proc = run(env, "lr_jax.edit", *TINY, "--image", str(cat), "--prompt", "a lion",
-             "--out", str(edited), "--seed", "7")
+             "--out", str(edited))   # the same strategy and seed: the same file names
   assert_clean_error(proc, "already exist", "--overwrite")
   assert snapshot(edited) == before
+  # Another seed writes files of its own beside them (the names carry the seed).
+  out = tmp_path / "out"
+  subprocess.run(["cp", "-r", str(edited), str(out)], check=True)
+  again = run(env, "lr_jax.edit", *TINY, "--image", str(cat), "--prompt", "a lion",
+              "--out", str(out), "--seed", "7")
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert snapshot(out) == {**before, **{k: v for k, v in snapshot(out).items() if "seed7" in k}}
+  assert len(list(out.iterdir())) == 6
 
 
 def test_overwrite_replaces_and_never_writes_through_a_link(env, cat, edited, tmp_path):
@@ -93,14 +101,15 @@ def test_overwrite_replaces_and_never_writes_through_a_link(env, cat, edited, tm
   photo.unlink()
   photo.symlink_to(target)
   proc = run(env, "lr_jax.edit", *TINY, "--image", str(cat), "--prompt", "a lion",
-             "--out", str(out), "--seed", "3")
+             "--out", str(out))   # the same names as the link's
   assert_clean_error(proc, "symbolic link")
   again = run(env, "lr_jax.edit", *TINY, "--image", str(cat), "--prompt", "a lion",
-              "--out", str(out), "--seed", "3", "--overwrite")
+              "--out", str(out), "--overwrite")
   assert again.returncode == 0, again.stderr[-2000:]
   assert target.read_bytes() == b"keep me"           # the link's target is untouched
   assert not photo.is_symlink() and Image.open(photo).size == (451, 300)
-  assert snapshot(out) != snapshot(edited)           # replaced by the seed-3 edit
+  # Replaced by the same edit (same seed): the bytes of the first run.
+  assert photo.read_bytes() == (edited / photo.name).read_bytes()
 
 
 @pytest.mark.parametrize("kind", ["file", "under_file", "too_long", "virtual_fs"])
