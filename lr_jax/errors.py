@@ -75,7 +75,10 @@ def _load_config_or_exit(argv: list[str]) -> None:
   except Exception as e:  # pylint: disable=broad-except  (config_flags wraps many kinds)
     given = [a[len("--config="):] for a in argv if a.startswith("--config=")]
     path = given[-1] if given else _flag_default("config")
-    _, tried = config_files.resolve(path or "")
+    if not path or path == "None":   # a command with no default config, and none given
+      print("error: --config FILE is required (configs/*.py)", file=sys.stderr)
+      sys.exit(1)
+    _, tried = config_files.resolve(path)
     reason = _clean(str(e).splitlines()[-1]) if str(e) else type(e).__name__
     if any(os.path.isfile(t) for t in tried):
       print(f"error: cannot load config {path}: {reason}", file=sys.stderr)

@@ -360,3 +360,27 @@ def test_editor_bench_flags_are_checked_before_timing(tmp_path):
     check(["amused"], ["1"], ["float32"], 1, json_path=str(tmp_path))
   editor_bench.write_json(str(tmp_path / "new" / "x.json"), [{"n": 1}])
   assert json.loads((tmp_path / "new" / "x.json").read_text()) == [{"n": 1}]
+
+
+@pytest.mark.parametrize("module,args,needle", [
+    # The Stable Diffusion editor's settings, before any model loads.
+    ("lr_jax.train", ("--config", "configs/stable_diffusion_tiny.py", "--workdir", "{tmp}/wd",
+                      "--config.editor.num_steps=0"), "editor.num_steps"),
+    ("lr_jax.edit", ("--config", "configs/stable_diffusion_tiny.py", "--image", "{cat}",
+                     "--prompt", "a lion", "--out", "{tmp}/o", "--config.editor.scheduler=euler"),
+     "editor.scheduler"),
+    # Your own box, and the strategies that need what was not given.
+    ("lr_jax.edit", (*TINY, "--image", "{cat}", "--prompt", "a lion", "--out", "{tmp}/o",
+                     "--box", "0,0,0,5"), "empty"),
+    ("lr_jax.edit", (*TINY, "--image", "{cat}", "--prompt", "a lion", "--out", "{tmp}/o",
+                     "--box", "0,0,5"), "four numbers"),
+    ("lr_jax.edit", (*TINY, "--image", "{cat}", "--prompt", "a lion", "--out", "{tmp}/o",
+                     "--strategy", "rgn"), "--rgn_checkpoint"),
+    # The weights command.
+    ("lr_jax.weights", ("download",), "--config"),
+])
+def test_new_surfaces_fail_before_any_work(env, cat, tmp_path, module, args, needle):
+  args = [a.format(tmp=tmp_path, cat=cat) for a in args]
+  proc = run(env, module, *args)
+  assert_clean_error(proc, needle)
+  assert not (tmp_path / "o").exists() and not (tmp_path / "wd").exists()
