@@ -26,8 +26,10 @@ _CONTRACT = ("CONFIGS", "RGN_KEYS", "RESUMABLE_KEYS", "default_config", "make", 
 
 
 def available() -> list[str]:
-  """The editor modules shipped in this package."""
-  return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
+  """The editor modules shipped in this package (`base` is the contract; modules whose
+  name starts with "_" are helpers the editors share)."""
+  return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                if m.name != "base" and not m.name.startswith("_"))
 
 
 def get(name: str) -> ModuleType:

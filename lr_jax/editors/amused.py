@@ -33,7 +33,7 @@ from lr_jax.generators.amused import text as text_lib
 from lr_jax.generators.amused import transformer as transformer_lib
 from lr_jax.generators.amused import vq as vq_lib
 from lr_jax.editors import base
-from lr_jax.editors import free_text
+from lr_jax.editors import _free_text as free_text
 from lr_jax.encoders.hf_files import WeightsError
 from lr_common.errors import SettingsError
 

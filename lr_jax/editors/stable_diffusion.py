@@ -39,7 +39,7 @@ import numpy as np
 from lr_common import box_editing
 from lr_common.errors import PromptError, SettingsError  # pylint: disable=unused-import (re-exported)
 from lr_jax.editors import base
-from lr_jax.editors import free_text
+from lr_jax.editors import _free_text as free_text
 from lr_jax.encoders.hf_files import WeightsError
 from lr_jax.generators.stable_diffusion import hub
 from lr_jax.generators.stable_diffusion import inpaint as inpaint_lib
