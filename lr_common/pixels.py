@@ -116,7 +116,7 @@ def to_model_input(pixels: np.ndarray, size: int = 256) -> np.ndarray:
   The resize is anisotropic (the aspect ratio is NOT kept: the whole photo is
   squeezed into the square so that a box on the model grid maps back to the
   original by scaling rows by H/size and columns by W/size); `resize_image` does it.
-  The geometry-preserving canvas is `lr_jax.method.canvas`.
+  The geometry-preserving canvas is `lr_common.canvas`.
   """
   if int(size) < 1:
     raise ValueError(f"size must be positive, got {size}")

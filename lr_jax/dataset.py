@@ -14,7 +14,7 @@ import numpy as np
 
 from lr_common import image_files as images_lib
 from lr_common import seeds
-from lr_jax.method import canvas as canvas_lib
+from lr_common import canvas as canvas_lib
 from lr_jax.encoders import imagenet
 from lr_jax.files import manifest as manifest_lib
 from lr_jax.method import step as step_lib
@@ -128,7 +128,7 @@ def canvases(built: Built, loaded: list[images_lib.LoadedImage], canvas: str
 def prepare(built: Built, examples: list[manifest_lib.Example],
             loaded: list[images_lib.LoadedImage] | None = None,
             canvas: str = "pad") -> Prepared:
-  """Loads every image and puts it on its `canvas` ("pad" or "squeeze": `lr_jax.method.canvas`),
+  """Loads every image and puts it on its `canvas` ("pad" or "squeeze": `lr_common.canvas`),
   asks the editor for its conditioning, embeds the texts.
 
   All problems with the images are collected and reported together.

@@ -13,7 +13,7 @@ import math
 from typing import Sequence
 
 from lr_common.errors import UserError
-from lr_jax.method import canvas as canvas_lib
+from lr_common import canvas as canvas_lib
 
 UNITS = ("pixels", "tokens")
 

@@ -3,11 +3,16 @@ r"""Edit boxes of an image with class-conditional MaskGIT.
   python -m maskgit.edit --image in.png --box 64,64,96,96 --label 291 --out out.png
 
 Boxes are top,left,height,width in the input image's pixels (--box_units pixels)
-or in tokens of the model grid (--box_units tokens). The image is converted to
-RGB and resized to the model size; each box is edited independently in one
-batched call. Each edit and its feathered mask are resized back to the input's
+or in tokens of the model's canvas (--box_units tokens). The image is converted to
+RGB and put on the model's square keeping its aspect ratio (--canvas pad: resized
+until its longer side fills the square, the rest edge padding; --canvas squeeze
+stretches it, as before); each box is edited independently in one batched call.
+Each edit and its feathered mask are cut to the photo, resized back to the input's
 resolution and blended into the original image, so pixels outside the mask are
-unchanged. With several boxes the results go to OUT_0.png, OUT_1.png... When
+unchanged (the feather reaches at most a quarter of the grown box's side past it).
+
+Offline, without checkpoints: `--config=tiny --random_weights` edits with a tiny
+random MaskGIT (the edits are noise: a check of the command). With several boxes the results go to OUT_0.png, OUT_1.png... When
 --out is an existing folder (or ends with a slash) the result is
 OUT/<image stem>_edited.png (_edited_0.png, _edited_1.png... for several boxes).
 
@@ -28,12 +33,12 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from lr_common import canvas as canvas_lib
 from lr_common import image_files
 from lr_common import output_files
 from lr_common import seeds
 from lr_common.output_files import check_outputs
 from lr_common.errors import UserError
-from lr_common.pixels import composite_to_original, to_model_input
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Input image file.")
@@ -52,6 +57,10 @@ flags.DEFINE_string("cache_dir", None, "Checkpoint cache folder.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_integer("grow_tokens", 1, "Tokens added around each box before masking.")
+flags.DEFINE_enum("canvas", "pad", list(canvas_lib.CANVASES),
+                  "pad: keep the photo's aspect ratio (edge padding); squeeze: stretch it.")
+flags.DEFINE_bool("random_weights", False, "Random parameters instead of checkpoints "
+                  "(with --config=tiny: an offline check; the edits are noise).")
 
 
 CHECKPOINT_HINT = ("pass --cache_dir DIR (a folder holding the files), or the files "
@@ -119,10 +128,11 @@ def save_atomically(path: pathlib.Path, picture: np.ndarray, overwrite: bool = F
 
 
 def _token_boxes(box_array: np.ndarray, box_units: str, height: int, width: int,
-                 model) -> np.ndarray:
-  """(K, 4) boxes in the input's pixels or in tokens -> (K, 4) int32 token boxes."""
+                 model, lay: canvas_lib.Layout) -> np.ndarray:
+  """(K, 4) boxes in the input's pixels or in tokens -> (K, 4) int32 token boxes of the
+  canvas `lay`."""
   from maskgit import editing  # pylint: disable=g-import-not-at-top
-  size, side = model.image_size, model.tokens_per_side
+  side = model.tokens_per_side
   if box_units == "tokens":
     if np.any(box_array != np.round(box_array)):
       raise EditCLIError("--box_units=tokens needs integer boxes")
@@ -138,8 +148,14 @@ def _token_boxes(box_array: np.ndarray, box_units: str, height: int, width: int,
         raise EditCLIError(f"{where} is empty or inverted (height and width must be > 0)")
       if top >= height or left >= width or top + box_h <= 0 or left + box_w <= 0:
         raise EditCLIError(f"{where} lies entirely outside the {width}x{height} image")
-    scale = np.array([size / height, size / width, size / height, size / width])
-    tokens = np.asarray(editing.pixel_boxes_to_tokens(box_array * scale, size, side))
+    # Cut to the photo first, so the canvas tokens cover the part that is in it.
+    top = np.clip(box_array[:, 0], 0, height)
+    left = np.clip(box_array[:, 1], 0, width)
+    bottom = np.clip(box_array[:, 0] + box_array[:, 2], 0, height)
+    right = np.clip(box_array[:, 1] + box_array[:, 3], 0, width)
+    tokens = np.asarray([canvas_lib.original_box_to_tokens(b, lay) for b in
+                         np.stack([top, left, bottom - top, right - left], 1).tolist()],
+                        np.int32)
   editing.validate_boxes(tokens, side)
   return tokens
 
@@ -148,7 +164,8 @@ def run(image: str, boxes: Sequence[str], label: int, out: str, *,
         box_units: str = "pixels", config: str = "imagenet256",
         tokenizer: str | None = None, transformer: str | None = None,
         cache_dir: str | None = None, seed: int = 0, dtype: str = "float32",
-        grow_tokens: int = 1, overwrite: bool = False) -> list[pathlib.Path]:
+        grow_tokens: int = 1, overwrite: bool = False, canvas: str = "pad",
+        random_weights: bool = False) -> list[pathlib.Path]:
   """Edits the boxes of one image and writes the results (input's size); returns the paths."""
   import jax  # pylint: disable=g-import-not-at-top
   from maskgit import checkpoints, configs, editing  # pylint: disable=g-import-not-at-top
@@ -167,22 +184,29 @@ def run(image: str, boxes: Sequence[str], label: int, out: str, *,
   check_outputs(paths, overwrite)  # before any reading or compute
   original = load_image(image, compact=True)
   height, width = original.shape[:2]
-  box_tokens = _token_boxes(box_array, box_units, height, width, model)
-  size = model.image_size
-  pixels = to_model_input(original, size)   # float32; the same values at that size
+  size, side = model.image_size, model.tokens_per_side
+  lay = canvas_lib.layout((height, width), size, side, canvas)
+  box_tokens = _token_boxes(box_array, box_units, height, width, model, lay)
+  pixels = canvas_lib.to_canvas(original, lay).astype(np.float32)
   if (height, width) != (size, size):
-    note = "" if height == width else " (stretched; the result keeps the input's shape)"
+    note = ("" if height == width else " (stretched; the result keeps the input's shape)"
+            if canvas == "squeeze" else " (aspect ratio kept, edge padding)")
     _warn(f"{width}x{height} image edited at {size}x{size}{note}")
 
-  tok_params, tr_params = checkpoints.load_maskgit(
-      model, tokenizer, transformer, cache_dir, hint=CHECKPOINT_HINT)
+  if random_weights:
+    _warn(f"random {config} MaskGIT weights: the edits are noise")
+    tok_params, tr_params = checkpoints.init_params(model, jax.random.PRNGKey(seed))
+  else:
+    tok_params, tr_params = checkpoints.load_maskgit(
+        model, tokenizer, transformer, cache_dir, hint=CHECKPOINT_HINT)
   editor = editing.make_editor(model, editing.EditConfig(dtype=dtype, grow_tokens=grow_tokens))
   result = editor(tok_params, tr_params, pixels[None], box_tokens[None],
                   np.array([label], np.int32), seeds.prng_key(seed))
   raw, masks = np.asarray(result["raw"][0]), np.asarray(result["pixel_mask"][0])
-  for path, edited, mask in zip(paths, raw, masks):
-    save_atomically(path, composite_to_original(original, edited, mask, dtype=np.uint8),
-                    overwrite)
+  grown = np.asarray(editing.grown_boxes(box_tokens, side, grow_tokens))
+  for path, edited, mask, box in zip(paths, raw, masks, grown):
+    save_atomically(path, canvas_lib.composite(original, edited, mask, lay, dtype=np.uint8,
+                                               box_tokens=box.tolist()), overwrite)
     print(f"wrote {path}", flush=True)
   return paths
 
@@ -211,7 +235,8 @@ def _run_from_flags(argv: Sequence[str]) -> int:
     run(FLAGS.image, FLAGS.box, FLAGS.label, FLAGS.out, box_units=FLAGS.box_units,
         config=FLAGS.config, tokenizer=FLAGS.tokenizer, transformer=FLAGS.transformer,
         cache_dir=FLAGS.cache_dir, seed=FLAGS.seed, dtype=FLAGS.dtype,
-        grow_tokens=FLAGS.grow_tokens, overwrite=FLAGS.overwrite)
+        grow_tokens=FLAGS.grow_tokens, overwrite=FLAGS.overwrite, canvas=FLAGS.canvas,
+        random_weights=FLAGS.random_weights)
   except (CheckpointError, EditCLIError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

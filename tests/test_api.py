@@ -12,7 +12,7 @@ from PIL import Image
 
 from lr_common import box_editing
 from lr_jax import api
-from lr_jax.method import canvas as canvas_lib
+from lr_common import canvas as canvas_lib
 from tests import cli_helpers
 
 

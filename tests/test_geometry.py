@@ -1,4 +1,4 @@
-"""The geometry-preserving canvas and window mode (lr_jax/method/canvas.py, lr_jax/method/window.py):
+"""The geometry-preserving canvas and window mode (lr_common/canvas.py, lr_jax/method/window.py):
 round things stay round, anchors stay off the padding, only the edited box changes,
 window edits land where they belong, training sees what inference sees."""
 import json
@@ -13,7 +13,7 @@ from PIL import Image
 from configs import tiny
 from lr_common import pixels as pixels_lib
 from lr_jax.method import anchors as anchors_lib
-from lr_jax.method import canvas as canvas_lib
+from lr_common import canvas as canvas_lib
 from lr_jax import checkpointing
 from lr_jax import dataset
 from lr_jax import editors

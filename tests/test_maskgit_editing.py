@@ -234,17 +234,40 @@ def test_cli_result_keeps_input_resolution(setup, tmp_path, capsys):
   source, out = tmp_path / "in.png", tmp_path / "out.png"
   original = _rgb_png(source, 40, 72)
   code = _cli(setup["directory"], f"--image={source}", "--box=2,2,8,12", "--label=4",
-              f"--out={out}")
+              f"--out={out}", "--canvas=squeeze")
   err = capsys.readouterr().err
   assert code == 0, err
   written = np.asarray(Image.open(out))
   assert written.shape == original.shape
-  # The box maps to token (0, 0), grown to tokens 0-1: model pixels [0, 32), feathered
+  # Squeezed, the box maps to token (0, 0), grown to tokens 0-1: model pixels [0, 32), feathered
   # to < 41 (3 sigma = 9); at 40x72 that is rows < 26, cols < 47, plus the resampling
   # filter. Beyond, the original pixels are kept exactly.
   np.testing.assert_array_equal(written[30:], original[30:])
   np.testing.assert_array_equal(written[:, 52:], original[:, 52:])
   assert np.abs(written[:16, :16].astype(int) - original[:16, :16]).max() > 20
+
+
+def test_cli_keeps_the_aspect_ratio_and_runs_offline_with_random_weights(tmp_path, capsys):
+  """The default canvas pads a wide photo instead of stretching it; the tiny random MaskGIT
+  needs no checkpoint; pixels beyond the bounded feather are the input's."""
+  from maskgit import edit
+  source, out = tmp_path / "in.png", tmp_path / "out.png"
+  original = _rgb_png(source, 40, 72)
+  code = edit.cli(["edit", f"--image={source}", "--box=2,2,8,12", "--label=4",
+                   f"--out={out}", "--config=tiny", "--random_weights"])
+  err = capsys.readouterr().err
+  assert code == 0, err
+  assert "aspect ratio kept" in err and "random tiny MaskGIT weights" in err
+  written = np.asarray(Image.open(out))
+  assert written.shape == original.shape
+  changed = np.argwhere((written != original).any(-1))
+  assert len(changed) and changed[:, 1].max() < 48   # the box ends at column 14
+  np.testing.assert_array_equal(written[:, 48:], original[:, 48:])
+  # Squeezed, the same box reaches further right (the canvas stretches the width less).
+  squeezed = tmp_path / "squeezed.png"
+  assert edit.cli(["edit", f"--image={source}", "--box=2,2,8,12", "--label=4",
+                   f"--out={squeezed}", "--config=tiny", "--random_weights",
+                   "--canvas=squeeze"]) == 0
 
 
 def _gray16_png(path):

@@ -3,7 +3,7 @@
   python tools/padding_structure.py
 
 Puts four scikit-image photos, cropped to 16:9 and 3:1, on the 256-pixel "pad" canvas
-(`lr_jax.method.canvas`) with each padding mode and prints the mean gradient magnitude in the
+(`lr_common.canvas`) with each padding mode and prints the mean gradient magnitude in the
 padding divided by the one in the photo (1: as much structure as the photo; a mirrored
 copy of it is about 1). A proxy for what DINO and CLIP would make of the padding: no
 pretrained weights are needed.
@@ -16,7 +16,7 @@ from skimage import data
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from lr_common import pixels as pixels_lib  # noqa: E402
-from lr_jax.method import canvas as canvas_lib  # noqa: E402
+from lr_common import canvas as canvas_lib  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 ASPECTS = (16 / 9, 3.0)

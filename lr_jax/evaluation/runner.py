@@ -31,7 +31,7 @@ from lr_common import output_files
 from lr_common import pixels as pixels_lib
 from lr_common import seeds
 from lr_common.errors import UserError
-from lr_jax.method import canvas as canvas_lib
+from lr_common import canvas as canvas_lib
 from lr_jax import checkpointing
 from lr_jax import dataset
 from lr_jax.encoders import dino as dino_lib

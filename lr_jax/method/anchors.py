@@ -41,7 +41,7 @@ def _grid_hw(grid: GridSize) -> Tuple[int, int]:
 
 def valid_corners(valid: Array | None, grid: GridSize) -> Tuple[Array, Array, Array, Array]:
   """(y1, x1, y2, x2) float32 of the valid areas (..., 4) (top, left, height, width)
-  in tokens (`lr_jax.method.canvas`); None: the whole grid."""
+  in tokens (`lr_common.canvas`); None: the whole grid."""
   if valid is None:
     rows, cols = _grid_hw(grid)
     valid = jnp.asarray([0, 0, rows, cols])

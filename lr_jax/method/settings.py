@@ -20,12 +20,12 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
+from lr_common.canvas import CANVASES
 from lr_common.errors import SettingsError  # pylint: disable=unused-import (re-exported)
 from lr_jax.method import losses
 from lr_jax.method import rgn as rgn_lib
 
 _RGN = {"rgn": True}
-CANVASES = ("pad", "squeeze")          # lr_jax.method.canvas
 WINDOW_MODES = ("auto", "on", "off")   # lr_jax.method.window
 _RESUMABLE = {"resumable": True}
 
@@ -99,7 +99,7 @@ class RegionSettings:
   sizes: tuple[int, ...] = dataclasses.field(default=(3, 5, 7, 9, 11, 13, 15), metadata=_RGN)
   roi_size: int = dataclasses.field(default=7, metadata=_RGN)
   sampling_ratio: int = dataclasses.field(default=2, metadata=_RGN)
-  # How a photo is placed in the editor's square (`lr_jax.method.canvas`): "pad" keeps its
+  # How a photo is placed in the editor's square (`lr_common.canvas`): "pad" keeps its
   # aspect ratio, "squeeze" stretches it (a trained RGN scores boxes of one canvas).
   canvas: str = dataclasses.field(default="pad", metadata=_RGN)
   # Window mode (`lr_jax.method.window`): the kept box edited once more in a square window

@@ -6,7 +6,7 @@ key) and of static `Models` and `settings.Method`; `lr_jax.trainer` and
 editor's image size, boxes (top, left, height, width) in the editor's token units,
 (row, col) order everywhere.
 
-A batch is {"images" (B,S,S,3): the canvases (`lr_jax.method.canvas`), "valid" (B,4) int: the
+A batch is {"images" (B,S,S,3): the canvases (`lr_common.canvas`), "valid" (B,4) int: the
 token area (top, left, height, width) of each canvas that shows the photo (optional:
 the whole grid), "text_embed" (B,P), "src_text_embed" (B,P), "cond": the editor's
 conditioning arrays}.

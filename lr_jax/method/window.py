@@ -5,7 +5,7 @@ On the whole-photo canvas one token covers (longer side / grid) original pixels:
 as a blurry patch. After the region is chosen on that canvas, a square window around
 the kept box (`config.region.window_scale` x the box's longer side, at least the
 editor's size, clamped to the photo) is cut from the original, put on its own canvas
-(`lr_jax.method.canvas`), the box is edited there in the window's token units (one more editor
+(`lr_common.canvas`), the box is edited there in the window's token units (one more editor
 call) and the result is composited back into the window's place at the original
 resolution. Outside the edited box every pixel stays the input's.
 
@@ -21,7 +21,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from lr_common import pixels as pixels_lib
-from lr_jax.method import canvas as canvas_lib
+from lr_common import canvas as canvas_lib
 
 AUTO_MIN_GAIN = 1.5
 

@@ -1,6 +1,6 @@
 """Where a photo lies in the editor's square: the canvas of DINO, the editor and CLIP.
 
-Two canvases (`config.region.canvas`):
+Two canvases (`config.region.canvas` in lr_jax, `--canvas` of `python -m maskgit.edit`):
 
   * "pad" (default): the photo is resized keeping its aspect ratio so that its longer
     side fills the square, and the rest is filled by repeating the photo's edge pixels
@@ -23,7 +23,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from lr_common import pixels as pixels_lib
-from lr_jax.method.settings import CANVASES
+
+CANVASES = ("pad", "squeeze")   # `config.region.canvas` in lr_jax; `--canvas` of maskgit.edit
 
 # Edge padding, not reflect: reflecting copies the photo's border objects into the
 # padding, where CLIP sees them twice (README: "Canvas").
