@@ -96,7 +96,8 @@ def _load_official(run: run_settings.Run):
         f"Pretrained weights are missing or unusable ({', '.join(problems)}).\n"
         + weights.fetch_help(run, keys=tuple(problems))
         + "\nOr pass a folder per model: --config.dino.repo=DIR, --config.clip.repo=DIR,\n"
-        + "--config.editor.cache_dir=DIR (MaskGIT) or --config.editor.repo=DIR (aMUSEd).\n"
+        + "--config.editor.cache_dir=DIR (MaskGIT) or --config.editor.repo=DIR (aMUSEd,\n"
+        + "Stable Diffusion).\n"
         + f"What failed:\n{details}")
   return loaded["dino"], loaded["clip"], loaded[name]
 
