@@ -5,7 +5,7 @@ Both generators import these; neither imports the other.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -90,3 +90,19 @@ def output_head(x: jax.Array, features: int, groups: int, dtype: Any) -> jax.Arr
   """GN -> SiLU -> conv3x3 to `features` channels (called inside a compact module)."""
   x = nn.silu(group_norm(groups, "conv_norm_out", dtype)(x))
   return conv(features, 3, "conv_out", dtype)(x)
+
+
+def size_problems(config: Any, positive: Sequence[str]) -> list[str]:
+  """What is wrong with the sizes of a VQ or KL autoencoder config: no blocks, a size in
+  `positive` below 1, block widths that the GroupNorm groups do not divide."""
+  problems = []
+  if not config.block_out_channels:
+    problems.append("block_out_channels is empty")
+  for name in positive:
+    if getattr(config, name) < 1:
+      problems.append(f"{name} must be positive, got {getattr(config, name)}")
+  groups = config.norm_num_groups
+  uneven = [c for c in config.block_out_channels if groups > 0 and c % groups]
+  if uneven:
+    problems.append(f"block_out_channels {uneven} are not multiples of norm_num_groups={groups}")
+  return problems

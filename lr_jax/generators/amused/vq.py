@@ -32,7 +32,7 @@ import numpy as np
 
 from lr_common.errors import UserError
 from lr_common.random_params import draw_params
-from lr_jax.generators.conv_blocks import Stage, conv, output_head
+from lr_jax.generators.conv_blocks import Stage, conv, output_head, size_problems
 
 
 
@@ -54,17 +54,9 @@ class VQConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
-    problems = []
-    if not self.block_out_channels:
-      problems.append("block_out_channels is empty")
-    uneven = [c for c in self.block_out_channels if c % self.norm_num_groups]
-    if uneven:
-      problems.append(f"block_out_channels {list(uneven)} are not multiples of "
-                      f"norm_num_groups={self.norm_num_groups}")
-    for name in ("in_channels", "out_channels", "layers_per_block", "latent_channels",
-                 "num_vq_embeddings", "vq_embed_dim", "norm_num_groups"):
-      if getattr(self, name) < 1:
-        problems.append(f"{name} must be positive, got {getattr(self, name)}")
+    problems = size_problems(self, ("in_channels", "out_channels", "layers_per_block",
+                                    "latent_channels", "num_vq_embeddings", "vq_embed_dim",
+                                    "norm_num_groups"))
     if problems:
       raise VQConfigError("bad VQ config: " + "; ".join(problems))
 

@@ -42,7 +42,8 @@ from lr_common.errors import UserError
 from lr_common.random_params import draw_params
 from lr_jax.encoders.hf_files import WeightsError, read_json, read_safetensors
 from lr_jax.encoders.hf_weights import convert_state, hf_shapes
-from lr_jax.generators.conv_blocks import ResnetBlock, Stage, conv, group_norm, output_head
+from lr_jax.generators.conv_blocks import (ResnetBlock, Stage, conv, group_norm, output_head,
+                                          size_problems)
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # diffusers' DiagonalGaussianDistribution clamp
 SD_SCALING_FACTOR = 0.18215
@@ -68,18 +69,8 @@ class VAEConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
-    problems = []
-    if not self.block_out_channels:
-      problems.append("block_out_channels is empty")
-    for name in ("in_channels", "out_channels", "layers_per_block", "latent_channels",
-                 "norm_num_groups"):
-      if getattr(self, name) < 1:
-        problems.append(f"{name} must be positive, got {getattr(self, name)}")
-    uneven = [c for c in self.block_out_channels
-              if self.norm_num_groups > 0 and c % self.norm_num_groups]
-    if uneven:
-      problems.append(f"block_out_channels {uneven} are not multiples of "
-                      f"norm_num_groups={self.norm_num_groups}")
+    problems = size_problems(self, ("in_channels", "out_channels", "layers_per_block",
+                                    "latent_channels", "norm_num_groups"))
     if not self.scaling_factor > 0:
       problems.append(f"scaling_factor must be positive, got {self.scaling_factor}")
     if problems:
