@@ -245,47 +245,49 @@ def resolve_hf_repo(repo_id_or_dir: str | os.PathLike, filenames: Sequence[str],
       + "\n" + _conversion_hint().replace("DIR", local_folder(repo_id)))
 
 
-def safetensors_problem(path: str | os.PathLike) -> str | None:
-  """Why a safetensors file is unusable (truncated, not safetensors), or None when its
-  header parses and its data is as long as the header says. Reads the header only."""
-  path = pathlib.Path(path)
+class _BadHeader(ValueError):
+  pass
+
+
+def _safetensors_layout(path: pathlib.Path) -> tuple[dict[str, Any], int, int]:
+  """(header, data bytes the header describes, data bytes present) of a safetensors file;
+  raises _BadHeader saying what is wrong with the header."""
   try:
     with open(path, "rb") as f:
       head = f.read(8)
       if len(head) < 8:
-        return "shorter than a safetensors header"
+        raise _BadHeader("shorter than a safetensors header")
       size = int.from_bytes(head, "little")
       if size > 100_000_000:
-        return "not a safetensors file (implausible header length)"
+        raise _BadHeader("implausible header length")
       header = json.loads(f.read(size))
     end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
               default=0)
   except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+    raise _BadHeader(f"header cannot be parsed: {err}") from None
+  return header, end, path.stat().st_size - 8 - size
+
+
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+  """Why a safetensors file is unusable (truncated, not safetensors), or None when its
+  header parses and its data is as long as the header says. Reads the header only."""
+  try:
+    _, end, actual = _safetensors_layout(pathlib.Path(path))
+  except _BadHeader as err:
     return f"not a safetensors file ({err})"
-  actual = path.stat().st_size - 8 - size
   return None if actual >= end else f"truncated ({actual} of {end} data bytes)"
 
 
 def _diagnose_safetensors(path: pathlib.Path) -> str:
   """Why a safetensors file failed to load: a bad header, truncation, or something else."""
   try:
-    with open(path, "rb") as f:
-      head = f.read(8)
-      if len(head) < 8:
-        return "the file is shorter than a safetensors header: it is truncated or not safetensors"
-      size = int.from_bytes(head, "little")
-      if size > 100_000_000:
-        return "its header length is implausible: it is corrupt or not a safetensors file"
-      header = json.loads(f.read(size))
-    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-              default=0)
-    dtypes = sorted({str(v.get("dtype")) for k, v in header.items() if k != "__metadata__"})
-  except (OSError, ValueError, TypeError, KeyError) as err:
-    return f"its header cannot be parsed ({err}): it is corrupt or not a safetensors file"
-  actual = path.stat().st_size - 8 - size
+    header, end, actual = _safetensors_layout(path)
+  except _BadHeader as err:
+    return f"{err}: it is corrupt, truncated or not a safetensors file"
   if actual < end:
     return (f"it is truncated ({actual} data bytes, the header describes {end}): "
             f"download it again")
+  dtypes = sorted({str(v.get("dtype")) for k, v in header.items() if k != "__metadata__"})
   return (f"the header is intact (tensor dtypes {dtypes}); this installation of safetensors "
           f"cannot read one of these dtypes: upgrade safetensors / ml_dtypes")
 
