@@ -21,13 +21,11 @@ and CPU smoke runs, with `random_params`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import pathlib
 from typing import Any, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lr_common.random_params import draw_params
@@ -81,21 +79,12 @@ def load_text_encoder(repo_or_dir: str | os.PathLike, variant: str | None = None
                       cache_dir: str | os.PathLike | None = None
                       ) -> tuple[clip_text.ClipTextConfig, Any]:
   """(ClipTextConfig, float32 params) of the `text_encoder/` folder (a CLIPTextModel, no
-  projection), loaded strictly; run it with `encode_text`."""
+  projection), loaded strictly; run it with `inpaint.encode_prompts`."""
   directory = resolve_stable_diffusion(repo_or_dir, variant, cache_dir, ("text_encoder",))
   data, tensors = read_component(directory, "text_encoder", variant)
   config = clip_text.text_config_from_json(data, with_projection=False)
   source = str(directory / "text_encoder" / weights_filename("text_encoder", variant))
   return config, clip_text.convert_text_encoder(tensors, config, source)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def encode_text(config: clip_text.ClipTextConfig, params: Any, input_ids: jax.Array,
-                dtype: Any = jnp.float32) -> jax.Array:
-  """SD's text conditioning: input_ids (B, 77) -> last_hidden_state (B, 77, D), the last
-  block's output after the final LayerNorm (no attention mask, as the pipeline calls it)."""
-  out = clip_text.ClipTextModel(config, dtype).apply({"params": params}, input_ids)
-  return out.last_hidden_state
 
 
 def load_tokenizer(repo_or_dir: str | os.PathLike,
