@@ -25,7 +25,6 @@ import numpy as np
 from PIL import Image
 
 from lr_common import image_files as images_lib
-from lr_common import seeds
 from lr_common.errors import UserError
 from lr_jax import checkpointing
 from lr_jax import editors
@@ -34,7 +33,6 @@ from lr_jax import notebook
 from lr_jax import run_settings
 from lr_jax import user_boxes
 from lr_jax.files import manifest as manifest_lib
-from lr_jax.method import step as step_lib
 from lr_jax.models import Built, build_models
 
 BoxError = user_boxes.BoxError
@@ -149,14 +147,7 @@ class Editor:
 
   def _rgn_params(self, checkpoint: str | None):
     if checkpoint not in self._rgn:
-      if checkpoint:
-        checkpointing.check_compatible(checkpointing.resolve_rgn_checkpoint(checkpoint)[0],
-                                       self.run, checkpointing.rgn_keys(self.run))
-        params = checkpointing.load_rgn_params(checkpoint, self.built.models, self.run)
-      else:
-        params = step_lib.init_train_state(self.built.models, self.run.method,
-                                           seeds.prng_key(self.run.seed)).params
-      self._rgn[checkpoint] = params
+      self._rgn[checkpoint] = checkpointing.rgn_params(checkpoint, self.built.models, self.run)
     return self._rgn[checkpoint]
 
   def edit(self, image: str | os.PathLike | Image.Image | np.ndarray, prompt: str, *,

@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lr_common import folder_lock
+from lr_common import seeds
 from lr_common import json_files
 from lr_common import output_files
 from lr_common.errors import UserError
@@ -317,3 +318,13 @@ def load_rgn_params(path: str | pathlib.Path, models: Any, config: Config) -> An
   params = sharding.to_host(state.params)
   check_finite(params, f"{workdir}/checkpoints/{step}")
   return params
+
+
+def rgn_params(path: str | pathlib.Path | None, models: Any, config: Config) -> Any:
+  """The RGN parameters an edit starts from: a trained RGN's (`load_rgn_params`), or
+  without `path` a fresh RGN's, drawn from the config's seed (what refinement starts from
+  and the strategies that use no RGN carry)."""
+  run = run_settings.parse(config)
+  if path:
+    return load_rgn_params(path, models, run)
+  return step_lib.init_train_state(models, run.method, seeds.prng_key(run.seed)).params

@@ -392,7 +392,6 @@ def run_edit(config, examples: list[manifest_lib.Example], *, out_dir=None,
   with the region strategy (`choose_strategy`; `boxes`: the user's, in `box_unit`, the
   same for every example). File names carry strategy and seed (`output_names`)."""
   run = run_settings.parse(config)   # bad settings fail before anything is read or loaded
-  method = run.method
   strategy, reason = choose_strategy(strategy, rgn_checkpoint, refine_steps,
                                      boxes is not None)
   check_outputs(out_dir, examples, overwrite, strategy, seed)   # ... and so do taken outputs
@@ -403,11 +402,7 @@ def run_edit(config, examples: list[manifest_lib.Example], *, out_dir=None,
     checkpointing.check_compatible(checkpointing.resolve_rgn_checkpoint(rgn_checkpoint)[0],
                                    run, checkpointing.rgn_keys(run))
   built = build_models(run) if built is None else built
-  if rgn_checkpoint:
-    rgn_params = checkpointing.load_rgn_params(rgn_checkpoint, built.models, run)
-  else:
-    rgn_params = step_lib.init_train_state(built.models, method,
-                                           seeds.prng_key(run.seed)).params
+  rgn_params = checkpointing.rgn_params(rgn_checkpoint, built.models, run)
   return edit_examples(built, rgn_params, examples, run, seed=seed, out_dir=out_dir,
                        refine_steps=refine_steps, checkpoint=rgn_checkpoint,
                        progress=progress, overwrite=overwrite, loaded=loaded,

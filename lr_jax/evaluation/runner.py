@@ -374,11 +374,7 @@ def _edit_and_measure(p: Plan, rows: list[dict[str, Any]], todo: list[tuple[int,
     output_files.write_text(out_dir / SETTINGS_FILE, json.dumps(p.settings, indent=2))
   settings_id = results_lib.settings_sha1(p.settings)
   built = build_models(p.run) if built is None else built
-  if p.rgn_checkpoint:
-    trained = checkpointing.load_rgn_params(p.rgn_checkpoint, built.models, p.run)
-  else:
-    trained = step_lib.init_train_state(built.models, p.method,
-                                        seeds.prng_key(p.run.seed)).params
+  trained = checkpointing.rgn_params(p.rgn_checkpoint, built.models, p.run)
   compiled = set()
   # Over pairs (one edit each, minutes on a CPU), the skipped ones counted as done.
   bar = tqdm.tqdm(total=len(p.wanted), initial=skipped, unit="pair", disable=not progress,
