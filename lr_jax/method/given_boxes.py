@@ -13,7 +13,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lr_jax.method import scoring
 from lr_jax.method import step as step_lib
 from lr_jax.method.bundle import Models
 from lr_jax.method.settings import Method
@@ -22,16 +21,9 @@ from lr_jax.method.settings import Method
 def infer_boxes(frozen: Any, batch: dict[str, Any], boxes: jax.Array, rng: jax.Array, *,
                 models: Models, method: Method) -> step_lib.Inference:
   """Edits, scores and picks among the given boxes (B, N, 4) (tokens, float)."""
-  images = batch["images"]
   b, n = boxes.shape[:2]
   boxes = boxes.astype(jnp.float32)
-  out = step_lib.edit_boxes(models, frozen, images, boxes, batch["cond"], rng)
-  both = jnp.concatenate([images[:, None], out.images], axis=1)          # one CLIP call
-  all_emb, _ = step_lib.clip_images(models, frozen, both)
-  s = method.score
-  scores = jax.vmap(functools.partial(scoring.quality_score, alpha=s.alpha, beta=s.beta))(
-      all_emb[:, 1:], all_emb[:, 0], batch["text_embed"])
-  best = jax.vmap(lambda q: scoring.pick_best(q, top_t2i=s.top_t2i or None))(scores)
+  out, scores, best = step_lib.edit_and_score(models, frozen, batch, boxes, rng, method.score)
   grid = models.editor.box_grid
   anchors = jnp.floor(boxes[..., :2] + boxes[..., 2:] / 2).astype(jnp.int32)
   anchors = jnp.clip(anchors, 0, grid - 1)

@@ -30,7 +30,8 @@ from lr_jax.method import scoring
 from lr_jax.encoders.clip import CLIP, augment_views, clip_preprocess
 from lr_jax.editors.base import EditOutput
 from lr_jax.method.bundle import Models
-from lr_jax.method.settings import LossSettings, Method, OptimSettings, RegionSettings
+from lr_jax.method.settings import (LossSettings, Method, OptimSettings, RegionSettings,
+                                    ScoreSettings)
 
 Array = jax.Array
 
@@ -273,16 +274,25 @@ def infer(rgn_params, frozen: Any, batch: dict[str, Any], rng: Array, *,
   regions = find_regions(models, frozen, images, method.region, valid)
   logits, boxes, anchors, proposals, chosen = _candidates(
       rgn_params, regions, rng, models, strategy, valid)
+  out, scores, best = edit_and_score(models, frozen, batch, boxes, rng, method.score)
+  return Inference(regions, Candidates(anchors, proposals), logits, chosen, boxes, out,
+                   scores, best)
+
+
+def edit_and_score(models: Models, frozen: Any, batch: dict[str, Any], boxes: Array,
+                   rng: Array, score: ScoreSettings
+                   ) -> tuple[EditOutput, scoring.QualityScore, Array]:
+  """The candidate boxes (B, N, 4) edited in one editor call, their quality scores
+  S = alpha S_t2i + beta S_i2i (one CLIP call with the sources) and the pick per image."""
+  images = batch["images"]
   out = edit_boxes(models, frozen, images, boxes, batch["cond"], rng)
   both = jnp.concatenate([images[:, None], out.images], axis=1)          # one CLIP call
   all_emb, _ = clip_images(models, frozen, both)                         # (B,1+N,P)
   src_emb, emb = all_emb[:, 0], all_emb[:, 1:]
-  s = method.score
-  scores = jax.vmap(functools.partial(scoring.quality_score, alpha=s.alpha, beta=s.beta))(
-      emb, src_emb, batch["text_embed"])
-  best = jax.vmap(lambda q: scoring.pick_best(q, top_t2i=s.top_t2i or None))(scores)
-  return Inference(regions, Candidates(anchors, proposals), logits, chosen, boxes, out,
-                   scores, best)
+  scores = jax.vmap(functools.partial(scoring.quality_score, alpha=score.alpha,
+                                      beta=score.beta))(emb, src_emb, batch["text_embed"])
+  best = jax.vmap(lambda q: scoring.pick_best(q, top_t2i=score.top_t2i or None))(scores)
+  return out, scores, best
 
 
 @functools.lru_cache(maxsize=16)
