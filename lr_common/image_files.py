@@ -280,3 +280,16 @@ def list_images(folder: str | pathlib.Path,
   return sorted(p for p in folder.iterdir()
                 if p.is_file() and not p.name.startswith(".")
                 and p.suffix.lower() in wanted)
+
+
+def load_images(paths: list[str | pathlib.Path]) -> list[LoadedImage]:
+  """Loads every image; all unusable ones are reported together in one ImageError."""
+  loaded, problems = [], []
+  for path in paths:
+    try:
+      loaded.append(load_image(path))
+    except ImageError as e:
+      problems.append(str(e))
+  if problems:
+    raise ImageError("Some images cannot be used:\n  " + "\n  ".join(problems))
+  return loaded

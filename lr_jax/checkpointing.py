@@ -2,12 +2,13 @@
 loading a trained RGN (`load_rgn_params`) for inference."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pathlib
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -30,21 +31,17 @@ from lr_jax.method import step as step_lib
 Config = ml_collections.ConfigDict | run_settings.Run
 
 
-def resumable_keys(config: Config) -> tuple[str, ...]:
+def resumable_keys(run: run_settings.Run) -> tuple[str, ...]:
   """Settings that may change between a run and its resumption without changing what
   the run computes (derived from `settings` and the editor module)."""
-  return settings_lib.resumable_keys() + tuple(_editor_module(config).RESUMABLE_KEYS)
+  return settings_lib.resumable_keys() + tuple(run.editor_module.RESUMABLE_KEYS)
 
 
-def rgn_keys(config: Config) -> tuple[str, ...]:
+def rgn_keys(run: run_settings.Run) -> tuple[str, ...]:
   """Settings that give a trained RGN's inputs and outputs their meaning (the box
   sizes, the editor's box grid, the feature widths); num_anchors may change."""
   return (("models", "editor.name") + settings_lib.rgn_keys()
-          + tuple(_editor_module(config).RGN_KEYS))
-
-
-def _editor_module(config: Config):
-  return config.editor_module if isinstance(config, run_settings.Run) else editors.of(config)
+          + tuple(run.editor_module.RGN_KEYS))
 
 
 class WorkdirError(UserError, RuntimeError):
@@ -72,9 +69,8 @@ def _without(flat: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
   return {k: v for k, v in flat.items() if k not in inside}
 
 
-def _as_flat(config: Config) -> dict[str, Any]:
-  source = config.config if isinstance(config, run_settings.Run) else config
-  return _flatten(json.loads(source.to_json_best_effort()))
+def _as_flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return _flatten(json.loads(config.to_json_best_effort()))
 
 
 # Settings added to lr_jax whose default is not what runs made before them did: a
@@ -120,7 +116,7 @@ def _data_diff(saved: list[dict[str, Any]], current: list[dict[str, Any]]) -> st
   return None
 
 
-def check_workdir(workdir: str | pathlib.Path, config: Config,
+def check_workdir(workdir: str | pathlib.Path, run: run_settings.Run,
                   data: list[dict[str, Any]] | None = None) -> pathlib.Path:
   """Creates the workdir, or checks that its run can be resumed with this config and data.
 
@@ -133,8 +129,8 @@ def check_workdir(workdir: str | pathlib.Path, config: Config,
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   config_path, data_path = workdir / "config.json", workdir / "data.json"
-  resumable = resumable_keys(config)
-  current = _without(_as_flat(config), resumable)
+  resumable = resumable_keys(run)
+  current = _without(_as_flat(run.config), resumable)
   if config_path.exists() and has_checkpoint(workdir):
     saved = _without(_saved_flat(config_path), resumable)
     diffs = _config_diffs(saved, current)
@@ -156,15 +152,14 @@ def check_workdir(workdir: str | pathlib.Path, config: Config,
             f"continue its batch order over different images. Use a new --workdir, "
             f"or restore the data the run was started with.")
   elif jax.process_index() == 0:   # one writer on a shared filesystem
-    source = config.config if isinstance(config, run_settings.Run) else config
-    output_files.write_text(config_path, source.to_json_best_effort(indent=2, sort_keys=True),
+    output_files.write_text(config_path, run.config.to_json_best_effort(indent=2, sort_keys=True),
                             overwrite=True)
     if data is not None:
       output_files.write_text(data_path, json.dumps(data, indent=1), overwrite=True)
   return workdir
 
 
-def check_compatible(workdir: str | pathlib.Path, config: Config,
+def check_compatible(workdir: str | pathlib.Path, run: run_settings.Run,
                      prefixes: tuple[str, ...]) -> None:
   """Raises WorkdirError if the settings under `prefixes` differ from the workdir's run,
   or if the workdir does not say which settings its run had (no config.json)."""
@@ -174,7 +169,7 @@ def check_compatible(workdir: str | pathlib.Path, config: Config,
         f"{workdir} has no config.json, so the settings its RGN was trained with are "
         f"unknown; point --rgn_checkpoint at a complete training workdir.")
   diffs = _config_diffs(_within(_saved_flat(config_path), prefixes),
-                        _within(_as_flat(config), prefixes))
+                        _within(_as_flat(run.config), prefixes))
   if diffs:
     raise WorkdirError(
         f"The RGN in {workdir} was trained with other region settings, so its scores "
@@ -254,6 +249,17 @@ def check_finite(params: Any, where: str) -> None:
 # ---------------------------------------------------------------- one trainer per workdir
 
 LOCK_NAME = "train.lock"
+
+
+@contextlib.contextmanager
+def training_lock(workdir: pathlib.Path) -> Iterator[None]:
+  """Holds `acquire_lock` for the body (on process 0: one writer per workdir)."""
+  lock = acquire_lock(workdir) if jax.process_index() == 0 else None
+  try:
+    yield
+  finally:
+    if lock is not None:
+      release_lock(lock)
 
 
 def acquire_lock(workdir: pathlib.Path) -> pathlib.Path:

@@ -51,6 +51,28 @@ class Prepared:
                 cond={k: v[indices] for k, v in self.cond.items()})
 
 
+@dataclasses.dataclass(frozen=True)
+class Examples:
+  """A run's examples with their images, checked and loaded, and their fingerprint."""
+  examples: list[manifest_lib.Example]
+  loaded: list[images_lib.LoadedImage]
+  fingerprint: list[dict[str, object]]   # what a resumed run must see again
+
+
+def read(data, examples: list[manifest_lib.Example] | None = None) -> Examples:
+  """The examples named by the data settings (or `examples` as given), every image
+  loaded (all unusable ones reported in one ImageError), and their fingerprint: each
+  image's name and content hash, the prompts and class id (folders may move; the images
+  and texts of a resumed run may not change)."""
+  examples = examples_from_settings(data) if examples is None else list(examples)
+  loaded = images_lib.load_images([ex.image_path for ex in examples])
+  prints = [{"image": pathlib.Path(ex.image_path).name,
+             "sha1": hashlib.sha1(pathlib.Path(ex.image_path).read_bytes()).hexdigest(),
+             "prompt": ex.prompt, "source_prompt": ex.source_prompt, "class_id": ex.class_id}
+            for ex in examples]
+  return Examples(examples, loaded, prints)
+
+
 def examples_from_settings(data) -> list[manifest_lib.Example]:
   """The examples named by the data settings (`run_settings.DataSettings`: a manifest,
   or a folder + one prompt, or the shipped sample)."""
@@ -69,29 +91,9 @@ def examples_from_settings(data) -> list[manifest_lib.Example]:
       "--config.data.prompt=TEXT, or --config.data.samples=True for the shipped sample.")
 
 
-def fingerprint(examples: list[manifest_lib.Example]) -> list[dict[str, object]]:
-  """What a training run depends on, per example: the image's name and content hash,
-  the prompts and class id (folders may move; the images and texts may not change)."""
-  out = []
-  for ex in examples:
-    path = pathlib.Path(ex.image_path)
-    digest = hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else None
-    out.append({"image": path.name, "sha1": digest, "prompt": ex.prompt,
-                "source_prompt": ex.source_prompt, "class_id": ex.class_id})
-  return out
-
-
 def load_images(examples: list[manifest_lib.Example]) -> list[images_lib.LoadedImage]:
   """Loads every example's image; all unusable ones are reported in one ImageError."""
-  loaded, problems = [], []
-  for ex in examples:
-    try:
-      loaded.append(images_lib.load_image(ex.image_path))
-    except images_lib.ImageError as e:
-      problems.append(str(e))
-  if problems:
-    raise images_lib.ImageError("Some images cannot be used:\n  " + "\n  ".join(problems))
-  return loaded
+  return images_lib.load_images([ex.image_path for ex in examples])
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -18,6 +18,7 @@ import ml_collections
 from lr_common import seeds
 from lr_common.errors import UserError
 from lr_jax import run_settings
+from lr_jax.encoders import hf_files
 from lr_jax.encoders import hf_weights
 from lr_jax.method import settings as settings_lib
 from lr_jax.method.bundle import Models  # pylint: disable=unused-import (re-exported)
@@ -34,13 +35,12 @@ class Built(NamedTuple):
 
 
 def build_models(config: ml_collections.ConfigDict | run_settings.Run) -> Built:
-  """Loads (or, for models "tiny", randomly builds) every frozen model of a config or a
-  parsed `Run`."""
+  """Loads (or, for models "tiny", randomly builds) every frozen model of a parsed `Run`
+  (a ConfigDict is parsed first)."""
   run = run_settings.parse(config)
   rng = seeds.prng_key(run.seed + 1000)
   if run.models.kind == "tiny":
-    dino = hf_weights.init_dino(hf_weights.tiny_dino_config(), jax.random.fold_in(rng, 0))
-    clip = hf_weights.init_clip(hf_weights.tiny_clip_config(), jax.random.fold_in(rng, 1))
+    dino, clip = hf_weights.init_tiny_encoders(rng)
     editor, editor_params = run.editor_module.build(run.config, "tiny",
                                                     jax.random.fold_in(rng, 2))
   else:
@@ -72,21 +72,25 @@ def build_random_models(config: ml_collections.ConfigDict | run_settings.Run) ->
 
 
 def _load_official(run: run_settings.Run):
-  """Loads the pretrained models, reporting every missing one in one error."""
+  """Loads the pretrained models, reporting every missing or unusable one in one error."""
   name = run.editor.name
   logging.info("Loading DINO from %s, CLIP from %s, editor %s", run.models.dino_repo,
                run.models.clip_repo, name)
   loaded, problems = {}, {}
-  loaders = {
-      "dino": lambda: hf_weights.load_dino(run.models.dino_repo),
-      "clip": lambda: hf_weights.load_clip(run.models.clip_repo),
-      name: lambda: run.editor_module.build(run.config, "official", None),
-  }
-  for key, load in loaders.items():
-    try:
-      loaded[key] = load()
-    except UserError as e:
-      problems[key] = e
+  try:
+    loaded["dino"] = hf_weights.dino_from_files(hf_files.read_model_files(
+        run.models.dino_repo, default_repo=hf_weights.HF_DINO_REPO))
+  except UserError as e:
+    problems["dino"] = e
+  try:
+    loaded["clip"] = hf_weights.clip_from_files(hf_files.read_model_files(
+        run.models.clip_repo, default_repo=hf_weights.HF_CLIP_REPO, with_tokenizer=True))
+  except UserError as e:
+    problems["clip"] = e
+  try:
+    loaded[name] = run.editor_module.build(run.config, "official", None)
+  except UserError as e:
+    problems[name] = e
   if problems:
     from lr_jax import weights  # pylint: disable=import-outside-toplevel
     details = "\n".join(textwrap.fill(f"[{k}] {_first_sentence(e)}", 96, initial_indent="  ",

@@ -80,6 +80,8 @@ def parse(config: ml_collections.ConfigDict | Run) -> Run:
   seed = config.seed
   if isinstance(seed, bool) or not isinstance(seed, int):
     raise SettingsError(f"config seed must be an integer, got {seed!r}")
+  data = _data(config)
+  models = ModelSettings(config.models, config.dino.repo, config.clip.repo)
   settings_lib.check_integers(config)   # any seed; every other integer within int32
   module = editors.of(config)
   editor = module.make(config)   # raises on a bad editor setting
@@ -87,6 +89,5 @@ def parse(config: ml_collections.ConfigDict | Run) -> Run:
   method = settings_lib.method(config)
   method.region.check_grid(editor.box_grid)
   return Run(method=method, train=settings_lib.train(config), infer=settings_lib.infer(config),
-             data=_data(config),
-             models=ModelSettings(config.models, config.dino.repo, config.clip.repo),
-             seed=seed, editor=editor, editor_module=module, config=config)
+             data=data, models=models, seed=seed, editor=editor, editor_module=module,
+             config=config)

@@ -15,6 +15,7 @@ from lr_common import pixels as pixels_lib
 from lr_jax.method import anchors as anchors_lib
 from lr_common import canvas as canvas_lib
 from lr_jax import checkpointing
+from lr_jax import run_settings
 from lr_jax import dataset
 from lr_jax import editors
 from lr_jax import inference
@@ -249,13 +250,13 @@ def test_old_workdir_config_is_filled_as_squeeze(tmp_path):
   flat = checkpointing._saved_flat(tmp_path / "config.json")
   assert flat["region.canvas"] == "squeeze" and flat["region.window"] == "auto"
   c = tiny.get_config()
-  keys = checkpointing.rgn_keys(c)
+  keys = checkpointing.rgn_keys(run_settings.parse(c))
   with pytest.raises(checkpointing.WorkdirError, match="region.canvas: saved='squeeze'"):
-    checkpointing.check_compatible(tmp_path, c, keys)
+    checkpointing.check_compatible(tmp_path, run_settings.parse(c), keys)
   c.region.canvas = "squeeze"
-  checkpointing.check_compatible(tmp_path, c, keys)
+  checkpointing.check_compatible(tmp_path, run_settings.parse(c), keys)
   c.region.window = "off"   # window settings never refuse an RGN
-  checkpointing.check_compatible(tmp_path, c, keys)
+  checkpointing.check_compatible(tmp_path, run_settings.parse(c), keys)
 
 
 @pytest.fixture(scope="module")

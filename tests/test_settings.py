@@ -6,6 +6,7 @@ import pytest
 
 from configs import maskgit_imagenet256, tiny
 from lr_jax import checkpointing
+from lr_jax import run_settings
 from lr_jax.method import settings
 from lr_jax.run_settings import parse as check_config
 
@@ -78,10 +79,10 @@ def test_unknown_loss_term_is_an_error():
 
 def test_guard_keys_are_derived():
   c = tiny.get_config()
-  assert checkpointing.rgn_keys(c) == (
+  assert checkpointing.rgn_keys(run_settings.parse(c)) == (
       "models", "editor.name", "region.sizes", "region.roi_size", "region.sampling_ratio",
       "region.canvas", "rgn.conv_features", "rgn.dense_features", "editor.model")
-  assert checkpointing.resumable_keys(c) == (
+  assert checkpointing.resumable_keys(run_settings.parse(c)) == (
       "region.window", "region.window_scale", "train.max_steps", "train.log_every", "train.checkpoint_every", "train.max_to_keep",
       "infer.refine_steps", "editor.cache_dir")
 

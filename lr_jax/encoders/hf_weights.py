@@ -26,7 +26,7 @@ import numpy as np
 from lr_jax.encoders.clip import CLIP, CLIPConfig, TextConfig
 from lr_jax.encoders.hf_files import (CLIP_TOKENIZER_FILES, WeightsError, download_hint,
                                       has_clip_tokenizer, read_clip_tokenizer,
-                                      read_model_files)
+                                      read_model_files, ModelFiles)
 from lr_jax.encoders.vit import ACTIVATIONS, ViT, ViTConfig
 from lr_common.random_params import draw_params
 
@@ -174,6 +174,12 @@ def load_clip_tokenizer(directory: pathlib.Path, config: Any):
   """
   if has_clip_tokenizer(directory):
     return read_clip_tokenizer(directory)
+  return _tokenizer_without_files(directory, config)
+
+
+def _tokenizer_without_files(directory: pathlib.Path, config: Any):
+  """The tiny tokenizer for a folder without tokenizer files when the vocab fits, else
+  a WeightsError naming the files to fetch."""
   if config.text.vocab_size == TINY_VOCAB_SIZE:
     return tiny_clip_tokenizer(config.text.max_positions)
   raise WeightsError(f"no tokenizer files (tokenizer.json or vocab.json + merges.txt) in {directory}. "
@@ -365,28 +371,41 @@ def convert_dino(hf_tensors: dict[str, np.ndarray], config: ViTConfig, source: s
 # Public loaders.
 # ----------------------------------------------------------------------------
 
-def load_clip(repo_or_dir: str | os.PathLike = HF_CLIP_REPO, dtype: Any = jnp.float32,
-              revision: str | None = None) -> ClipBundle:
-  """CLIP model, params, tokenizer and config from a hub repo id or a local directory."""
-  files = read_model_files(repo_or_dir, revision=revision, default_repo=HF_CLIP_REPO,
-                           with_tokenizer=True)
+def clip_from_files(files: ModelFiles, dtype: Any = jnp.float32) -> ClipBundle:
+  """CLIP model, params, tokenizer and config from a model folder read by
+  `hf_files.read_model_files(..., with_tokenizer=True)`."""
   config = clip_config_from_json(files.config)
-  tokenizer = files.tokenizer or load_clip_tokenizer(files.directory, config)
+  tokenizer = files.tokenizer or _tokenizer_without_files(files.directory, config)
   params = convert_clip(files.tensors, config, files.source)
   return ClipBundle(CLIP(config, dtype), params, tokenizer, config)
 
 
-def load_dino(repo_or_dir: str | os.PathLike = HF_DINO_REPO, dtype: Any = jnp.float32,
-              pos_interpolation: str = "dino", revision: str | None = None) -> DinoBundle:
-  """DINO ViT model, params and config from a hub repo id or a local directory.
+def dino_from_files(files: ModelFiles, dtype: Any = jnp.float32,
+                    pos_interpolation: str = "dino") -> DinoBundle:
+  """DINO ViT model, params and config from a model folder read by
+  `hf_files.read_model_files`.
 
   Position embeddings are interpolated like facebookresearch/dino by default
   (see `dino_config_from_json`); 256x256 inputs to a B/16 give a 16x16 grid.
   """
-  files = read_model_files(repo_or_dir, revision=revision, default_repo=HF_DINO_REPO)
   config = dino_config_from_json(files.config, pos_interpolation)
   params = convert_dino(files.tensors, config, files.source)
   return DinoBundle(ViT(config, dtype), params, config)
+
+
+def load_clip(repo_or_dir: str | os.PathLike = HF_CLIP_REPO, dtype: Any = jnp.float32,
+              revision: str | None = None) -> ClipBundle:
+  """CLIP model, params, tokenizer and config from a hub repo id or a local directory."""
+  return clip_from_files(read_model_files(repo_or_dir, revision=revision,
+                                          default_repo=HF_CLIP_REPO, with_tokenizer=True), dtype)
+
+
+def load_dino(repo_or_dir: str | os.PathLike = HF_DINO_REPO, dtype: Any = jnp.float32,
+              pos_interpolation: str = "dino", revision: str | None = None) -> DinoBundle:
+  """DINO ViT model, params and config from a hub repo id or a local directory
+  (`dino_from_files`)."""
+  return dino_from_files(read_model_files(repo_or_dir, revision=revision,
+                                          default_repo=HF_DINO_REPO), dtype, pos_interpolation)
 
 
 def random_params(abstract_params: Any, rng: jax.Array, std: float = 0.02) -> Any:
@@ -404,6 +423,12 @@ def init_clip(config: CLIPConfig, rng: jax.Array, dtype: Any = jnp.float32) -> C
   tokenizer = (tiny_clip_tokenizer(config.text.max_positions)
                if config.text.vocab_size == TINY_VOCAB_SIZE else None)
   return ClipBundle(model, params, tokenizer, config)
+
+
+def init_tiny_encoders(rng: jax.Array) -> tuple[DinoBundle, ClipBundle]:
+  """The tiny random DINO and CLIP of `models="tiny"` configs (keys folded 0 and 1)."""
+  return (init_dino(tiny_dino_config(), jax.random.fold_in(rng, 0)),
+          init_clip(tiny_clip_config(), jax.random.fold_in(rng, 1)))
 
 
 def init_dino(config: ViTConfig, rng: jax.Array, dtype: Any = jnp.float32) -> DinoBundle:
