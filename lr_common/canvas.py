@@ -90,6 +90,15 @@ def to_canvas(pixels: np.ndarray, lay: Layout) -> np.ndarray:
                 mode=PADDING)
 
 
+def canvases(photos: Sequence[np.ndarray], size: int, grid: int, canvas: str = "pad"
+             ) -> tuple[np.ndarray, list[Layout]]:
+  """The (N, size, size, 3) float32 canvases of (H, W, 3) photos and their layouts."""
+  layouts = [layout(photo.shape, size, grid, canvas) for photo in photos]
+  pixels = [to_canvas(photo, lay) for photo, lay in zip(photos, layouts)]
+  return (np.stack(pixels).astype(np.float32) if pixels
+          else np.zeros((0, size, size, 3), np.float32)), layouts
+
+
 def valid_mask(lay: Layout) -> np.ndarray:
   """(size, size) bool: the canvas pixels that show the photo."""
   top, left, h, w = lay.image_tlhw

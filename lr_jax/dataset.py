@@ -3,7 +3,6 @@ conditioning, text embeddings."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import logging
 import pathlib
@@ -18,7 +17,7 @@ from lr_common import canvas as canvas_lib
 from lr_jax.encoders import imagenet
 from lr_jax.files import manifest as manifest_lib
 from lr_jax.method import step as step_lib
-from lr_jax.models import Built, Models
+from lr_jax.models import Built
 
 _IMAGE_BATCH = 8   # images per zero-shot image-encoder call
 
@@ -44,11 +43,14 @@ class Prepared:
   def __len__(self) -> int:
     return len(self.examples)
 
+  @property
+  def arrays(self) -> dict[str, Any]:
+    """What the jitted steps take, one row per example (`batch` picks rows)."""
+    return dict(images=self.images, valid=self.valid, text_embed=self.text_embed,
+                src_text_embed=self.src_text_embed, cond=self.cond)
+
   def batch(self, indices: np.ndarray) -> dict[str, Any]:
-    return dict(images=self.images[indices], valid=self.valid[indices],
-                text_embed=self.text_embed[indices],
-                src_text_embed=self.src_text_embed[indices],
-                cond={k: v[indices] for k, v in self.cond.items()})
+    return jax.tree.map(lambda a: a[indices], self.arrays)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,64 +98,42 @@ def load_images(examples: list[manifest_lib.Example]) -> list[images_lib.LoadedI
   return images_lib.load_images([ex.image_path for ex in examples])
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _image_embeds(models: Models, frozen: Any, images: jax.Array) -> jax.Array:
-  return step_lib.clip_images(models, frozen, images)[0]
-
-
-def image_embeddings(built: Built, images: np.ndarray) -> np.ndarray:
-  """CLIP image embeddings (N, P) of images (N, S, S, 3) in [0, 1], in fixed batches
-  (so the encoder compiles once)."""
-  out = []
-  for i in range(0, len(images), _IMAGE_BATCH):
-    chunk = np.asarray(images[i:i + _IMAGE_BATCH], np.float32)
-    padded = np.concatenate(
-        [chunk, np.zeros((_IMAGE_BATCH - len(chunk),) + chunk.shape[1:], np.float32)])
-    out.append(np.asarray(_image_embeds(built.models, {"clip": built.frozen["clip"]},
-                                        padded))[:len(chunk)])
-  return np.concatenate(out) if out else np.zeros((0, built.models.clip.config.projection_dim))
-
-
-def canvases(built: Built, loaded: list[images_lib.LoadedImage], canvas: str
-             ) -> tuple[np.ndarray, list[canvas_lib.Layout]]:
-  """The (N, S, S, 3) float32 canvases of loaded images and their layouts: what
-  training and inference both feed DINO, the editor and CLIP."""
-  editor = built.models.editor
-  layouts = [canvas_lib.layout(im.original.shape, editor.image_size, editor.box_grid, canvas)
-             for im in loaded]
-  pixels = [canvas_lib.to_canvas(im.original, lay) for im, lay in zip(loaded, layouts)]
-  size = editor.image_size
-  return (np.stack(pixels).astype(np.float32) if pixels
-          else np.zeros((0, size, size, 3), np.float32)), layouts
+# CLIP's image embeddings and tokens, jitted once per set of models.
+_clip_images = jax.jit(step_lib.clip_images, static_argnums=0)
 
 
 def prepare(built: Built, examples: list[manifest_lib.Example],
-            loaded: list[images_lib.LoadedImage] | None = None,
-            canvas: str = "pad") -> Prepared:
-  """Loads every image and puts it on its `canvas` ("pad" or "squeeze": `lr_common.canvas`),
-  asks the editor for its conditioning, embeds the texts.
-
-  All problems with the images are collected and reported together.
-  """
+            loaded: list[images_lib.LoadedImage], canvas: str = "pad") -> Prepared:
+  """Puts every loaded image on its `canvas` ("pad" or "squeeze": `lr_common.canvas`),
+  asks the editor for its conditioning, embeds the texts (and, for examples without a
+  source prompt, the canvases: the closest ImageNet class names the source)."""
   if built.text_encoder is None:
     raise ValueError("These models have no CLIP tokenizer (random benchmark models): "
                      "prompts cannot be encoded.")
   editor, text = built.models.editor, built.text_encoder
-  loaded = load_images(examples) if loaded is None else loaded
   for im in loaded:
     for note in im.notes:
       logging.warning("%s: %s", im.path, note)
-  pixels, layouts = canvases(built, loaded, canvas)
+  pixels, layouts = canvas_lib.canvases([im.original for im in loaded], editor.image_size,
+                                        editor.box_grid, canvas)
   text_embed = text([ex.prompt for ex in examples])   # once, batched
   cond = editor.condition(examples, text)
   need_zero_shot = [i for i, ex in enumerate(examples) if not ex.source_prompt]
-  image_embed = dict(zip(need_zero_shot, image_embeddings(built, pixels[need_zero_shot])
-                         if need_zero_shot else []))
-  class_emb = text.class_name_embeddings() if need_zero_shot else None
+  image_embed, class_emb = {}, None
+  if need_zero_shot:
+    chunks = []   # fixed batches: the image encoder compiles once
+    for i in range(0, len(need_zero_shot), _IMAGE_BATCH):
+      chunk = pixels[need_zero_shot[i:i + _IMAGE_BATCH]]
+      padded = np.concatenate(
+          [chunk, np.zeros((_IMAGE_BATCH - len(chunk),) + chunk.shape[1:], np.float32)])
+      embeds, _ = _clip_images(built.models, {"clip": built.frozen["clip"]}, padded)
+      chunks.append(np.asarray(embeds)[:len(chunk)])
+    image_embed = dict(zip(need_zero_shot, np.concatenate(chunks)))
+    class_emb = text.class_name_embeddings()
   sources = [imagenet.source_prompt(ex.source_prompt, image_embed.get(i), class_emb)
              for i, ex in enumerate(examples)]
   src_text_embed = text(sources)
-  return Prepared(examples=list(examples), images=pixels.astype(np.float32),
+  return Prepared(examples=list(examples), images=pixels,
                   text_embed=np.asarray(text_embed, np.float32),
                   src_text_embed=np.asarray(src_text_embed, np.float32),
                   cond=cond.arrays, cond_records=cond.records, summaries=cond.summaries,

@@ -35,17 +35,23 @@ class Built(NamedTuple):
 
 
 def build_models(config: ml_collections.ConfigDict | run_settings.Run) -> Built:
-  """Loads (or, for models "tiny", randomly builds) every frozen model of a parsed `Run`
-  (a ConfigDict is parsed first)."""
-  run = run_settings.parse(config)
-  rng = seeds.prng_key(run.seed + 1000)
-  if run.models.kind == "tiny":
-    dino, clip = hf_weights.init_tiny_encoders(rng)
+  """`build` for a ConfigDict (parsed first) or a parsed `Run`: notebooks and tests."""
+  return build(run_settings.parse(config))
+
+
+def build(run: run_settings.Run) -> Built:
+  """Loads (or, for models "tiny", randomly builds) every frozen model of a run."""
+  if run.models.kind == "official":
+    dino, clip, (editor, editor_params) = _load_official(run)
+  else:
+    rng = seeds.prng_key(run.seed + 1000)
+    dino, clip = hf_weights.init_encoders(hf_weights.tiny_dino_config(),
+                                          hf_weights.tiny_clip_config(), rng)
     editor, editor_params = run.editor_module.build(run.config, "tiny",
                                                     jax.random.fold_in(rng, 2))
-  else:
-    dino, clip, (editor, editor_params) = _load_official(run)
-  return _assemble(run.method, dino, clip, editor, editor_params)
+  models = Models(dino=dino.model, clip=clip.model, editor=editor, rgn=run.method.rgn.module())
+  return Built(models, {"dino": dino.params, "clip": clip.params, "editor": editor_params},
+               TextEncoder(clip.model, clip.params, clip.tokenizer) if clip.tokenizer else None)
 
 
 def build_random_models(config: ml_collections.ConfigDict | run_settings.Run) -> Built:
@@ -56,16 +62,15 @@ def build_random_models(config: ml_collections.ConfigDict | run_settings.Run) ->
   """
   run = run_settings.parse(config)
   if run.models.kind == "tiny":
-    return build_models(run)
+    return build(run)
   rng = seeds.prng_key(run.seed + 1000)
   repo = run.models.dino_repo
   patch = 8 if "vitb8" in repo or "b8" in repo.split("/")[-1] else 16
-  dino = hf_weights.init_dino(hf_weights.dino_config_from_json({"patch_size": patch}),
-                              jax.random.fold_in(rng, 0))
   clip_cfg = hf_weights.clip_config_from_json(
       {"vision_config": {"patch_size": 16}, "text_config": {"eos_token_id": 2},
        "projection_dim": 512})
-  clip = hf_weights.init_clip(clip_cfg, jax.random.fold_in(rng, 1))
+  dino, clip = hf_weights.init_encoders(
+      hf_weights.dino_config_from_json({"patch_size": patch}), clip_cfg, rng)
   editor, editor_params = run.editor_module.build(run.config, "random",
                                                   jax.random.fold_in(rng, 2))
   return _assemble(run.method, dino, clip, editor, editor_params)
@@ -77,20 +82,31 @@ def _load_official(run: run_settings.Run):
   logging.info("Loading DINO from %s, CLIP from %s, editor %s", run.models.dino_repo,
                run.models.clip_repo, name)
   loaded, problems = {}, {}
-  try:
-    loaded["dino"] = hf_weights.dino_from_files(hf_files.read_model_files(
-        run.models.dino_repo, default_repo=hf_weights.HF_DINO_REPO))
+  dino_files = clip_files = None
+  try:   # first every file (what a missing download breaks), then every conversion
+    dino_files = hf_files.read_model_files(run.models.dino_repo,
+                                           default_repo=hf_weights.HF_DINO_REPO)
   except UserError as e:
     problems["dino"] = e
   try:
-    loaded["clip"] = hf_weights.clip_from_files(hf_files.read_model_files(
-        run.models.clip_repo, default_repo=hf_weights.HF_CLIP_REPO, with_tokenizer=True))
+    clip_files = hf_files.read_model_files(run.models.clip_repo, with_tokenizer=True,
+                                           default_repo=hf_weights.HF_CLIP_REPO)
   except UserError as e:
     problems["clip"] = e
   try:
     loaded[name] = run.editor_module.build(run.config, "official", None)
   except UserError as e:
     problems[name] = e
+  try:
+    if dino_files is not None:
+      loaded["dino"] = hf_weights.dino_from_files(dino_files)
+  except UserError as e:
+    problems["dino"] = e
+  try:
+    if clip_files is not None:
+      loaded["clip"] = hf_weights.clip_from_files(clip_files)
+  except UserError as e:
+    problems["clip"] = e
   if problems:
     from lr_jax import weights  # pylint: disable=import-outside-toplevel
     details = "\n".join(textwrap.fill(f"[{k}] {_first_sentence(e)}", 96, initial_indent="  ",

@@ -22,7 +22,7 @@ from lr_jax.method import sharding
 from lr_jax.files import sheets
 from lr_jax.method import step as step_lib
 from lr_jax import run_settings
-from lr_jax.models import Built, build_models
+from lr_jax import models as models_lib
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -63,7 +63,7 @@ WORKDIR_FILES = ("config.json", "data.json", "metrics.jsonl", "loss_curve.png",
                  checkpointing.LOCK_NAME)
 
 
-def train(config: Any, workdir: str | pathlib.Path, *, built: Built | None = None,
+def train(config: Any, workdir: str | pathlib.Path, *, built: models_lib.Built | None = None,
           examples=None, progress: bool = True,
           devices: list[Any] | None = None) -> TrainResult:
   """Trains the RGN per `config` (a ConfigDict or a parsed `run_settings.Run`), resuming
@@ -83,11 +83,11 @@ def train(config: Any, workdir: str | pathlib.Path, *, built: Built | None = Non
   workdir.mkdir(parents=True, exist_ok=True)
   with checkpointing.training_lock(workdir):
     checkpointing.check_workdir(workdir, run, data.fingerprint)
-    built = build_models(run) if built is None else built
+    built = models_lib.build(run) if built is None else built
     models = built.models
     prepared = data_lib.prepare(built, data.examples, loaded=data.loaded,
                                 canvas=method.region.canvas)
-    n, bs = len(prepared), loop.batch_size
+    n, bs, arrays = len(prepared), loop.batch_size, prepared.arrays
 
     init_rng, train_rng = jax.random.split(seeds.prng_key(seed))
     state = step_lib.init_train_state(models, method, init_rng)
@@ -114,8 +114,7 @@ def train(config: Any, workdir: str | pathlib.Path, *, built: Built | None = Non
     try:
       for step in range(start, stop):
         idx = data_lib.batch_indices(seed, step, n, bs)
-        host_batch = prepared.batch(idx)
-        batch = sharding.put_batch(host_batch, mesh)
+        batch = sharding.put_batch(jax.tree.map(lambda a: a[idx], arrays), mesh)
         state, metrics = train_step(state, frozen, batch, train_rng)
         row = {"step": step + 1, "epoch": step // data_lib.steps_per_epoch(n, bs),
                **_host_metrics(metrics)}

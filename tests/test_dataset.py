@@ -27,7 +27,7 @@ def examples(tmp_path_factory):
 
 def test_prepare_gives_the_editor_conditioning_and_texts(built, examples):
   no_source = [dataclasses.replace(examples[0], source_prompt=None)] + examples[1:]
-  prepared = dataset.prepare(built, no_source)
+  prepared = dataset.prepare(built, no_source, dataset.load_images(no_source))
   assert prepared.images.shape == (2, 64, 64, 3) and prepared.images.dtype == np.float32
   assert prepared.cond["labels"].tolist() == [291 % 10, prepared.cond["labels"][1]]
   assert prepared.cond_records[0]["class"]["id"] == 291
@@ -47,7 +47,7 @@ def test_prompt_without_a_close_class_is_an_error(examples):
   c.data.min_class_similarity = 0.9999
   bad = [manifest_lib.Example(examples[0].image_path, "zzqx blorp", None, None)]
   with pytest.raises(imagenet.PromptError, match="(?s)closest|similar"):
-    dataset.prepare(build_models(c), bad)
+    dataset.prepare(build_models(c), bad, dataset.load_images(bad))
 
 
 def test_text_encoder_encodes_each_prompt_and_the_class_names_once(built):

@@ -162,7 +162,8 @@ def test_bicubic_rows_sum_to_one_and_identity():
 
 
 def test_tiny_configs_run_offline():
-  clip = hf_weights.init_clip(hf_weights.tiny_clip_config(), jax.random.PRNGKey(0))
+  dino, clip = hf_weights.init_encoders(hf_weights.tiny_dino_config(),
+                                        hf_weights.tiny_clip_config(), jax.random.PRNGKey(0))
   tok = clip.tokenizer(["a lion", "a rooster"], padding="max_length", max_length=12,
                        return_tensors="np")
   assert clip.tokenizer.decode(tok["input_ids"][1], skip_special_tokens=True) == "a rooster"
@@ -172,7 +173,6 @@ def test_tiny_configs_run_offline():
   image, text, _ = run(clip.params, jnp.zeros((2, size, size, 3)), jnp.asarray(tok["input_ids"]),
                        jnp.asarray(tok["attention_mask"]))
   assert image.shape == text.shape == (2, clip.config.projection_dim)
-  dino = hf_weights.init_dino(hf_weights.tiny_dino_config(), jax.random.PRNGKey(1))
   feats, attn = jax.eval_shape(lambda: dino_features(dino.model, dino.params,
                                                      jnp.full((1, 64, 64, 3), 0.5)))
   assert feats.shape == (1, 8, 8, 32) and attn.shape == (1, 8, 8)

@@ -216,7 +216,8 @@ def test_edit_outputs_at_original_resolution(built, examples, tmp_path):
 def test_refinement_mode_moves_the_rgn(built, examples):
   method = settings.method(tiny_config())
   params = step_lib.init_train_state(built.models, method, jax.random.PRNGKey(0)).params
-  prepared = trainer.data_lib.prepare(built, examples[:1])
+  prepared = trainer.data_lib.prepare(
+      built, examples[:1], trainer.data_lib.load_images(examples[:1]))
   refined = inference.refine(params, built, prepared.batch(np.asarray([0])), method,
                              steps=2, seed=0)
   diffs = [np.abs(np.asarray(a) - np.asarray(b)).max()

@@ -27,7 +27,7 @@ def built():
 def batch(built, tmp_path_factory):
   d = tmp_path_factory.mktemp("samples")
   examples = manifest_lib.read_manifest(samples.write_samples(d))
-  return dataset.prepare(built, examples[:1]).batch(np.asarray([0]))
+  return dataset.prepare(built, examples[:1], dataset.load_images(examples[:1])).batch(np.asarray([0]))
 
 
 @pytest.mark.parametrize("estimator,views", [("straight_through", 2), ("expected", 0)])

@@ -415,25 +415,25 @@ def random_params(abstract_params: Any, rng: jax.Array, std: float = 0.02) -> An
   return draw_params(abstract_params, rng, lambda _: std)
 
 
-def init_clip(config: CLIPConfig, rng: jax.Array, dtype: Any = jnp.float32) -> ClipBundle:
-  """Randomly initialised CLIP; tokenizer is the tiny one when the vocab fits, else None."""
-  model = CLIP(config, dtype)
-  params = random_params(_abstract_params(model, *_clip_dummy_inputs(config)), rng)
-  params["logit_scale"] = jnp.asarray(config.logit_scale_init, jnp.float32)
-  tokenizer = (tiny_clip_tokenizer(config.text.max_positions)
-               if config.text.vocab_size == TINY_VOCAB_SIZE else None)
-  return ClipBundle(model, params, tokenizer, config)
+def _hf_std(shape: tuple[int, ...]) -> float:
+  """The std of `random_params`' default: HF's initializer_range."""
+  del shape
+  return 0.02
 
 
-def init_tiny_encoders(rng: jax.Array) -> tuple[DinoBundle, ClipBundle]:
-  """The tiny random DINO and CLIP of `models="tiny"` configs (keys folded 0 and 1)."""
-  return (init_dino(tiny_dino_config(), jax.random.fold_in(rng, 0)),
-          init_clip(tiny_clip_config(), jax.random.fold_in(rng, 1)))
-
-
-def init_dino(config: ViTConfig, rng: jax.Array, dtype: Any = jnp.float32) -> DinoBundle:
-  """Randomly initialised DINO-style ViT."""
-  model = ViT(config, dtype)
-  size = config.image_size
-  params = random_params(_abstract_params(model, jnp.zeros((1, size, size, config.num_channels))), rng)
-  return DinoBundle(model, params, config)
+def init_encoders(dino_config: ViTConfig, clip_config: CLIPConfig, rng: jax.Array,
+                  dtype: Any = jnp.float32) -> tuple[DinoBundle, ClipBundle]:
+  """A randomly initialised DINO-style ViT and CLIP (keys: `rng` folded with 0 and 1): the
+  models of `models="tiny"` configs, or the real sizes for benchmarks. CLIP's tokenizer
+  is the tiny one when its vocab fits, else None."""
+  dino, clip = ViT(dino_config, dtype), CLIP(clip_config, dtype)
+  size = dino_config.image_size
+  dino_shapes = _abstract_params(dino, jnp.zeros((1, size, size, dino_config.num_channels)))
+  clip_shapes = _abstract_params(clip, *_clip_dummy_inputs(clip_config))
+  tokenizer = (tiny_clip_tokenizer(clip_config.text.max_positions)
+               if clip_config.text.vocab_size == TINY_VOCAB_SIZE else None)
+  dino_params = draw_params(dino_shapes, jax.random.fold_in(rng, 0), _hf_std)
+  clip_params = draw_params(clip_shapes, jax.random.fold_in(rng, 1), _hf_std)
+  clip_params["logit_scale"] = jnp.asarray(clip_config.logit_scale_init, jnp.float32)
+  return (DinoBundle(dino, dino_params, dino_config),
+          ClipBundle(clip, clip_params, tokenizer, clip_config))
