@@ -260,8 +260,8 @@ def pick(session: Session, index: Any) -> View:
   c = result.candidates[index]
   return View(_annotator(session.current, c.box_pixels, f"#{index}"), edited,
               *session.candidates, [edited, str(folder / f"{stem}.json")],
-              f"Showing candidate **#{index}** (S={c.score:.3f}). Move its box and re-edit, "
-              "or download it.")
+              f"Showing candidate **#{index}** (S={c.score:.3f}, box {list(c.box_pixels)}). "
+              "Move its box and re-edit, or download it.")
 
 
 def reedit(session: Session, editors: Mapping[str, api.Editor], editor_name: str | None,
