@@ -101,6 +101,7 @@ def test_upload_edit_pick_drag_reedit_download(tmp_path):
       moved = _box_in_status(page, "Re-edited box")
       assert moved[0] == box[0] and moved[2:] == box[2:]
       assert box[1] - 110 <= moved[1] <= box[1] - 90
+      page.wait_for_timeout(1500)   # the outputs fade in after the status line
       page.screenshot(path=str(tmp_path / "app.png"), full_page=False)
       # Download the edited photo: the photo's own size.
       link = page.locator("#downloads a[download$='_edited.png']")

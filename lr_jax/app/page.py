@@ -92,7 +92,8 @@ def build(editors: Mapping[str, api.Editor], rgn_checkpoint: str | None = None) 
       downloads = gr.File(label="Download: the edited photo and its JSON record",
                           file_count="multiple", interactive=False, elem_id="downloads")
     gallery = gr.Gallery(label="Candidates with their scores (click one to use it)",
-                         columns=6, height=300, format="png", elem_id="candidates")
+                         columns=6, height=300, format="png", allow_preview=False, fit_columns=False,
+                         elem_id="candidates")
     with gr.Row():
       candidate = gr.Number(label="Candidate", precision=0, minimum=0)
       pick_button = gr.Button("Use this candidate", elem_id="pick")
