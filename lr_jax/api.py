@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from lr_common import canvas as canvas_lib
 from lr_common import image_files as images_lib
 from lr_common.errors import UserError
 from lr_jax import checkpointing
@@ -63,6 +64,30 @@ class EditResult:
   candidates: list[Candidate]
   record: dict[str, Any]          # what the JSON record holds
   outcome: inference.EditOutcome  # the full outputs (`outcome.outputs`: step.Inference)
+
+  @property
+  def anchors_pixels(self) -> list[tuple[float, float]]:
+    """DINO's K anchors: the (row, col) of their tokens' centres in the photo's pixels
+    (the "box" strategy has none of its own: the cell at each box's centre)."""
+    anchors = self.outcome.outputs.regions.anchors
+    return [tuple(a) for a in canvas_lib.token_centres_to_original(anchors, self.outcome.layout)]
+
+  @property
+  def proposals_pixels(self) -> list[list[tuple[int, int, int, int]]]:
+    """Every proposal, per anchor: K lists of M (top, left, height, width) boxes in the
+    photo's pixels (the "box" strategy: each box is its own one proposal)."""
+    boxes = canvas_lib.boxes_to_original(self.outcome.outputs.regions.boxes, self.outcome.layout)
+    return [[tuple(b) for b in per_anchor] for per_anchor in boxes]
+
+  @property
+  def unchanged_outside(self) -> tuple[int, int, int, int]:
+    """(top, left, height, width) in the photo's pixels: every pixel outside this box is
+    the input's, byte for byte (the kept box as the editor regenerated it plus its
+    bounded feather; with a window edit, the window)."""
+    limit = self.record["feather_limit"]
+    if "tlhw_pixels_original" in limit:
+      return tuple(limit["tlhw_pixels_original"])
+    return tuple(self.record["window"]["window_tlhw_pixels_original"])
 
   def candidate_image(self, i: int) -> np.ndarray:
     """Candidate i's edit composited into the photo (uint8, the input's size)."""

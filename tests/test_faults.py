@@ -384,3 +384,19 @@ def test_new_surfaces_fail_before_any_work(env, cat, tmp_path, module, args, nee
   proc = run(env, module, *args)
   assert_clean_error(proc, needle)
   assert not (tmp_path / "o").exists() and not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--port", "70000"), "70000"),
+    (("--config", "configs/no_such.py"), "no_such.py"),
+    (("--port", "TAKEN"), "cannot serve on --host 127.0.0.1 --port"),
+])
+def test_app_command_refuses_bad_flags_before_models_load(env, args, needle):
+  """`python -m lr_jax.app`: a port out of range or taken, a config that is not there."""
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = str(taken.getsockname()[1])
+    proc = run(env, "lr_jax.app", *TINY, *(port if a == "TAKEN" else a for a in args),
+               timeout=120)
+  assert_clean_error(proc, needle)
