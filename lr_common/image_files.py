@@ -171,8 +171,12 @@ def _check_size(path: pathlib.Path, width: int, height: int, min_side: int,
         f"be between {min_side} and {max_side} pixels")
 
 
-def load_image(path: str | pathlib.Path, min_side: int = 64,
-               max_side: int = 10000) -> LoadedImage:
+MIN_SIDE = 64        # pixels: a smaller photo cannot give the method's box proposals
+MAX_SIDE = 10000     # pixels: a 10000 x 10000 photo already holds 300 MB
+
+
+def load_image(path: str | pathlib.Path, min_side: int = MIN_SIDE,
+               max_side: int = MAX_SIDE) -> LoadedImage:
   """Reads an image file at its original resolution (`LoadedImage.original`: uint8
   for 8-bit files, float32 RGB in [0, 1] where 8 bits cannot hold the values).
 

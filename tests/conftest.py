@@ -27,3 +27,13 @@ def cli_env(tmp_path_factory) -> dict:
   a program compiled by one test module's runs is reused by the next module's."""
   from tests import cli_helpers  # pylint: disable=g-import-not-at-top
   return cli_helpers.offline_env(tmp_path_factory.mktemp("cli_env"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+  """Closes the app tests' server before pytest's summary (its goodbye line would
+  otherwise come last)."""
+  del session, exitstatus
+  import sys  # pylint: disable=import-outside-toplevel
+  helpers = sys.modules.get("tests.app_helpers")
+  if helpers is not None and helpers.served.cache_info().currsize:
+    helpers.served().page.close()

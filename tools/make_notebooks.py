@@ -191,7 +191,14 @@ nb.show(image_path, width=320)'''),
 files = custom.save("edits_custom", overwrite=True)
 print(nb.summary(custom.outcome))
 nb.show(files["sheet"], width=900)
-nb.show(custom.image, width=480, title="edited, at the input's resolution:")'''),
+nb.show(custom.image, width=480, title="edited, at the input's resolution:")'''),    code('''# 7. In the browser: the same loaded editor behind a page (lr_jax.app): upload or use the
+# sample, edit, pick another candidate, move the box and re-edit it, download. Needs
+# pip install "lr_jax[app]"; SHARE gives a public link (Colab cannot open localhost).
+BROWSER = False  #@param {type:"boolean"}
+SHARE = True  #@param {type:"boolean"}
+if BROWSER:
+  from lr_jax.app import page
+  page.serve(page.build({config.editor.name: editor}), share=SHARE)'''),
 ]
 
 TRAIN = common('''# Text-driven image editing with learnable regions (lr_jax): train the RGN

@@ -10,7 +10,6 @@ steps are never overwritten.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import pathlib
 import shutil
@@ -27,9 +26,7 @@ from lr_jax import samples as samples_lib
 from lr_jax.files import sheets
 
 # The photo size limits are `image_files.load_image`'s (pixels per side).
-_LIMITS = inspect.signature(images_lib.load_image).parameters
-MIN_SIDE = int(_LIMITS["min_side"].default)
-MAX_SIDE = int(_LIMITS["max_side"].default)
+MIN_SIDE, MAX_SIDE = images_lib.MIN_SIDE, images_lib.MAX_SIDE
 STRATEGIES = ("search", "box")      # "rgn" too when the page has a trained RGN
 BASES = ("current result", "original photo")
 _BOX_COLOUR = (255, 196, 0)
