@@ -376,6 +376,10 @@ def test_editor_bench_flags_are_checked_before_timing(tmp_path):
                      "--box", "0,0,5"), "four numbers"),
     ("lr_jax.edit", (*TINY, "--image", "{cat}", "--prompt", "a lion", "--out", "{tmp}/o",
                      "--strategy", "rgn"), "--rgn_checkpoint"),
+    # The memory cap of editing over devices.
+    ("lr_jax.edit", (*TINY, "--image", "{cat}", "--prompt", "a lion", "--out", "{tmp}/o",
+                     "--config.infer.max_edits_per_device=-1"),
+     "infer.max_edits_per_device must be an integer >= 0, got -1"),
     # The weights command.
     ("lr_jax.weights", ("download",), "--config"),
 ])
