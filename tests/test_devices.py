@@ -61,7 +61,8 @@ def _cases(group: str):
   if group == "maskgit":   # K = 3, M = 3: 9 search candidates and 3 RGN ones on 8 devices
     c = config(tiny, 3, (1, 2, 3))
     # search: 2 chunks of 1 box on each device; refine: 2 steps (K x M edits each), then
-    # the RGN's 3 boxes, the strategy "rgn" on refined parameters.
+    # the RGN's 3 boxes, the strategy "rgn" on refined parameters; "box": the search's
+    # boxes given on 8 devices edit as the search on one (same keys, box by box).
     return [("search", c, "search", 0, 1, 1), ("refine", c, "refine", 2, 0, 2)]
   sizes = tuple(range(1, 8))   # K x M = 3 x 7 = 21 search candidates
   return [("amused_search", config(amused_tiny, 3, sizes, num_steps=2), "search", 0, 0, 1),
@@ -93,6 +94,11 @@ def compare(group: str) -> dict:
     many = edit(None)
     c.infer.max_edits_per_device = 0
     results[name] = _differences(one, many)
+    if strategy == "search" and group == "maskgit":   # the search's boxes given: "box"
+      given = [[tuple(map(float, box)) for box in o.outputs.boxes] for o in one]
+      boxed = inference.edit_examples(b, rgn, examples[:count], c, seed=3, progress=False,
+                                      strategy="box", boxes=given, devices=None)
+      results["box"] = _differences(one, boxed)
     split = inference.sharding.candidate_split(cap)
     method = inference.run_settings.parse(c).method
     results[name]["compiles"] = step_lib.make_infer(
@@ -120,14 +126,15 @@ def measured() -> dict:
   return out
 
 
-@pytest.mark.parametrize("case", ["search", "refine", "amused_search", "sd_search"])
+@pytest.mark.parametrize("case", ["search", "refine", "box", "amused_search", "sd_search"])
 def test_eight_devices_edit_as_one(measured, case):
   m = measured[case]
   assert m["boxes_equal"] and m["masked_equal"] and m["best_equal"], m
   assert m["pixels"] <= PIXEL_TOL and m["masks"] <= PIXEL_TOL, m
   assert m["scores"] <= SCORE_TOL, m
   assert m["edits_differ"], m   # the comparison is between real, different edits
-  assert m["compiles"] == 1, m   # photos of other sizes share one compiled inference
+  if case != "box":
+    assert m["compiles"] == 1, m   # photos of other sizes share one compiled inference
 
 
 def test_candidate_counts_that_do_not_divide_the_devices(measured):

@@ -284,6 +284,8 @@ def test_second_evaluation_on_a_folder_is_refused(env, eval_manifest, tmp_path):
 
 @pytest.mark.parametrize("module,args,needle", [
     ("lr_jax.bench", ("--json", "{tmp}"), "it is a folder"),
+    ("lr_jax.bench", ("--what", "search", "--devices", "64"),
+     "--devices 64: this host has 1 device (on a CPU, simulate more with XLA_FLAGS"),
     ("lr_jax.samples", ("/proc/lr_jax_faults",), "cannot create files in /proc"),
     ("lr_jax.editor_bench", ("--tiny", "--json", "/proc/lr_jax_faults/x.json"),
      "cannot create files in /proc"),
