@@ -74,6 +74,8 @@ def compare(group: str) -> dict:
   """Each case of `group` edited on one device and on all eight; their differences."""
   import jax
   from lr_jax import inference
+  from lr_jax import run_settings
+  from lr_jax.method import sharding
   from lr_jax.method import step as step_lib
   from lr_jax.models import build_models
   assert jax.device_count() == 8, jax.devices()
@@ -84,8 +86,8 @@ def compare(group: str) -> dict:
     key = c.editor.name
     built.setdefault(key, build_models(c))
     b = built[key]
-    rgn = step_lib.init_train_state(b.models, inference.run_settings.parse(c).method,
-                                    jax.random.PRNGKey(1)).params
+    method = run_settings.parse(c).method
+    rgn = step_lib.init_train_state(b.models, method, jax.random.PRNGKey(1)).params
     edit = lambda devices: inference.edit_examples(
         b, rgn, examples[:count], c, seed=3, refine_steps=refine_steps, progress=False,
         strategy=strategy, devices=devices)
@@ -99,8 +101,7 @@ def compare(group: str) -> dict:
       boxed = inference.edit_examples(b, rgn, examples[:count], c, seed=3, progress=False,
                                       strategy="box", boxes=given, devices=None)
       results["box"] = _differences(one, boxed)
-    split = inference.sharding.candidate_split(cap)
-    method = inference.run_settings.parse(c).method
+    split = sharding.candidate_split(cap)
     results[name]["compiles"] = step_lib.make_infer(
         b.models, method, "rgn" if strategy == "refine" else strategy, split)._cache_size()
     if refine_steps:
@@ -115,13 +116,17 @@ def measured() -> dict:
   flags = ("--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
            "--xla_llvm_disable_expensive_passes=true")
   env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  procs = [subprocess.Popen([sys.executable, "-m", "tests.test_devices", group], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for group in ("maskgit", "free_text")]
+  runs = []
+  for group in ("maskgit", "free_text"):
+    log = tempfile.TemporaryFile("w+")   # a file, not a pipe: neither run waits on a reader
+    runs.append((log, subprocess.Popen([sys.executable, "-m", "tests.test_devices", group],
+                                       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log,
+                                       text=True)))
   out = {}
-  for proc in procs:
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-4000:]
+  for log, proc in runs:
+    stdout, _ = proc.communicate(timeout=600)
+    log.seek(0)
+    assert proc.returncode == 0, log.read()[-4000:]
     out.update(json.loads(stdout.splitlines()[-1]))
   return out
 
