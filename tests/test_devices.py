@@ -70,6 +70,33 @@ def _cases(group: str):
            0, 2, 1)]   # SD also in chunks: 2 chunks of 2 boxes on each device
 
 
+def spread_images_and_boxes() -> dict:
+  """`map_candidates` on 8 devices, 4 images x 5 boxes capped at 2 (a 4 x 2 mesh, the
+  boxes padded to 8, 2 chunks of 2 on each device): each box's value and random draw
+  against the same function on the whole batch at once."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from lr_jax.method import sharding
+  from lr_jax.method import step as step_lib
+  def per_box(shared, local, boxes, keys):   # (B', C, ...) -> (B', C)
+    draws = jax.vmap(jax.vmap(lambda k: jax.random.uniform(jax.random.wrap_key_data(k))))(keys)
+    return draws + boxes.sum(-1) * shared + local[:, None]
+  boxes = np.arange(4 * 5 * 4, dtype=np.float32).reshape(4, 5, 4)
+  offsets = np.arange(4, dtype=np.float32) * 1000
+  keys = lambda rng: step_lib.candidate_keys(rng, 4, 5)
+  whole = jax.jit(lambda b, o, r: per_box(2.0, o, b, keys(r)))(boxes, offsets,
+                                                                jax.random.PRNGKey(5))
+  split = sharding.candidate_split(2)
+  lay = split.layout(4, 5)
+  spread = jax.jit(lambda b, o, r: sharding.map_candidates(per_box, split, 2.0, o, b, keys(r)),
+                   in_shardings=split.replicated(), out_shardings=split.replicated())
+  parts = spread(boxes, offsets, jax.random.PRNGKey(5))
+  return {"equal": bool(np.array_equal(np.asarray(whole), np.asarray(parts))),
+          "shape": list(parts.shape),
+          "layout": [lay.image_shards, lay.box_shards, lay.padded, lay.chunks, lay.per_chunk]}
+
+
 def compare(group: str) -> dict:
   """Each case of `group` edited on one device and on all eight; their differences."""
   import jax
@@ -82,6 +109,8 @@ def compare(group: str) -> dict:
   tmp = pathlib.Path(tempfile.mkdtemp())
   examples = _examples(tmp, 2)
   built, results = {}, {}
+  if group == "free_text":
+    results["spread"] = spread_images_and_boxes()
   for name, c, strategy, refine_steps, cap, count in _cases(group):
     key = c.editor.name
     built.setdefault(key, build_models(c))
@@ -147,6 +176,10 @@ def test_candidate_counts_that_do_not_divide_the_devices(measured):
   assert measured["refine"]["candidates"] == [3, 3]   # K = 3
   assert measured["amused_search"]["candidates"] == [21]   # 3 x 7
   assert measured["refine"]["step_compiles"] == 1   # 2 photos x 2 steps, one compile
+
+
+def test_images_and_boxes_split_keep_each_box_and_key(measured):
+  assert measured["spread"] == {"equal": True, "shape": [4, 5], "layout": [4, 2, 8, 2, 2]}
 
 
 def test_layout_pads_to_whole_chunks():

@@ -47,4 +47,4 @@ def _jitted_infer_boxes(models: Models, method: Method, split: step_lib.Split):
   if split is None:
     return jax.jit(functools.partial(infer_boxes, models=models, method=method))
   return jax.jit(functools.partial(infer_boxes, models=models, method=method, split=split),
-                 in_shardings=split.replicated())
+                 in_shardings=split.replicated(), out_shardings=split.replicated())

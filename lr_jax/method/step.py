@@ -344,9 +344,12 @@ def _jitted_infer(models: Models, method: Method, strategy: str, split: Split):
   if split is None:
     return jax.jit(functools.partial(infer, models=models, method=method, strategy=strategy))
   # Inputs replicated on the split's devices (the candidates are split inside): host
-  # arrays and arrays already there (a refined RGN) share one compile.
+  # arrays and arrays already there (a refined RGN) share one compile. The outputs are
+  # gathered onto every device: their split over an images x boxes mesh need not be one
+  # that the inputs' 1-D mesh can name.
   return jax.jit(functools.partial(infer, models=models, method=method, strategy=strategy,
-                                   split=split), in_shardings=split.replicated())
+                                   split=split), in_shardings=split.replicated(),
+                 out_shardings=split.replicated())
 
 
 def make_infer(models: Models, method: Method, strategy: str = "rgn", split: Split = None):
