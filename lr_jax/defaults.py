@@ -79,4 +79,5 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.infer = ml_collections.ConfigDict()
   c.infer.refine_steps = 0         # per-image RGN refinement before editing
+  c.infer.max_edits_per_device = 0   # memory cap: candidates one device edits at once (0: all)
   return c

@@ -29,6 +29,7 @@ from lr_jax import dataset
 from lr_jax.files import manifest as manifest_lib
 from lr_jax.method import given_boxes
 from lr_jax.method import settings as settings_lib
+from lr_jax.method import sharding
 from lr_jax.files import sheets
 from lr_jax.method import step as step_lib
 from lr_jax.method import window as window_lib
@@ -70,16 +71,22 @@ def _versions() -> dict[str, str]:
 
 
 def refine(rgn_params, built: Built, batch, method: settings_lib.Method, steps: int,
-           seed: int, train_step=None):
-  """The official per-image mode: a few Adam steps of the RGN on this image alone."""
+           seed: int, train_step=None, split: step_lib.Split = None, frozen=None):
+  """The official per-image mode: a few Adam steps of the RGN on this image alone;
+  with `split`, each step's K x M edits spread over its devices (`frozen`: the frozen
+  weights already replicated there, else `built.frozen`)."""
   if steps <= 0:
     return rgn_params
-  # On the default device, placed as the step's outputs will be: one compile.
-  state = jax.device_put(step_lib.new_train_state(rgn_params, method.optim))
-  train_step = train_step or step_lib.make_train_step(built.models, method, donate=False)
+  # Placed as the step's outputs will be (the default device, or replicated on the
+  # split's devices): one compile.
+  state = step_lib.new_train_state(rgn_params, method.optim)
+  state = jax.device_put(state, split.replicated() if split else None)
+  train_step = train_step or step_lib.make_train_step(built.models, method, donate=False,
+                                                      split=split)
+  frozen = built.frozen if frozen is None else frozen
   rng = seeds.prng_key(seed)
   for _ in range(steps):
-    state, _ = train_step(state, built.frozen, batch, rng)
+    state, _ = train_step(state, frozen, batch, rng)
   return state.params
 
 
@@ -158,7 +165,8 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
                   boxes: list[list[tuple[int, int, int, int]]] | None = None,
                   strategy_reason: str | None = None, tagged_names: bool = False,
                   overwrite_flag: str = "--overwrite",
-                  box_request: dict | None = None) -> list[EditOutcome]:
+                  box_request: dict | None = None,
+                  devices: list[Any] | None = None) -> list[EditOutcome]:
   """Edits each example; returns the outcomes and writes them to `out_dir` if given
   (an existing result is never replaced unless `overwrite`). Example i is number
   `start_index + i` of its manifest: its edit key and file names follow that number,
@@ -169,17 +177,22 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
   mode (`lr_jax.method.window`) the kept box is edited once more in a window of the original.
   `config`: a ConfigDict or a parsed `run_settings.Run`. strategy "box": `boxes[i]` are
   example i's token boxes (`user_boxes.to_tokens`), edited without region selection.
-  `tagged_names`: file names carry strategy and seed (`output_names`)."""
+  `tagged_names`: file names carry strategy and seed (`output_names`).
+  The candidates of an image are split over `devices` (default: all of this host's) in
+  chunks of at most `config.infer.max_edits_per_device` each (`sharding.candidate_split`);
+  on one device without a cap all are edited at once, as always."""
   run = run_settings.parse(config)
   method = run.method
+  split = sharding.candidate_split(run.infer.max_edits_per_device, devices)
+  frozen = sharding.replicated_once(built.frozen, split)   # once per model, not per image
   loaded = dataset.load_images(examples) if loaded is None else loaded
   prepared = dataset.prepare(built, examples, loaded=loaded, canvas=method.region.canvas)
   if strategy == "box":
-    infer_boxes = given_boxes.make_infer_boxes(built.models, method)
+    infer_boxes = given_boxes.make_infer_boxes(built.models, method, split)
   else:
     infer = step_lib.make_infer(built.models, method,
-                                "rgn" if strategy == "refine" else strategy)
-  train_step = (step_lib.make_train_step(built.models, method, donate=False)
+                                "rgn" if strategy == "refine" else strategy, split)
+  train_step = (step_lib.make_train_step(built.models, method, donate=False, split=split)
                 if refine_steps > 0 else None)
   out_dir = pathlib.Path(out_dir) if out_dir else None
   results = []
@@ -187,12 +200,13 @@ def edit_examples(built: Built, rgn_params, examples: list[manifest_lib.Example]
     batch = prepared.batch(np.asarray([i]))
     number = start_index + i
     rng = jax.random.fold_in(seeds.prng_key(seed), number)
-    params = refine(rgn_params, built, batch, method, refine_steps, seed + number, train_step)
+    params = refine(rgn_params, built, batch, method, refine_steps, seed + number, train_step,
+                    split, frozen)
     if strategy == "box":
       given = np.asarray(boxes[i], np.float32)[None]
-      found = infer_boxes(built.frozen, batch, given, rng)
+      found = infer_boxes(frozen, batch, given, rng)
     else:
-      found = infer(params, built.frozen, batch, rng)
+      found = infer(params, frozen, batch, rng)
     out = jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(found))
     best = int(out.best)
     original = loaded[i].original   # uint8 for 8-bit files

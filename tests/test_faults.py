@@ -284,6 +284,8 @@ def test_second_evaluation_on_a_folder_is_refused(env, eval_manifest, tmp_path):
 
 @pytest.mark.parametrize("module,args,needle", [
     ("lr_jax.bench", ("--json", "{tmp}"), "it is a folder"),
+    ("lr_jax.bench", ("--what", "search", "--devices", "64"),
+     "--devices 64: this host has 1 device (on a CPU, simulate more with XLA_FLAGS"),
     ("lr_jax.samples", ("/proc/lr_jax_faults",), "cannot create files in /proc"),
     ("lr_jax.editor_bench", ("--tiny", "--json", "/proc/lr_jax_faults/x.json"),
      "cannot create files in /proc"),
@@ -376,6 +378,10 @@ def test_editor_bench_flags_are_checked_before_timing(tmp_path):
                      "--box", "0,0,5"), "four numbers"),
     ("lr_jax.edit", (*TINY, "--image", "{cat}", "--prompt", "a lion", "--out", "{tmp}/o",
                      "--strategy", "rgn"), "--rgn_checkpoint"),
+    # The memory cap of editing over devices.
+    ("lr_jax.edit", (*TINY, "--image", "{cat}", "--prompt", "a lion", "--out", "{tmp}/o",
+                     "--config.infer.max_edits_per_device=-1"),
+     "infer.max_edits_per_device must be an integer >= 0, got -1"),
     # The weights command.
     ("lr_jax.weights", ("download",), "--config"),
 ])

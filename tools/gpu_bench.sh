@@ -7,7 +7,11 @@
 #   4. lr_jax's full-size inference and train step.
 #   5. The editors side by side (MaskGIT and aMUSEd-256, 12 steps), N = 1, 4, 8, 28 boxes in
 #      one call vs N one-box calls, float32 and bfloat16.
-#   6. Only with SD=1 (it needs about 5 more minutes, past one 10-minute call; alone:
+#   6. lr_jax's full-size search (K x M = 28 candidates) over all GPUs of this host, 1 and
+#      N devices (on a one-GPU machine only the 1-device row), then with the memory cap of
+#      8 candidates per device at once (`infer.max_edits_per_device`); up to 3 minutes,
+#      T_DEVICES=0 skips it.
+#   7. Only with SD=1 (it needs about 5 more minutes, past one 10-minute call; alone:
 #      `python3 tools/sd_gpu_bench.py --json $OUT/sd.json`): SD-1.5-inpainting inpainting
 #      (random weights, 512 px, guidance 7.5, DDIM), bfloat16 with cuDNN attention,
 #      50 and 25 steps, N = 1, 8, 28 masks per call.
@@ -41,8 +45,16 @@ echo "== 5. editors: maskgit and amused, N boxes in one call vs N calls"
 timeout "${T_EDITORS:-240}" python3 -m lr_jax.editor_bench --editors "${EDITORS:-maskgit,amused}" \
   --ns 1,4,8,28 --dtypes float32,bfloat16 --repeats 5 --json "$OUT/editors.json" 2>&1 \
   | quiet | tail -18
+echo "== 6. lr_jax search over this host's GPUs, all candidates at once, then 8 per device"
+NGPU=$(nvidia-smi -L | wc -l)
+for CAP in 0 8; do
+  [ "${T_DEVICES:-90}" = 0 ] && break
+  timeout "${T_DEVICES:-90}" python3 -m lr_jax.bench --config configs/maskgit_imagenet256.py \
+    --what search --devices "$NGPU" --repeats 3 --config.infer.max_edits_per_device=$CAP \
+    --json "$OUT/lr_devices_cap$CAP.json" 2>&1 | quiet | tail -5
+done
 if [ -n "${SD:-}" ]; then
-  echo "== 6. stable diffusion inpainting, bfloat16, 50 and 25 steps, N = 1, 8, 28"
+  echo "== 7. stable diffusion inpainting, bfloat16, 50 and 25 steps, N = 1, 8, 28"
   timeout "${T_SD:-330}" python3 tools/sd_gpu_bench.py --models sd15 --ns 1,8,28 \
     --steps 50,25 --dtype bfloat16 --repeats 2 --json "$OUT/sd.json" 2>&1 | quiet | tail -8
 fi

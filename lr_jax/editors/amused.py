@@ -244,7 +244,7 @@ class AmusedEditor(base.Editor):
     model = transformer_lib.UVit2D(self.transformer, DTYPES[self.dtype])
     logits_fn = lambda x: model.apply({"params": params["transformer"]}, x, text_hidden,
                                       pooled_text, micro_conds)
-    keys = box_editing.box_keys(rng, batch, num_boxes)   # fold_in(fold_in(rng, b), n)
+    keys = box_editing.per_box_keys(rng, batch, num_boxes)   # one key, or (B, N) keys
     keys = keys.reshape((batch * num_boxes,) + keys.shape[2:])
     tokens = decoding.inpaint(logits_fn, per_box(ids),
                               token_mask.reshape(batch * num_boxes, side, side), keys, decode,

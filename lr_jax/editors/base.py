@@ -106,7 +106,9 @@ class Editor(abc.ABC):
            rng: Array) -> EditOutput:
     """Pure and jittable: edits N boxes (B, N, 4) on the box grid of B images
     (B, S, S, 3) in [0, 1] in one call. Box (b, n) uses the key fold_in(fold_in(rng, b), n), so a
-    box alone decodes as it does in the batch."""
+    box alone decodes as it does in the batch; `rng` may also be those (B, N) keys
+    themselves (`box_editing.per_box_keys`), so a share of the boxes, on another device
+    or in a chunk, decodes as it does in the whole batch."""
 
   def record(self) -> dict[str, Any]:
     """Facts about this editor for every edit's JSON record."""

@@ -271,7 +271,7 @@ class StableDiffusionEditor(base.Editor):
           [cond["prompt_ids"], cond["negative_ids"]])), 2)
     else:
       text = negative = self._encode(params, cond["prompt_ids"])
-    keys = box_editing.box_keys(rng, batch, num_boxes)       # fold_in(fold_in(rng, b), n)
+    keys = box_editing.per_box_keys(rng, batch, num_boxes)   # one key, or (B, N) keys
     keys = box_editing.as_typed_keys(keys.reshape((batch * num_boxes,) + keys.shape[2:]))
     raw = inpaint_lib.inpaint(
         params, self.models, self.settings.inpaint, per_box(images.astype(jnp.float32)),

@@ -19,11 +19,14 @@ from lr_jax.method.settings import Method
 
 
 def infer_boxes(frozen: Any, batch: dict[str, Any], boxes: jax.Array, rng: jax.Array, *,
-                models: Models, method: Method) -> step_lib.Inference:
-  """Edits, scores and picks among the given boxes (B, N, 4) (tokens, float)."""
+                models: Models, method: Method, split: step_lib.Split = None
+                ) -> step_lib.Inference:
+  """Edits, scores and picks among the given boxes (B, N, 4) (tokens, float); `split`:
+  spread over devices and chunks as `step.infer`'s candidates."""
   b, n = boxes.shape[:2]
   boxes = boxes.astype(jnp.float32)
-  out, scores, best = step_lib.edit_and_score(models, frozen, batch, boxes, rng, method.score)
+  out, scores, best = step_lib.edit_and_score(models, frozen, batch, boxes, rng, method.score,
+                                              split)
   grid = models.editor.box_grid
   anchors = jnp.floor(boxes[..., :2] + boxes[..., 2:] / 2).astype(jnp.int32)
   anchors = jnp.clip(anchors, 0, grid - 1)
@@ -34,7 +37,14 @@ def infer_boxes(frozen: Any, batch: dict[str, Any], boxes: jax.Array, rng: jax.A
                             boxes, out, scores, best)
 
 
+def make_infer_boxes(models: Models, method: Method, split: step_lib.Split = None):
+  """`infer_boxes` jitted for these models, settings and split (one compile per box count)."""
+  return _jitted_infer_boxes(models, method, split)
+
+
 @functools.lru_cache(maxsize=16)
-def make_infer_boxes(models: Models, method: Method):
-  """`infer_boxes` jitted for these models and settings (one compile per box count)."""
-  return jax.jit(functools.partial(infer_boxes, models=models, method=method))
+def _jitted_infer_boxes(models: Models, method: Method, split: step_lib.Split):
+  if split is None:
+    return jax.jit(functools.partial(infer_boxes, models=models, method=method))
+  return jax.jit(functools.partial(infer_boxes, models=models, method=method, split=split),
+                 in_shardings=split.replicated(), out_shardings=split.replicated())

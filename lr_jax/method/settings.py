@@ -267,14 +267,23 @@ class TrainSettings:
     _int(s, "max_to_keep", self.max_to_keep, 1)
 
 
+# Candidate edits one device may hold at once: far more than any editor fits in memory.
+MAX_EDITS_PER_DEVICE = 65536
+
+
 @dataclasses.dataclass(frozen=True)
 class InferSettings:
-  """Editing defaults (host side)."""
+  """Editing defaults (host side; how candidates spread over devices is static in jit)."""
   SECTION: ClassVar[str] = "infer"
   refine_steps: int = dataclasses.field(default=0, metadata=_RESUMABLE)
+  # The memory cap: each device edits at most this many candidates at once (at least
+  # one box per image it holds), in chunks inside the same jitted call; 0: all at once.
+  max_edits_per_device: int = dataclasses.field(default=0, metadata=_RESUMABLE)
 
   def __post_init__(self):
     _int(self.SECTION, "refine_steps", self.refine_steps, 0)
+    _int(self.SECTION, "max_edits_per_device", self.max_edits_per_device, 0,
+         MAX_EDITS_PER_DEVICE, "0 means all at once; a cap this large caps nothing")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,12 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lr_common import box_editing
 from lr_jax.method import anchors as anchors_lib
 from lr_jax.encoders import dino as dino_lib
 from lr_jax.method import losses as losses_lib
 from lr_jax.method import rgn as rgn_lib
 from lr_jax.method import roi_align as roi_lib
 from lr_jax.method import scoring
+from lr_jax.method import sharding
 from lr_jax.encoders.clip import CLIP, augment_views, clip_preprocess
 from lr_jax.editors.base import EditOutput
 from lr_jax.method.bundle import Models
@@ -117,10 +119,28 @@ def find_regions(models: Models, frozen: Any, images: Array, region: RegionSetti
   return Regions(attention, anchors, boxes, pooled)
 
 
+Split = sharding.CandidateSplit | None   # None: every candidate on one device, at once
+
+
+def candidate_keys(rng: Array, batch: int, num_boxes: int) -> Array:
+  """(B, N, 2) raw keys, fold_in(fold_in(rng, b), n): what the editors derive from one key."""
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
+  return box_editing.box_keys(rng, batch, num_boxes)
+
+
 def edit_boxes(models: Models, frozen: Any, images: Array, boxes: Array, cond: Any,
-               rng: Array) -> EditOutput:
-  """The editor's edits of every box (B, N, 4) in one call: constants for the RGN."""
-  out = models.editor.edit(frozen["editor"], images, boxes, cond, rng)
+               rng: Array, split: Split = None) -> EditOutput:
+  """The editor's edits of every box (B, N, 4) in one call (split over devices and
+  chunks with `split`; box (b, n) keeps its key): constants for the RGN."""
+  if split is None:
+    out = models.editor.edit(frozen["editor"], images, boxes, cond, rng)
+  else:
+    edit = lambda params, local, boxes, keys: models.editor.edit(
+        params, local["images"], boxes, local["cond"], keys)
+    out = sharding.map_candidates(edit, split, frozen["editor"],
+                                  {"images": images, "cond": cond}, boxes,
+                                  candidate_keys(rng, *boxes.shape[:2]))
   return jax.tree.map(jax.lax.stop_gradient, out)
 
 
@@ -176,7 +196,7 @@ def edit_losses(models: Models, frozen: Any, batch: dict[str, Any], edits: Array
 
 
 def loss_fn(rgn_params, models: Models, frozen: Any, batch: dict[str, Any], rng: Array,
-            method: Method) -> tuple[Array, dict[str, Array]]:
+            method: Method, split: Split = None) -> tuple[Array, dict[str, Array]]:
   """The training loss of a batch; differentiable in the RGN parameters only."""
   images = batch["images"]
   b = images.shape[0]
@@ -185,7 +205,7 @@ def loss_fn(rgn_params, models: Models, frozen: Any, batch: dict[str, Any], rng:
       find_regions(models, frozen, images, method.region, batch.get("valid")))
   k, m = regions.boxes.shape[1:3]
   edits = edit_boxes(models, frozen, images, regions.boxes.reshape(b, k * m, 4),
-                     batch["cond"], rng_edit).images
+                     batch["cond"], rng_edit, split).images
   edits = edits.reshape((b, k, m) + edits.shape[2:])                    # (B,K,M,S,S,3)
   logits = models.rgn.apply({"params": rgn_params}, regions.pooled)    # (B,K,M)
   def objective(candidates):   # -> (per-edit loss, (the same, its terms)) for the metrics
@@ -207,11 +227,13 @@ def loss_fn(rgn_params, models: Models, frozen: Any, batch: dict[str, Any], rng:
 
 
 def train_step(state: TrainState, frozen: Any, batch: dict[str, Any], rng: Array, *,
-               models: Models, method: Method) -> tuple[TrainState, dict[str, Array]]:
-  """One Adam step on the RGN. `rng` is the run's key; it is folded with the step here."""
+               models: Models, method: Method, split: Split = None
+               ) -> tuple[TrainState, dict[str, Array]]:
+  """One Adam step on the RGN. `rng` is the run's key; it is folded with the step here.
+  `split`: the K x M edits spread over devices (per-image refinement of one image)."""
   step_rng = jax.random.fold_in(rng, state.step)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (_, metrics), grads = grad_fn(state.params, models, frozen, batch, step_rng, method)
+  (_, metrics), grads = grad_fn(state.params, models, frozen, batch, step_rng, method, split)
   updates, opt_state = make_optimizer(method.optim).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics["grad_norm"] = optax.tree.norm(grads)
@@ -220,15 +242,22 @@ def train_step(state: TrainState, frozen: Any, batch: dict[str, Any], rng: Array
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_train_step(models: Models, method: Method, donate: bool):
-  fn = functools.partial(train_step, models=models, method=method)
-  return jax.jit(fn, donate_argnums=(0,) if donate else ())
+def _jitted_train_step(models: Models, method: Method, donate: bool, split: Split):
+  if split is None:
+    fn = functools.partial(train_step, models=models, method=method)
+    return jax.jit(fn, donate_argnums=(0,) if donate else ())
+  fn = functools.partial(train_step, models=models, method=method, split=split)
+  # Everything replicated on the split's devices, the state step after step: one compile
+  # whether the inputs come from the host or from there.
+  return jax.jit(fn, donate_argnums=(0,) if donate else (), in_shardings=split.replicated(),
+                 out_shardings=split.replicated())
 
 
-def make_train_step(models: Models, method: Method, donate: bool = True):
+def make_train_step(models: Models, method: Method, donate: bool = True, split: Split = None):
   """`train_step` jitted for these models and settings (one compiled function per pair;
-  the state is donated except on a CPU, which cannot use donations)."""
-  return _jitted_train_step(models, method, donate and jax.default_backend() != "cpu")
+  the state is donated except on a CPU, which cannot use donations). With `split`,
+  a batch's edits are spread over its devices (`sharding.CandidateSplit`)."""
+  return _jitted_train_step(models, method, donate and jax.default_backend() != "cpu", split)
 
 
 STRATEGIES = ("rgn", "search", "random", "dino_random")
@@ -262,33 +291,48 @@ def _candidates(rgn_params, regions: Regions, rng: Array, models: Models, strate
 
 
 def infer(rgn_params, frozen: Any, batch: dict[str, Any], rng: Array, *,
-          models: Models, method: Method, strategy: str = "rgn") -> Inference:
+          models: Models, method: Method, strategy: str = "rgn",
+          split: Split = None) -> Inference:
   """Candidate boxes, their edits in one call, their quality scores and the pick.
 
   strategy: "rgn" (the RGN's box per anchor: K candidates), "search" (every proposal:
   K x M candidates, no training), "random" / "dino_random" (the paper's baselines: K
-  boxes of random size around random / DINO anchors, drawn from `rng`).
+  boxes of random size around random / DINO anchors, drawn from `rng`). `split`: the
+  candidates spread over devices and chunks (`sharding.CandidateSplit`).
   """
   images = batch["images"]
   valid = batch.get("valid")
   regions = find_regions(models, frozen, images, method.region, valid)
   logits, boxes, anchors, proposals, chosen = _candidates(
       rgn_params, regions, rng, models, strategy, valid)
-  out, scores, best = edit_and_score(models, frozen, batch, boxes, rng, method.score)
+  out, scores, best = edit_and_score(models, frozen, batch, boxes, rng, method.score, split)
   return Inference(regions, Candidates(anchors, proposals), logits, chosen, boxes, out,
                    scores, best)
 
 
 def edit_and_score(models: Models, frozen: Any, batch: dict[str, Any], boxes: Array,
-                   rng: Array, score: ScoreSettings
+                   rng: Array, score: ScoreSettings, split: Split = None
                    ) -> tuple[EditOutput, scoring.QualityScore, Array]:
   """The candidate boxes (B, N, 4) edited in one editor call, their quality scores
-  S = alpha S_t2i + beta S_i2i (one CLIP call with the sources) and the pick per image."""
+  S = alpha S_t2i + beta S_i2i (one CLIP call with the sources) and the pick per image.
+
+  With `split` each device edits and embeds its share of the candidates, chunk by
+  chunk (`sharding.map_candidates`); the sources are embedded apart."""
   images = batch["images"]
-  out = edit_boxes(models, frozen, images, boxes, batch["cond"], rng)
-  both = jnp.concatenate([images[:, None], out.images], axis=1)          # one CLIP call
-  all_emb, _ = clip_images(models, frozen, both)                         # (B,1+N,P)
-  src_emb, emb = all_emb[:, 0], all_emb[:, 1:]
+  if split is None:
+    out = edit_boxes(models, frozen, images, boxes, batch["cond"], rng)
+    both = jnp.concatenate([images[:, None], out.images], axis=1)          # one CLIP call
+    all_emb, _ = clip_images(models, frozen, both)                         # (B,1+N,P)
+    src_emb, emb = all_emb[:, 0], all_emb[:, 1:]
+  else:
+    def edit_and_embed(params, local, boxes, keys):
+      edit = models.editor.edit(params["editor"], local["images"], boxes, local["cond"], keys)
+      return edit, clip_images(models, params, edit.images)[0]
+    out, emb = sharding.map_candidates(
+        edit_and_embed, split, {"editor": frozen["editor"], "clip": frozen["clip"]},
+        {"images": images, "cond": batch["cond"]}, boxes,
+        candidate_keys(rng, *boxes.shape[:2]))
+    src_emb = clip_images(models, frozen, images)[0]
   scores = jax.vmap(functools.partial(scoring.quality_score, alpha=score.alpha,
                                       beta=score.beta))(emb, src_emb, batch["text_embed"])
   best = jax.vmap(lambda q: scoring.pick_best(q, top_t2i=score.top_t2i or None))(scores)
@@ -296,12 +340,21 @@ def edit_and_score(models: Models, frozen: Any, batch: dict[str, Any], boxes: Ar
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_infer(models: Models, method: Method, strategy: str):
-  return jax.jit(functools.partial(infer, models=models, method=method, strategy=strategy))
+def _jitted_infer(models: Models, method: Method, strategy: str, split: Split):
+  if split is None:
+    return jax.jit(functools.partial(infer, models=models, method=method, strategy=strategy))
+  # Inputs replicated on the split's devices (the candidates are split inside): host
+  # arrays and arrays already there (a refined RGN) share one compile. The outputs are
+  # gathered onto every device: their split over an images x boxes mesh need not be one
+  # that the inputs' 1-D mesh can name.
+  return jax.jit(functools.partial(infer, models=models, method=method, strategy=strategy,
+                                   split=split), in_shardings=split.replicated(),
+                 out_shardings=split.replicated())
 
 
-def make_infer(models: Models, method: Method, strategy: str = "rgn"):
-  """`infer` jitted for these models, settings and strategy (one compiled function each)."""
+def make_infer(models: Models, method: Method, strategy: str = "rgn", split: Split = None):
+  """`infer` jitted for these models, settings, strategy and split over devices (one
+  compiled function each; `sharding.candidate_split`)."""
   if strategy not in STRATEGIES:
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-  return _jitted_infer(models, method, strategy)
+  return _jitted_infer(models, method, strategy, split)
