@@ -159,11 +159,10 @@ def agree(problem: Exception | None, share: Share, same: dict[str, Any] | None =
     differ = sorted(n for n in first.keys() | other["same"].keys()
                     if first.get(n) != other["same"].get(n))
     if differ:
-      values = "; ".join(f"{n}: {first.get(n)!r} vs {other['same'].get(n)!r}" for n in differ)
       raise HostsError(
-          f"process {k} of {share.count} was started with another {' and '.join(differ)} "
-          f"than process 0 ({values[:400]}); start the same command, with the same files, "
-          "on every process")
+          f"process {k} of {share.count} was started differently from process 0: other "
+          f"{' and '.join(differ)}; start the same command, with the same files, on every "
+          "process")
   return [e["facts"] for e in everyone]
 
 

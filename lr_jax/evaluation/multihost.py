@@ -20,6 +20,7 @@ redoes only the lost ones.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pathlib
@@ -60,21 +61,31 @@ def evaluate(config, examples: list[manifest_lib.Example], strategies: Sequence[
   (`hosts.agree`) before any work, edits its share; process 0 merges, calls
   `then(plan, lines, new pairs)` (the report) and returns all lines and what `then`
   returned; the others return their own lines and no files."""
-  checked, lock, problem = None, None, None
+  checked, lock, problem, made = None, None, None, None
   try:
     checked = runner.plan(config, examples, strategies, out_dir, **plan_args)
     mine = results_lib.share_path(checked.out_dir, share.index, share.count)
     output_files.check_folder(mine.parent)
     output_files.check_outputs([mine], overwrite=True)
     if share.main:
+      made = None if checked.out_dir.exists() else checked.out_dir
       checked.out_dir.mkdir(parents=True, exist_ok=True)
       lock = folder_lock.acquire(checked.out_dir, runner.LOCK_FILE, doing="evaluated",
                                  flag="--out", error=runner.EvaluationError)
   except UserError as e:
     problem = e
   try:
-    facts = hosts.agree(problem, share, checked and _identity(checked),
-                        {"lock": lock.read_text() if lock else None})
+    try:
+      facts = hosts.agree(problem, share, checked and _identity(checked),
+                          {"lock": lock.read_text() if lock else None})
+    except UserError:
+      if lock is not None:
+        folder_lock.release(lock)
+        lock = None
+      if made is not None:   # a job that did not start leaves no empty folder behind
+        with contextlib.suppress(OSError):
+          made.rmdir()
+      raise
     holder = facts[0]["lock"]
     if share.main:
       runner.write_settings(checked)
