@@ -61,35 +61,17 @@ def evaluate(config, examples: list[manifest_lib.Example], strategies: Sequence[
   (`hosts.agree`) before any work, edits its share; process 0 merges, calls
   `then(plan, lines, new pairs)` (the report) and returns all lines and what `then`
   returned; the others return their own lines and no files."""
-  checked, lock, problem, made = None, None, None, None
-  try:
+  checked, problem = None, None
+  try:   # 1. every process checks everything (writes nothing), and they agree
     checked = runner.plan(config, examples, strategies, out_dir, **plan_args)
     mine = results_lib.share_path(checked.out_dir, share.index, share.count)
     output_files.check_folder(mine.parent)
     output_files.check_outputs([mine], overwrite=True)
-    if share.main:
-      made = None if checked.out_dir.exists() else checked.out_dir
-      checked.out_dir.mkdir(parents=True, exist_ok=True)
-      lock = folder_lock.acquire(checked.out_dir, runner.LOCK_FILE, doing="evaluated",
-                                 flag="--out", error=runner.EvaluationError)
   except UserError as e:
     problem = e
+  hosts.agree(problem, share, checked and _identity(checked))
+  lock, holder = _hold(checked, share)   # 2. process 0 takes the folder, the others see it
   try:
-    try:
-      facts = hosts.agree(problem, share, checked and _identity(checked),
-                          {"lock": lock.read_text() if lock else None})
-    except UserError:
-      if lock is not None:
-        folder_lock.release(lock)
-        lock = None
-      if made is not None:   # a job that did not start leaves no empty folder behind
-        with contextlib.suppress(OSError):
-          made.rmdir()
-      raise
-    holder = facts[0]["lock"]
-    if share.main:
-      runner.write_settings(checked)
-    hosts.agree(None if share.main else _sees(checked, holder), share)
     rows = _own_share(checked, share, built, progress)
     if not share.main:
       _wait_for_main(checked, share, holder)
@@ -99,6 +81,34 @@ def evaluate(config, examples: list[manifest_lib.Example], strategies: Sequence[
   finally:
     if lock is not None:
       folder_lock.release(lock)
+
+
+def _hold(p: runner.Plan, share: hosts.Share) -> tuple[pathlib.Path | None, str]:
+  """Process 0 takes the folder (`evaluate.lock`) and writes its settings; every process
+  checks that it sees them; all stop if any of that fails (a folder made now is removed).
+  Returns the lock (process 0's; None elsewhere) and its text."""
+  lock, problem, made = None, None, None
+  if share.main:
+    try:
+      made = None if p.out_dir.exists() else p.out_dir
+      p.out_dir.mkdir(parents=True, exist_ok=True)
+      lock = folder_lock.acquire(p.out_dir, runner.LOCK_FILE, doing="evaluated",
+                                 flag="--out", error=runner.EvaluationError)
+      runner.write_settings(p)
+    except UserError as e:
+      problem = e
+  try:
+    holder = hosts.agree(problem, share, facts={"lock": lock and lock.read_text()})[0]["lock"]
+    hosts.agree(None if share.main else _sees(p, holder), share)
+  except UserError:
+    if lock is not None:
+      folder_lock.release(lock)
+    if made is not None:   # a job that did not start leaves no folder behind
+      with contextlib.suppress(OSError):
+        (made / runner.SETTINGS_FILE).unlink(missing_ok=True)
+        made.rmdir()
+    raise
+  return lock, holder
 
 
 def _sees(p: runner.Plan, holder: str) -> Exception | None:
