@@ -91,11 +91,15 @@ def join() -> Share:
   if wanted is not None and not jax.distributed.is_initialized():
     # Small agreements between processes go through collectives; on CPUs JAX needs gloo.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if wanted["num_processes"] is None:   # Cloud TPU and clusters JAX detects itself
-      from lr_jax.method import sharding  # pylint: disable=g-import-not-at-top
-      sharding.maybe_initialize_distributed(force=True)
-    else:   # JAX itself does not read JAX_NUM_PROCESSES / JAX_PROCESS_ID
-      jax.distributed.initialize(**wanted)
+    try:
+      if wanted["num_processes"] is None:   # Cloud TPU and clusters JAX detects itself
+        from lr_jax.method import sharding  # pylint: disable=g-import-not-at-top
+        sharding.maybe_initialize_distributed(force=True)
+      else:   # JAX itself does not read JAX_NUM_PROCESSES / JAX_PROCESS_ID
+        jax.distributed.initialize(**wanted)
+    except ValueError as e:   # what JAX could not find out by itself
+      raise HostsError(f"cannot join the multi-process job ({e}); outside Cloud TPU set "
+                       "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID") from None
   return current()
 
 

@@ -7,7 +7,8 @@ the written photo at its own resolution (`lr_jax.evaluation.metrics`). A pair is
 what its result depends on (`lr_jax.evaluation.results`): a rerun skips the pairs already
 there and redoes, saying so, those whose image, prompts or mask changed. One run at a
 time writes a folder (`evaluate.lock`). `lr_jax.evaluation.report` turns the lines into
-tables and pictures (`evaluate_and_report` does both).
+tables and pictures (`evaluate_and_report` does both). On several processes (`share`)
+each edits its part of the pairs and process 0 merges (`lr_jax.evaluation.multihost`).
 """
 from __future__ import annotations
 
