@@ -10,6 +10,11 @@ proposal; `--rgn_checkpoint DIR` uses a trained RGN; `--refine_steps N` fits the
 each image first (the paper's per-image mode); `--box top,left,height,width` (repeat
 for several; photo pixels, or `--box_unit tokens`) edits your own boxes, no region
 selection. Files are named <index>_<image>_<prompt>_<strategy>_seed<seed>_*.
+
+On several processes (a TPU pod slice: `LR_JAX_DISTRIBUTED=1`; elsewhere
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) run the same command on each:
+each process edits its block of the images into `--out` (files named as above, so one
+folder all hosts see or one per host both work) and process 0 prints every result.
 """
 from absl import app
 from absl import flags
@@ -66,22 +71,31 @@ def main(argv):
   with errors.cli(argv):
     if _REFINE.value is not None and _REFINE.value < 0:
       raise errors.UsageError(f"--refine_steps must be >= 0, got {_REFINE.value}")
+    from lr_jax import hosts  # pylint: disable=g-import-not-at-top
     from lr_jax import inference  # pylint: disable=g-import-not-at-top
     from lr_jax import user_boxes  # pylint: disable=g-import-not-at-top
     boxes = [user_boxes.parse(b) for b in _BOX.value] if _BOX.value else None
     refine_steps = config.infer.refine_steps if _REFINE.value is None else _REFINE.value
     strategy, reason = inference.choose_strategy(   # fails before anything loads
         _STRATEGY.value, _CKPT.value, refine_steps, boxes is not None)
-    examples = _examples()
+    share = hosts.join()   # one process, or this one's place in a multi-process job
+    examples = hosts.on_every_process(share, _examples)
     print(f"strategy: {strategy} ({reason})", flush=True)
     outcomes = inference.run_edit(
         config, examples, out_dir=_OUT.value, rgn_checkpoint=_CKPT.value,
         refine_steps=refine_steps, seed=_SEED.value, overwrite=_OVERWRITE.value,
-        strategy=_STRATEGY.value, boxes=boxes, box_unit=_BOX_UNIT.value)
+        strategy=_STRATEGY.value, boxes=boxes, box_unit=_BOX_UNIT.value, share=share)
+  lines = []
   for o in outcomes:
     best = o.record["best_candidate"]
-    print(f"{o.example.image_path}: {o.record['conditioning']}, best candidate {best}, "
-          f"S={o.record['scores']['S'][best]:.4f} -> {o.files.get('edited')}")
+    lines.append(f"{o.example.image_path}: {o.record['conditioning']}, best candidate {best}, "
+                 f"S={o.record['scores']['S'][best]:.4f} -> {o.files.get('edited')}")
+  everyone = "\n".join(t for t in hosts.all_texts("\n".join(lines), share) if t)
+  if share.main:   # all_texts waited for every process
+    if everyone:
+      print(everyone)
+  else:
+    print(f"edit: {share}: {len(outcomes)} images done; process 0 prints every result")
 
 
 if __name__ == "__main__":

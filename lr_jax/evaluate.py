@@ -10,6 +10,12 @@ per image (manifest column `mask`, or PIE-Bench's `mapping_file.json` as the
 manifest) also how the chosen box and anchors sit on it), the edits under
 `eval/edits/<strategy>/`, and `summary.md`, `summary.csv`, `summary.png` and
 `sheets/` (`lr_jax.evaluation.report`). Rerunning the command skips the pairs already done.
+
+On several processes (a TPU pod slice: `LR_JAX_DISTRIBUTED=1`; elsewhere
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) run the same command on each,
+with `--out` on a file system they all see: each process edits its share of the pairs,
+process 0 merges them into `results.jsonl` and writes the report
+(`lr_jax.evaluation.multihost`).
 """
 from absl import app
 from absl import flags
@@ -34,6 +40,9 @@ _OUT = flags.DEFINE_string("out", None, "Evaluation folder (created; a rerun res
 _CKPT = flags.DEFINE_string("rgn_checkpoint", None, "Training workdir (strategies rgn, refine).")
 _REFINE = flags.DEFINE_integer("refine_steps", 0, "Per-image RGN steps (strategy refine).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the edits.")
+_WAIT = flags.DEFINE_float(
+    "wait_for_shares", 3600.0, "Several processes: how long process 0 waits, in seconds, for "
+    "the next pair of the others before it stops (their finished pairs are kept).")
 
 
 def default_strategies(rgn_checkpoint: str | None) -> list[str]:
@@ -45,14 +54,20 @@ def main(argv):
   with errors.cli(argv):
     if not _MANIFEST.value or not _OUT.value:
       raise errors.UsageError("give --manifest FILE and --out DIR")
+    if not _WAIT.value > 0:
+      raise errors.UsageError(f"--wait_for_shares must be > 0 seconds, got {_WAIT.value}")
+    from lr_jax import hosts  # pylint: disable=g-import-not-at-top
     from lr_jax.evaluation import runner as evaluation  # pylint: disable=g-import-not-at-top
     from lr_jax.files import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
     strategies = (_STRATEGIES.value if _STRATEGIES.present   # `--strategies=`: none, an error
                   else default_strategies(_CKPT.value))
-    examples = manifest_lib.read_manifest(_MANIFEST.value)
+    share = hosts.join()   # one process, or this one's place in a multi-process job
+    examples = hosts.on_every_process(share, manifest_lib.read_manifest, _MANIFEST.value)
     _, files = evaluation.evaluate_and_report(
         _CONFIG.value, examples, strategies, _OUT.value, rgn_checkpoint=_CKPT.value,
-        refine_steps=_REFINE.value, seed=_SEED.value)
+        refine_steps=_REFINE.value, seed=_SEED.value, share=share, wait_s=_WAIT.value)
+  if not files:   # another process of the job reports
+    return
   print(files["markdown"].read_text())
   print(f"report: {files['markdown']}, {files['csv']}, {files['chart']}; sheets in "
         f"{files['markdown'].parent / 'sheets'}")

@@ -26,6 +26,7 @@ from lr_common import seeds
 from lr_common import canvas as canvas_lib
 from lr_jax import checkpointing
 from lr_jax import dataset
+from lr_jax import hosts
 from lr_jax.files import manifest as manifest_lib
 from lr_jax.method import given_boxes
 from lr_jax.method import settings as settings_lib
@@ -401,26 +402,45 @@ def run_edit(config, examples: list[manifest_lib.Example], *, out_dir=None,
              rgn_checkpoint: str | None = None, refine_steps: int = 0, seed: int = 0,
              built: Built | None = None, progress: bool = True,
              overwrite: bool = False, strategy: str | None = None,
-             boxes=None, box_unit: str = "pixels") -> list[EditOutcome]:
+             boxes=None, box_unit: str = "pixels",
+             share: hosts.Share = hosts.SINGLE) -> list[EditOutcome]:
   """Builds the models (unless given), loads or initialises the RGN, edits the examples
   with the region strategy (`choose_strategy`; `boxes`: the user's, in `box_unit`, the
-  same for every example). File names carry strategy and seed (`output_names`)."""
+  same for every example). File names carry strategy and seed (`output_names`).
+
+  With `share` (`lr_jax.hosts`: one of several processes making the same call) this
+  process edits its block of the examples (`hosts.block`; numbered, named and seeded as
+  in the whole manifest) and returns their outcomes; every process checks everything
+  first and all stop together if one finds a problem."""
+  run, strategy, reason, part, loaded, token_boxes = hosts.on_every_process(
+      share, _checked_edit, config, examples, out_dir, rgn_checkpoint, refine_steps, seed,
+      overwrite, strategy, boxes, box_unit, share)
+  if not part:   # more processes than examples
+    return []
+  built = build_models(run) if built is None else built
+  rgn_params = checkpointing.rgn_params(rgn_checkpoint, built.models, run)
+  return edit_examples(built, rgn_params, [examples[i] for i in part], run, seed=seed,
+                       out_dir=out_dir, refine_steps=refine_steps, checkpoint=rgn_checkpoint,
+                       progress=progress, overwrite=overwrite, loaded=loaded,
+                       strategy=strategy, boxes=token_boxes, strategy_reason=reason,
+                       tagged_names=True, start_index=part.start, box_request=None
+                       if boxes is None else {"unit": box_unit, "tlhw": [
+                           list(b) for b in user_boxes.normalize(boxes)]})
+
+
+def _checked_edit(config, examples, out_dir, rgn_checkpoint, refine_steps, seed, overwrite,
+                  strategy, boxes, box_unit, share):
+  """`run_edit`'s checks, before any model loads: (run settings, strategy, why, this
+  process's examples (a range), their images, their token boxes or None)."""
   run = run_settings.parse(config)   # bad settings fail before anything is read or loaded
   strategy, reason = choose_strategy(strategy, rgn_checkpoint, refine_steps,
                                      boxes is not None)
   check_outputs(out_dir, examples, overwrite, strategy, seed)   # ... and so do taken outputs
-  loaded = dataset.load_images(examples)   # bad images fail before any model loads
+  part = hosts.block(len(examples), share)
+  loaded = dataset.load_images([examples[i] for i in part])   # ... and bad images
   token_boxes = (given_boxes_on_canvas(run, loaded, boxes, box_unit)
-                 if strategy == "box" else None)   # ... and so do bad boxes
+                 if strategy == "box" else None)   # ... and bad boxes
   if rgn_checkpoint:   # a missing or mismatched checkpoint fails before any model loads
     checkpointing.check_compatible(checkpointing.resolve_rgn_checkpoint(rgn_checkpoint)[0],
                                    run, checkpointing.rgn_keys(run))
-  built = build_models(run) if built is None else built
-  rgn_params = checkpointing.rgn_params(rgn_checkpoint, built.models, run)
-  return edit_examples(built, rgn_params, examples, run, seed=seed, out_dir=out_dir,
-                       refine_steps=refine_steps, checkpoint=rgn_checkpoint,
-                       progress=progress, overwrite=overwrite, loaded=loaded,
-                       strategy=strategy, boxes=token_boxes, strategy_reason=reason,
-                       tagged_names=True, box_request=None if boxes is None else {
-                           "unit": box_unit, "tlhw": [list(b) for b in
-                                                      user_boxes.normalize(boxes)]})
+  return run, strategy, reason, part, loaded, token_boxes

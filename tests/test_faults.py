@@ -293,6 +293,8 @@ def test_second_evaluation_on_a_folder_is_refused(env, eval_manifest, tmp_path):
     ("lr_jax.editor_bench", ("--tiny", "--dtypes="), "need --dtypes in float32, bfloat16"),
     ("lr_jax.evaluate", ("--manifest", "{manifest}", "--strategies=", "--out", "{tmp}/e"),
      "no strategy given"),
+    ("lr_jax.evaluate", ("--manifest", "{manifest}", "--wait_for_shares=0", "--out", "{tmp}/e"),
+     "--wait_for_shares must be > 0"),
 ])
 def test_outputs_and_empty_selections_fail_before_any_timing(env, eval_manifest, tmp_path,
                                                              module, args, needle):
@@ -406,3 +408,32 @@ def test_app_command_refuses_bad_flags_before_models_load(env, args, needle):
     proc = run(env, "lr_jax.app", *TINY, *(port if a == "TAKEN" else a for a in args),
                timeout=120)
   assert_clean_error(proc, needle)
+
+
+# ---------------------------------------------------------------- several processes (issue 22)
+
+@pytest.mark.parametrize("module,variables,needle", [
+    ("lr_jax.evaluate", {"JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+     "JAX_NUM_PROCESSES must be an integer >= 1, got 'two'"),
+    ("lr_jax.edit", {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+     "need JAX_COORDINATOR_ADDRESS"),
+])
+def test_bad_process_variables_fail_before_any_work(env, eval_manifest, tmp_path, module,
+                                                    variables, needle):
+  proc = run(env, module, *TINY, "--manifest", str(eval_manifest), "--out",
+             str(tmp_path / "e"), **variables)
+  assert_clean_error(proc, needle)
+  assert not (tmp_path / "e").exists()
+
+
+def test_a_share_line_that_is_not_a_result(env, eval_manifest, tmp_path):
+  """The lines a killed job's process left in `shares/` are read like results.jsonl's."""
+  out = tmp_path / "eval"
+  (out / "shares").mkdir(parents=True)
+  (out / "shares" / "results.p1-of-2.jsonl").write_text('{"key": "0|random|x"}\n')
+  before = snapshot(out)
+  proc = run(env, "lr_jax.evaluate", *TINY, "--manifest", str(eval_manifest),
+             "--strategies", "random", "--out", str(out))
+  assert_clean_error(proc, "results.p1-of-2.jsonl: line 1 is not a result line",
+                     "Remove that line")
+  assert snapshot(out) == before

@@ -7,13 +7,21 @@ the RGN strategies the checkpoint step) and of the folder's settings; the inputs
 themselves are kept in the line too (`inputs`), so a rerun that finds a pair's
 inputs changed says what changed and redoes it. Every line is checked when read:
 one that is not a result is an error naming the file and the line.
+
+A job of several processes (`lr_jax.hosts`) writes one file per process,
+`shares/results.p<index>-of-<count>.jsonl`, in the same format; process 0 merges them
+into `results.jsonl` (`read_stored`: the lines already there first, then those of the
+shares by manifest row and strategy, the order a single process writes them in) and
+removes them. Any later run, of any number of processes, reads the shares left by a
+killed job as finished pairs.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pathlib
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -22,6 +30,7 @@ from lr_common.errors import UserError
 from lr_jax.files import manifest as manifest_lib
 
 RESULTS_FILE = "results.jsonl"
+SHARES_DIR = "shares"
 RGN_STRATEGIES = ("rgn", "refine")
 
 
@@ -107,7 +116,11 @@ def result_problem(row: Any) -> str | None:
 def read_results(out_dir: str | pathlib.Path) -> list[dict[str, Any]]:
   """The result lines of an evaluation folder (none if it has no results yet); a line
   that is not JSON, or not a result, is a ResultsError naming it."""
-  path = pathlib.Path(out_dir) / RESULTS_FILE
+  return read_lines(pathlib.Path(out_dir) / RESULTS_FILE)
+
+
+def read_lines(path: pathlib.Path) -> list[dict[str, Any]]:
+  """The result lines of one results file (`read_results`), or of one process's share."""
   if not path.is_file():
     return []
   try:
@@ -132,6 +145,58 @@ def read_results(out_dir: str | pathlib.Path) -> list[dict[str, Any]]:
   return rows
 
 
+# ---------------------------------------------------------------- shares of processes
+
+def share_path(out_dir: str | pathlib.Path, index: int, count: int) -> pathlib.Path:
+  """The results file of process `index` of `count`."""
+  return pathlib.Path(out_dir) / SHARES_DIR / f"results.p{index}-of-{count}.jsonl"
+
+
+def share_files(out_dir: str | pathlib.Path) -> list[pathlib.Path]:
+  """The processes' results files in a folder, in name order."""
+  folder = pathlib.Path(out_dir) / SHARES_DIR
+  return sorted(folder.glob("results.p*-of-*.jsonl")) if folder.is_dir() else []
+
+
+@dataclasses.dataclass
+class Stored:
+  """What a folder holds: `results.jsonl`'s lines, then the lines only in shares."""
+  rows: list[dict[str, Any]]
+  from_shares: set[str]           # keys of the lines that come from share files
+  files: list[pathlib.Path]       # the share files read
+
+
+def read_stored(out_dir: str | pathlib.Path, strategies: Sequence[str] = ()) -> Stored:
+  """`results.jsonl`'s lines as they are, then each line of the share files whose key
+  is not already there, ordered by manifest row and then by strategy (as in
+  `strategies`; others after them by name)."""
+  rows = read_results(out_dir)
+  seen = {r["key"] for r in rows}
+  extra = []
+  files = share_files(out_dir)
+  for path in files:
+    for row in read_lines(path):
+      if row["key"] not in seen:
+        seen.add(row["key"])
+        extra.append(row)
+  rank = {s: n for n, s in enumerate(strategies)}
+  extra.sort(key=lambda r: (r["index"], rank.get(r["strategy"], len(rank)), r["strategy"]))
+  return Stored(rows + extra, {r["key"] for r in extra}, files)
+
+
+def remove_shares(files: Iterable[pathlib.Path]) -> None:
+  """Removes merged share files (and their folder once empty)."""
+  folders = set()
+  for path in files:
+    path.unlink(missing_ok=True)
+    folders.add(path.parent)
+  for folder in folders:
+    try:
+      folder.rmdir()
+    except OSError:   # not empty (a lock, a file of the user's): left
+      pass
+
+
 def _finite(value: Any) -> Any:
   """JSON-safe: a NaN or infinite number becomes None."""
   if isinstance(value, dict):
@@ -145,8 +210,13 @@ def _finite(value: Any) -> Any:
 
 def write_results(out_dir: pathlib.Path, rows: Iterable[dict[str, Any]]) -> None:
   """All lines at once, atomically: a kill leaves the old file or the new one."""
+  write_lines(pathlib.Path(out_dir) / RESULTS_FILE, rows)
+
+
+def write_lines(path: pathlib.Path, rows: Iterable[dict[str, Any]]) -> None:
+  """`write_results` into any results file (a process's share)."""
   text = "".join(json.dumps(_finite(r), allow_nan=False) + "\n" for r in rows)
-  output_files.write_text(pathlib.Path(out_dir) / RESULTS_FILE, text, overwrite=True)
+  output_files.write_text(path, text, overwrite=True)
 
 
 # ---------------------------------------------------------------- what is still to do

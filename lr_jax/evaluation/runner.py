@@ -7,7 +7,8 @@ the written photo at its own resolution (`lr_jax.evaluation.metrics`). A pair is
 what its result depends on (`lr_jax.evaluation.results`): a rerun skips the pairs already
 there and redoes, saying so, those whose image, prompts or mask changed. One run at a
 time writes a folder (`evaluate.lock`). `lr_jax.evaluation.report` turns the lines into
-tables and pictures (`evaluate_and_report` does both).
+tables and pictures (`evaluate_and_report` does both). On several processes (`share`)
+each edits its part of the pairs and process 0 merges (`lr_jax.evaluation.multihost`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from lr_jax import checkpointing
 from lr_jax import dataset
 from lr_jax.encoders import dino as dino_lib
 from lr_jax.evaluation import metrics as edit_metrics
+from lr_jax import hosts
 from lr_jax import inference
 from lr_jax.files import manifest as manifest_lib
 from lr_jax.evaluation import object_masks
@@ -50,6 +52,7 @@ SETTINGS_FILE = "evaluation.json"
 LOCK_FILE = "evaluate.lock"
 read_results = results_lib.read_results
 DEFAULT_STRATEGIES = ("rgn", "search", "dino_random", "random")
+DEFAULT_WAIT_S = 3600.0   # several processes: how long process 0 waits for a next pair
 
 
 class EvaluationError(UserError, ValueError):
@@ -306,14 +309,25 @@ def plan(config, examples: list[manifest_lib.Example], strategies: Sequence[str]
 def evaluate(config, examples: list[manifest_lib.Example],
              strategies: Sequence[str] = DEFAULT_STRATEGIES, out_dir: str | pathlib.Path = "",
              *, rgn_checkpoint: str | None = None, refine_steps: int = 0, seed: int = 0,
-             built: Built | None = None, progress: bool = True) -> list[dict[str, Any]]:
+             built: Built | None = None, progress: bool = True,
+             share: hosts.Share = hosts.SINGLE,
+             wait_s: float = DEFAULT_WAIT_S) -> list[dict[str, Any]]:
   """Edits every example with every strategy, measures each edit, adds the lines to
   `out_dir/results.jsonl` (skipping pairs already there with the same inputs and
   settings); returns the lines of this manifest and these strategies, in file order.
 
   Everything that can be checked is checked before any model is built (`plan`); the
-  folder is held by this run meanwhile (`locked`).
+  folder is held by this run meanwhile (`locked`). With `share` (`lr_jax.hosts`: one
+  of several processes running the same call) this process does its share of the pairs
+  (`lr_jax.evaluation.multihost`); process 0 waits up to `wait_s` seconds for each
+  next pair of the others and returns all lines, the others their own.
   """
+  if share.several:
+    from lr_jax.evaluation import multihost  # pylint: disable=g-import-not-at-top
+    return multihost.evaluate(
+        config, examples, strategies, out_dir, share, wait_s=wait_s, built=built,
+        progress=progress, rgn_checkpoint=rgn_checkpoint, refine_steps=refine_steps,
+        seed=seed)[0]
   checked = plan(config, examples, strategies, out_dir, rgn_checkpoint=rgn_checkpoint,
                  refine_steps=refine_steps, seed=seed)
   checked.out_dir.mkdir(parents=True, exist_ok=True)
@@ -324,60 +338,98 @@ def evaluate(config, examples: list[manifest_lib.Example],
 def evaluate_and_report(config, examples: list[manifest_lib.Example],
                         strategies: Sequence[str], out_dir: str | pathlib.Path, *,
                         rgn_checkpoint: str | None = None, refine_steps: int = 0,
-                        seed: int = 0, built: Built | None = None, progress: bool = True
+                        seed: int = 0, built: Built | None = None, progress: bool = True,
+                        share: hosts.Share = hosts.SINGLE, wait_s: float = DEFAULT_WAIT_S
                         ) -> tuple[list[dict[str, Any]], dict[str, pathlib.Path]]:
   """`evaluate`, then the report of its lines (`lr_jax.evaluation.report`: summary
   files, and the sheets of the images with new results), the folder held throughout;
-  returns the lines and the summary files."""
+  returns the lines and the summary files (with `share`, process 0 reports; the others
+  return their own lines and no files)."""
   from lr_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+  write = lambda p, rows, new: report.write_report(p.out_dir, rows, p.strategies,
+                                                   {i for i, _ in new})
+  if share.several:
+    from lr_jax.evaluation import multihost  # pylint: disable=g-import-not-at-top
+    return multihost.evaluate(
+        config, examples, strategies, out_dir, share, wait_s=wait_s, built=built,
+        progress=progress, then=write, rgn_checkpoint=rgn_checkpoint,
+        refine_steps=refine_steps, seed=seed)
   checked = plan(config, examples, strategies, out_dir, rgn_checkpoint=rgn_checkpoint,
                  refine_steps=refine_steps, seed=seed)
   checked.out_dir.mkdir(parents=True, exist_ok=True)
   with locked(checked.out_dir):
     rows, new = run(checked, built, progress)
-    files = report.write_report(checked.out_dir, rows, checked.strategies,
-                                {i for i, _ in new})
+    files = write(checked, rows, new)
   return rows, files
+
+
+def stored_pairs(p: Plan, stored: results_lib.Stored, quiet: bool = False
+                 ) -> tuple[list[dict[str, Any]], list[tuple[int, str]], list[tuple[int, str]]]:
+  """(lines kept, pairs to do, pairs whose line comes from a process's share) of what
+  the folder holds; says (unless `quiet`) which pairs are redone and why, and names
+  moved images where they are now."""
+  settings_id = results_lib.settings_sha1(p.settings)
+  kept, todo, redo = results_lib.split(stored.rows, p.wanted, settings_id)
+  for (i, s), why in ({} if quiet else redo).items():
+    logging.warning("%s: %s (row %d), strategy %s is redone: %s.", RESULTS_FILE,
+                    pathlib.Path(p.examples[i].image_path).name, i, s, why)
+  current = {w["key"]: pair for pair, w in p.wanted.items()}
+  for row in kept:   # a moved image (same content) keeps its result: name where it is now
+    if row["key"] in current:
+      row["image"] = str(p.examples[current[row["key"]][0]].image_path)
+  shared = [current[r["key"]] for r in kept
+            if r["key"] in stored.from_shares and r["key"] in current]
+  return kept, todo, shared
+
+
+def current_rows(p: Plan, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The lines of the plan's pairs, in file order."""
+  keys = {w["key"] for w in p.wanted.values()}
+  return [r for r in rows if r["key"] in keys]
 
 
 def run(p: Plan, built: Built | None = None, progress: bool = True
         ) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
   """Runs a checked plan in its folder (held by the caller: `locked`); returns the lines
-  of the plan's pairs (file order) and the pairs done now."""
+  of the plan's pairs (file order) and the pairs new since the last report (done now,
+  or by the processes of a job that did not merge them: their shares are merged)."""
   check_folder(p.out_dir, p.settings)   # again: another run may have started the folder
-  settings_id = results_lib.settings_sha1(p.settings)
-  kept, todo, redo = results_lib.split(read_results(p.out_dir), p.wanted, settings_id)
-  for (i, s), why in redo.items():
-    logging.warning("%s: %s (row %d), strategy %s is redone: %s.", RESULTS_FILE,
-                    pathlib.Path(p.examples[i].image_path).name, i, s, why)
-  current = {w["key"]: pair for pair, w in p.wanted.items()}
-  rows = kept
-  for row in rows:   # a moved image (same content) keeps its result: name where it is now
-    if row["key"] in current:
-      row["image"] = str(p.examples[current[row["key"]][0]].image_path)
+  stored = results_lib.read_stored(p.out_dir, p.strategies)
+  rows, todo, shared = stored_pairs(p, stored)
   skipped = len(p.wanted) - len(todo)
   images = len({i for i, _ in p.wanted})
   print(f"evaluate: {len(p.wanted)} pairs ({images} images x {len(p.strategies)} strategies); "
         + (f"{skipped} already in {p.out_dir / RESULTS_FILE} skipped, " if skipped else "")
         + (f"{len(todo)} to edit" if todo else "nothing to edit"), flush=True)
   if todo:
-    _edit_and_measure(p, rows, todo, built, progress, skipped)
-  return [r for r in rows if r["key"] in current], todo
+    edit_and_measure(p, rows, todo, built, progress, skipped)
+  elif stored.files:
+    results_lib.write_results(p.out_dir, rows)
+  results_lib.remove_shares(stored.files)   # now in results.jsonl
+  return current_rows(p, rows), shared + todo
 
 
-def _edit_and_measure(p: Plan, rows: list[dict[str, Any]], todo: list[tuple[int, str]],
-                      built: Built | None, progress: bool, skipped: int = 0) -> None:
+def write_settings(p: Plan) -> None:
+  """The folder's settings file (`evaluation.json`), unless there already."""
+  if not (p.out_dir / SETTINGS_FILE).is_file():
+    output_files.write_text(p.out_dir / SETTINGS_FILE, json.dumps(p.settings, indent=2))
+
+
+def edit_and_measure(p: Plan, rows: list[dict[str, Any]], todo: list[tuple[int, str]],
+                     built: Built | None, progress: bool, skipped: int = 0,
+                     path: pathlib.Path | None = None, total: int | None = None) -> None:
   """Edits and measures the pairs `todo`, adding each line to `rows` and rewriting the
-  results file after each."""
+  results file after each (with `path`, a process's share: that file, and the
+  settings file is process 0's to write; `total`: the bar's pairs, done or not)."""
   examples, loaded, out_dir = p.examples, p.loaded, p.out_dir
-  if not (out_dir / SETTINGS_FILE).is_file():
-    output_files.write_text(out_dir / SETTINGS_FILE, json.dumps(p.settings, indent=2))
+  if path is None:
+    write_settings(p)
   settings_id = results_lib.settings_sha1(p.settings)
   built = build_models(p.run) if built is None else built
   trained = checkpointing.rgn_params(p.rgn_checkpoint, built.models, p.run)
   compiled = set()
   # Over pairs (one edit each, minutes on a CPU), the skipped ones counted as done.
-  bar = tqdm.tqdm(total=len(p.wanted), initial=skipped, unit="pair", disable=not progress,
+  bar = tqdm.tqdm(total=total or len(p.wanted), initial=skipped, unit="pair", disable=not progress,
                   desc=f"evaluate ({skipped} skipped)" if skipped else "evaluate",
                   dynamic_ncols=True)
   for i in sorted({i for i, _ in todo}):
@@ -403,6 +455,6 @@ def _edit_and_measure(p: Plan, rows: list[dict[str, Any]], todo: list[tuple[int,
           "files": outcome.files,
           **measure(built, p.method.score, outcome, loaded[i].original, p.masks[i], features)})
       compiled.add(strategy)
-      results_lib.write_results(out_dir, rows)
+      results_lib.write_lines(path or out_dir / RESULTS_FILE, rows)
       bar.update(1)
   bar.close()

@@ -1,0 +1,290 @@
+"""One command on several processes (`lr_jax.hosts`): two processes on 127.0.0.1 (CPU,
+`jax.distributed`) evaluate a tiny manifest as one process does, a killed job is resumed
+redoing only its lost pair, `lr_jax.edit --manifest` splits its images, and processes
+started differently stop together before any work."""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lr_jax import hosts
+from lr_jax.evaluation import results as results_lib
+from lr_jax.evaluation import runner as evaluation
+from lr_jax.files import manifest
+from tests import cli_helpers
+from tests.tiny_setup import tiny_config
+
+STRATEGIES = ("random", "dino_random")
+SMALL = ("--config.region.num_anchors=1",)
+TIMING = ("seconds", "includes_compile")   # differ between runs
+# Process 1 of the killed job: SIGKILL after its first line, once process 0 has written
+# its two (else JAX ends process 0 too when it misses process 1's heartbeat: at
+# 100 s, which a loaded machine may reach).
+KILLED_AFTER_FIRST_PAIR = """
+import os, runpy, signal, sys, time
+from lr_jax.evaluation import results
+write = results.write_lines
+def write_and_die(path, rows):
+  write(path, rows)
+  other = path.with_name("results.p0-of-2.jsonl")
+  while not other.exists() or len(other.read_text().splitlines()) < 2:
+    time.sleep(0.05)
+  os.kill(os.getpid(), signal.SIGKILL)
+results.write_lines = write_and_die
+sys.argv[0] = "lr_jax.evaluate"
+runpy.run_module("lr_jax.evaluate", run_name="__main__", alter_sys=True)
+"""
+
+
+# Process 1 never writes JAX's compilation cache (process 0 does), so it compiles in every
+# job: cheaper XLA passes make that a third quicker (every run here uses them alike).
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+@pytest.fixture(scope="module")
+def env(cli_env):
+  # The processes talk over 127.0.0.1; every other address still goes to the dead proxy.
+  return dict(cli_env, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+              XLA_FLAGS=f"{cli_env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("hosts_data")
+  rows, cols = np.mgrid[0:64, 0:80]
+  for k in range(2):
+    photo = np.stack([rows * (3 + k), cols * 2 + 40 * k, (rows + cols * k) % 256], -1)
+    Image.fromarray(photo.astype(np.uint8)).save(folder / f"im{k}.png")
+  (folder / "m.json").write_text(json.dumps([{"image": "im0.png", "prompt": "a lion"},
+                                             {"image": "im1.png", "prompt": "a dog"}]))
+  return folder
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class Job:
+  """Processes of one command started together, their output in files."""
+
+  def __init__(self, env, logs: pathlib.Path, args, count: int = 1, module="lr_jax.evaluate",
+               scripts: dict[int, str] | None = None):
+    port = _free_port()
+    self.logs, self.procs = logs, []
+    for k in range(count):
+      extra = ({} if count == 1 else dict(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                          JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(k)))
+      launcher = ["-c", scripts[k]] if scripts and k in scripts else ["-m", module]
+      with open(self._log(k, "out"), "w") as out, open(self._log(k, "err"), "w") as err:
+        self.procs.append(subprocess.Popen(
+            [sys.executable, *launcher, *args], cwd=cli_helpers.REPO, env=dict(env, **extra),
+            stdout=out, stderr=err))
+
+  def _log(self, k, kind) -> pathlib.Path:
+    return self.logs.with_name(f"{self.logs.name}.p{k}.{kind}")
+
+  def out(self, k: int) -> str:
+    return self._log(k, "out").read_text()
+
+  def err(self, k: int) -> str:
+    return self._log(k, "err").read_text()
+
+  def wait(self, timeout: float = 300) -> list[int]:
+    end = time.monotonic() + timeout
+    try:
+      return [p.wait(max(end - time.monotonic(), 1)) for p in self.procs]
+    finally:
+      self.kill()
+
+  def kill(self) -> None:
+    for p in self.procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+  def check(self, timeout: float = 300) -> "Job":
+    codes = self.wait(timeout)
+    assert codes == [0] * len(codes), [(c, self.err(k)[-3000:]) for k, c in enumerate(codes)]
+    return self
+
+
+def _eval_args(data, out) -> list[str]:
+  return ["--config", "configs/tiny.py", *SMALL, "--manifest", str(data / "m.json"),
+          "--strategies", ",".join(STRATEGIES), "--out", str(out)]
+
+
+def _comparable(out: pathlib.Path) -> list[dict]:
+  """The result lines without their timings, paths relative to the folder."""
+  rows = results_lib.read_results(out)
+  return [json.loads(json.dumps({k: v for k, v in r.items() if k not in TIMING})
+                     .replace(str(out), "OUT")) for r in rows]
+
+
+def _summary(out: pathlib.Path) -> list[str]:
+  return [line for line in (out / "summary.csv").read_text().splitlines()
+          if ",seconds," not in line]
+
+
+@pytest.fixture(scope="module")
+def runs(env, data, tmp_path_factory):
+  """The reference (one process) and the same command on two processes, run together."""
+  tmp = tmp_path_factory.mktemp("hosts_runs")
+  start = time.monotonic()
+  one = Job(env, tmp / "one", _eval_args(data, tmp / "one"))
+  two = Job(env, tmp / "two", _eval_args(data, tmp / "two"), count=2)
+  one.check(), two.check()
+  print(f"one process and two processes, side by side: {time.monotonic() - start:.1f} s")
+  return tmp, one, two
+
+
+def test_two_processes_give_one_process_results(runs):
+  tmp, one, two = runs
+  assert _comparable(tmp / "two") == _comparable(tmp / "one")   # the lines, in order
+  assert [r["strategy"] for r in _comparable(tmp / "one")] == [*STRATEGIES] * 2
+  assert _summary(tmp / "two") == _summary(tmp / "one")
+  assert sorted(p.name for p in (tmp / "two" / "sheets").iterdir()) == sorted(
+      p.name for p in (tmp / "one" / "sheets").iterdir())
+  assert not (tmp / "two" / results_lib.SHARES_DIR).exists()   # merged, removed
+  assert not (tmp / "two" / evaluation.LOCK_FILE).exists()
+  # Each process edited its diagonal half: (image + strategy) mod 2.
+  assert "2 of 4 pairs (2 images x 2 strategies) are its share; 2 to edit" in two.out(0)
+  assert "2 of 4 pairs (2 images x 2 strategies) are its share; 2 to edit" in two.out(1)
+  assert "## " in two.out(0) and "## " not in two.out(1)   # process 0 reports
+  assert "process 0 merged every share" in two.out(1)
+
+
+def test_a_killed_job_redoes_only_its_lost_pair(env, data, runs, tmp_path):
+  ref, out = runs[0] / "one", tmp_path / "eval"
+  killed = Job(env, tmp_path / "killed", _eval_args(data, out), count=2,
+               scripts={1: KILLED_AFTER_FIRST_PAIR})
+  try:
+    assert killed.procs[1].wait(300) == -signal.SIGKILL
+    end = time.monotonic() + 300   # process 0 does its share, then waits for process 1's
+    while "waits for" not in killed.out(0):
+      assert killed.procs[0].poll() is None and time.monotonic() < end, killed.err(0)[-3000:]
+      time.sleep(0.1)
+  finally:
+    killed.kill()   # the whole job is killed, as a scheduler would
+  assert not (out / results_lib.RESULTS_FILE).exists() and (out / evaluation.LOCK_FILE).exists()
+  before = {r["key"]: r for path in results_lib.share_files(out)
+            for r in results_lib.read_lines(path)}
+  assert len(before) == 3   # process 0's two pairs, process 1's first
+
+  resumed = Job(env, tmp_path / "resumed", _eval_args(data, out), count=2).check()
+  assert "2 already done, skipped, nothing to edit" in resumed.out(0)
+  assert "1 already done, skipped, 1 to edit" in resumed.out(1)
+  assert "Taking over" in resumed.err(0)   # the killed process 0's lock
+  rows = results_lib.read_results(out)
+  assert {r["key"]: r for r in rows if r["key"] in before} == before   # not redone
+  assert _comparable(out) == _comparable(ref)
+  assert _summary(out) == _summary(ref)
+  assert not results_lib.share_files(out)
+
+
+def test_shares_of_a_killed_job_of_any_size_are_merged_in_one_process_order(
+    runs, data, tmp_path, monkeypatch):
+  """A job of three processes killed before merging: one process finishes it, editing
+  nothing, and writes the reference's results.jsonl byte for byte."""
+  ref = runs[0] / "one"
+  rows = results_lib.read_results(ref)
+  out = tmp_path / "eval"
+  (out / results_lib.SHARES_DIR).mkdir(parents=True)
+  (out / evaluation.SETTINGS_FILE).write_bytes((ref / evaluation.SETTINGS_FILE).read_bytes())
+  results_lib.write_lines(results_lib.share_path(out, 2, 3), [rows[3], rows[0]])
+  results_lib.write_lines(results_lib.share_path(out, 0, 3), [rows[2], rows[1]])
+  monkeypatch.setattr(evaluation, "build_models", lambda c: pytest.fail("built models"))
+  examples = manifest.read_manifest(data / "m.json")
+  merged = evaluation.evaluate(tiny_config(**{"region.num_anchors": 1}), examples,
+                               STRATEGIES, out, progress=False)
+  assert merged == rows
+  assert ((out / results_lib.RESULTS_FILE).read_bytes()
+          == (ref / results_lib.RESULTS_FILE).read_bytes())
+  assert not (out / results_lib.SHARES_DIR).exists()
+
+
+def test_edit_manifest_on_two_processes(env, data, runs, tmp_path):
+  out = tmp_path / "edits"
+  job = Job(env, tmp_path / "edit", ["--config", "configs/tiny.py", *SMALL, "--manifest",
+                                     str(data / "m.json"), "--strategy", "random", "--out",
+                                     str(out)], count=2, module="lr_jax.edit").check()
+  printed = [line for line in job.out(0).splitlines() if "best candidate" in line]
+  assert [pathlib.Path(line.split(":")[0]).name for line in printed] == ["im0.png", "im1.png"]
+  assert "1 images done; process 0 prints every result" in job.out(1)
+  # Each image edited once, named, numbered and seeded as one process does (the
+  # evaluation's random edits are those edits).
+  edited = sorted(out.glob("*_edited.png"))
+  assert [p.name for p in edited] == ["000_im0_a_lion_random_seed0_edited.png",
+                                      "001_im1_a_dog_random_seed0_edited.png"]
+  for path in edited:
+    same = runs[0] / "one" / "edits" / "random" / path.name.replace("_random_seed0", "")
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(same)))
+
+
+def test_processes_started_differently_stop_together(env, data, tmp_path):
+  out = tmp_path / "eval"
+  args = _eval_args(data, out)
+  job = Job(env, tmp_path / "differ", args, count=2,
+            scripts={1: "import runpy, sys; sys.argv[0] = 'lr_jax.evaluate'; "
+                        "sys.argv += ['--seed', '3']; "
+                        "runpy.run_module('lr_jax.evaluate', run_name='__main__')"})
+  assert job.wait(120) == [1, 1]
+  for k in (0, 1):
+    proc = subprocess.CompletedProcess([], 1, job.out(k), job.err(k))
+    cli_helpers.assert_clean_error(proc, "process 1 of 2 was started differently",
+                                   "settings (config and flags)")
+  assert not out.exists()   # nothing started: no folder, no lock
+
+
+# ---------------------------------------------------------------- the pieces
+
+def test_shares_cover_every_item_once():
+  for count in (1, 2, 3, 5):
+    shares = [hosts.Share(k, count) for k in range(count)]
+    items = [i for s in shares for i in hosts.block(7, s)]
+    assert items == list(range(7))
+    owners = [[hosts.pair_process(i, j, count) for j in range(3)] for i in range(4)]
+    for k in range(count):   # each process gets its part of every strategy
+      assert count > 4 or all(k in [row[j] for row in owners] for j in range(3))
+
+
+@pytest.mark.parametrize("variables,needle", [
+    ({"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES must be an integer >= 1"),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"},
+     "JAX_PROCESS_ID must be an integer in 0..1"),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "need JAX_COORDINATOR_ADDRESS"),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2"}, "together"),
+    ({"JAX_COORDINATOR_ADDRESS": "nohost"}, "host:port"),
+])
+def test_bad_process_variables_are_named(monkeypatch, variables, needle):
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+               "LR_JAX_DISTRIBUTED"):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in variables.items():
+    monkeypatch.setenv(name, value)
+  with pytest.raises(hosts.HostsError, match=needle):
+    hosts.requested()
+
+
+def test_the_environment_picks_the_job(monkeypatch):
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+               "LR_JAX_DISTRIBUTED"):
+    monkeypatch.delenv(name, raising=False)
+  assert hosts.requested() is None and hosts.current() == hosts.SINGLE
+  monkeypatch.setenv("LR_JAX_DISTRIBUTED", "1")   # Cloud TPU: JAX finds the rest
+  assert hosts.requested() == {"coordinator_address": None, "num_processes": None,
+                               "process_id": None}
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.2:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  monkeypatch.setenv("JAX_PROCESS_ID", "3")
+  assert hosts.requested() == {"coordinator_address": "10.0.0.2:1234", "num_processes": 4,
+                               "process_id": 3}
