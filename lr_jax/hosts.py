@@ -93,8 +93,7 @@ def join() -> Share:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
       if wanted["num_processes"] is None:   # Cloud TPU and clusters JAX detects itself
-        from lr_jax.method import sharding  # pylint: disable=g-import-not-at-top
-        sharding.maybe_initialize_distributed(force=True)
+        jax.distributed.initialize()
       else:   # JAX itself does not read JAX_NUM_PROCESSES / JAX_PROCESS_ID
         jax.distributed.initialize(**wanted)
     except ValueError as e:   # what JAX could not find out by itself

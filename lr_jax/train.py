@@ -11,7 +11,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from lr_jax import errors
-from lr_jax.method import sharding
+from lr_jax import hosts
 from lr_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
@@ -23,7 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   with errors.cli(argv):
-    sharding.maybe_initialize_distributed()
+    hosts.join()   # a multi-host run: LR_JAX_DISTRIBUTED=1, or the JAX_* variables
     result = trainer.train(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
   last = result.metrics[-1] if result.metrics else {}
   steps = int(result.state.step)  # the metrics may be sparse (train.log_every, resumption)

@@ -7,13 +7,12 @@ device editing its share in chunks of at most `max_per_device` candidates.
 
 Works the same on one CPU, eight simulated CPU devices
 (`XLA_FLAGS=--xla_force_host_platform_device_count=8`), a GPU box or a TPU pod slice
-(call `maybe_initialize_distributed()` first on multi-host runs).
+(multi-host runs join first: `lr_jax.hosts.join`).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -24,18 +23,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from lr_common.errors import UserError
 
 DATA_AXIS = "data"
-
-
-def maybe_initialize_distributed(force: bool = False) -> None:
-  """Joins a multi-host run (TPU pod, multi-node GPU) when the environment asks for it.
-
-  On Cloud TPU pods `jax.distributed.initialize()` needs no arguments; elsewhere set
-  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
-  """
-  wanted = force or bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or (
-      os.environ.get("LR_JAX_DISTRIBUTED", "") == "1")
-  if wanted and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
 
 
 def make_mesh(devices: list[Any] | None = None) -> Mesh:
