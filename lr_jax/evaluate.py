@@ -57,13 +57,13 @@ def main(argv):
     if not _WAIT.value > 0:
       raise errors.UsageError(f"--wait_for_shares must be > 0 seconds, got {_WAIT.value}")
     from lr_jax import hosts  # pylint: disable=g-import-not-at-top
-    from lr_jax.evaluation import runner as evaluation  # pylint: disable=g-import-not-at-top
+    from lr_jax.evaluation import multihost  # pylint: disable=g-import-not-at-top
     from lr_jax.files import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
     strategies = (_STRATEGIES.value if _STRATEGIES.present   # `--strategies=`: none, an error
                   else default_strategies(_CKPT.value))
     share = hosts.join()   # one process, or this one's place in a multi-process job
     examples = hosts.on_every_process(share, manifest_lib.read_manifest, _MANIFEST.value)
-    _, files = evaluation.evaluate_and_report(
+    _, files = multihost.evaluate_and_report(
         _CONFIG.value, examples, strategies, _OUT.value, rgn_checkpoint=_CKPT.value,
         refine_steps=_REFINE.value, seed=_SEED.value, share=share, wait_s=_WAIT.value)
   if not files:   # another process of the job reports

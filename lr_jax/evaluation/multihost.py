@@ -52,6 +52,22 @@ def owner(p: runner.Plan, pair: tuple[int, str], count: int) -> int:
   return hosts.pair_process(pair[0], p.strategies.index(pair[1]), count)
 
 
+DEFAULT_WAIT_S = 3600.0   # how long process 0 waits for a next pair of the others
+
+
+def evaluate_and_report(config, examples: list[manifest_lib.Example],
+                        strategies: Sequence[str], out_dir: str | pathlib.Path,
+                        share: hosts.Share = hosts.SINGLE, *,
+                        wait_s: float = DEFAULT_WAIT_S, **kwargs
+                        ) -> tuple[list[dict[str, Any]], dict[str, pathlib.Path]]:
+  """`runner.evaluate_and_report` as process `share` of a job (a single process: just
+  that): process 0 reports; the others return their own lines and no files."""
+  if not share.several:
+    return runner.evaluate_and_report(config, examples, strategies, out_dir, **kwargs)
+  return evaluate(config, examples, strategies, out_dir, share, wait_s=wait_s,
+                  then=runner.report_new, **kwargs)
+
+
 def evaluate(config, examples: list[manifest_lib.Example], strategies: Sequence[str],
              out_dir: str | pathlib.Path, share: hosts.Share, *, wait_s: float,
              built: Built | None = None, progress: bool = True,

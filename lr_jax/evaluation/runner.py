@@ -37,7 +37,6 @@ from lr_jax import checkpointing
 from lr_jax import dataset
 from lr_jax.encoders import dino as dino_lib
 from lr_jax.evaluation import metrics as edit_metrics
-from lr_jax import hosts
 from lr_jax import inference
 from lr_jax.files import manifest as manifest_lib
 from lr_jax.evaluation import object_masks
@@ -52,7 +51,6 @@ SETTINGS_FILE = "evaluation.json"
 LOCK_FILE = "evaluate.lock"
 read_results = results_lib.read_results
 DEFAULT_STRATEGIES = ("rgn", "search", "dino_random", "random")
-DEFAULT_WAIT_S = 3600.0   # several processes: how long process 0 waits for a next pair
 
 
 class EvaluationError(UserError, ValueError):
@@ -309,25 +307,15 @@ def plan(config, examples: list[manifest_lib.Example], strategies: Sequence[str]
 def evaluate(config, examples: list[manifest_lib.Example],
              strategies: Sequence[str] = DEFAULT_STRATEGIES, out_dir: str | pathlib.Path = "",
              *, rgn_checkpoint: str | None = None, refine_steps: int = 0, seed: int = 0,
-             built: Built | None = None, progress: bool = True,
-             share: hosts.Share = hosts.SINGLE,
-             wait_s: float = DEFAULT_WAIT_S) -> list[dict[str, Any]]:
+             built: Built | None = None, progress: bool = True) -> list[dict[str, Any]]:
   """Edits every example with every strategy, measures each edit, adds the lines to
   `out_dir/results.jsonl` (skipping pairs already there with the same inputs and
   settings); returns the lines of this manifest and these strategies, in file order.
 
   Everything that can be checked is checked before any model is built (`plan`); the
-  folder is held by this run meanwhile (`locked`). With `share` (`lr_jax.hosts`: one
-  of several processes running the same call) this process does its share of the pairs
-  (`lr_jax.evaluation.multihost`); process 0 waits up to `wait_s` seconds for each
-  next pair of the others and returns all lines, the others their own.
+  folder is held by this run meanwhile (`locked`). One process of several:
+  `lr_jax.evaluation.multihost.evaluate`.
   """
-  if share.several:
-    from lr_jax.evaluation import multihost  # pylint: disable=g-import-not-at-top
-    return multihost.evaluate(
-        config, examples, strategies, out_dir, share, wait_s=wait_s, built=built,
-        progress=progress, rgn_checkpoint=rgn_checkpoint, refine_steps=refine_steps,
-        seed=seed)[0]
   checked = plan(config, examples, strategies, out_dir, rgn_checkpoint=rgn_checkpoint,
                  refine_steps=refine_steps, seed=seed)
   checked.out_dir.mkdir(parents=True, exist_ok=True)
@@ -338,29 +326,25 @@ def evaluate(config, examples: list[manifest_lib.Example],
 def evaluate_and_report(config, examples: list[manifest_lib.Example],
                         strategies: Sequence[str], out_dir: str | pathlib.Path, *,
                         rgn_checkpoint: str | None = None, refine_steps: int = 0,
-                        seed: int = 0, built: Built | None = None, progress: bool = True,
-                        share: hosts.Share = hosts.SINGLE, wait_s: float = DEFAULT_WAIT_S
+                        seed: int = 0, built: Built | None = None, progress: bool = True
                         ) -> tuple[list[dict[str, Any]], dict[str, pathlib.Path]]:
-  """`evaluate`, then the report of its lines (`lr_jax.evaluation.report`: summary
-  files, and the sheets of the images with new results), the folder held throughout;
-  returns the lines and the summary files (with `share`, process 0 reports; the others
-  return their own lines and no files)."""
-  from lr_jax.evaluation import report  # pylint: disable=g-import-not-at-top
-  write = lambda p, rows, new: report.write_report(p.out_dir, rows, p.strategies,
-                                                   {i for i, _ in new})
-  if share.several:
-    from lr_jax.evaluation import multihost  # pylint: disable=g-import-not-at-top
-    return multihost.evaluate(
-        config, examples, strategies, out_dir, share, wait_s=wait_s, built=built,
-        progress=progress, then=write, rgn_checkpoint=rgn_checkpoint,
-        refine_steps=refine_steps, seed=seed)
+  """`evaluate`, then the report of its lines (`report_new`), the folder held
+  throughout; returns the lines and the summary files."""
   checked = plan(config, examples, strategies, out_dir, rgn_checkpoint=rgn_checkpoint,
                  refine_steps=refine_steps, seed=seed)
   checked.out_dir.mkdir(parents=True, exist_ok=True)
   with locked(checked.out_dir):
     rows, new = run(checked, built, progress)
-    files = write(checked, rows, new)
+    files = report_new(checked, rows, new)
   return rows, files
+
+
+def report_new(p: Plan, rows: list[dict[str, Any]], new: list[tuple[int, str]]
+               ) -> dict[str, pathlib.Path]:
+  """The report of a folder's lines (`lr_jax.evaluation.report`: summary files, and the
+  sheets of the images with new results)."""
+  from lr_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+  return report.write_report(p.out_dir, rows, p.strategies, {i for i, _ in new})
 
 
 def stored_pairs(p: Plan, stored: results_lib.Stored, quiet: bool = False
