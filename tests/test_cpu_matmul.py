@@ -11,6 +11,8 @@ import pytest
 
 from lr_common import cpu_matmul
 from lr_common.cpu_matmul import build, matmul
+from maskgit import checkpoints, configs, editing
+from maskgit.transformer import Transformer
 
 ONEDNN, WHY = cpu_matmul.status()
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason=f"oneDNN path unavailable: {WHY}")
@@ -138,3 +140,43 @@ def test_onednn_gradient_and_vmap():
   stacked = np.stack([x, 2 * x])
   mapped = jax.vmap(lambda a: cpu_matmul.bf16_dot(a, w, mode="onednn"))(stacked)
   _check_bf16_close(mapped, stacked, w)
+
+
+# The MaskGIT transformer's setting (tiny sizes, random weights).
+
+def _tiny_transformer():
+  config = configs.get_config("tiny")
+  _, params = checkpoints.init_params(config, jax.random.PRNGKey(0))
+  ids = jax.random.randint(jax.random.PRNGKey(1), (2, config.transformer.sequence_length),
+                           0, config.codebook_size)
+  return config, editing.cast_params(params, jnp.bfloat16), ids
+
+
+def _logits(config, params, ids, dtype, mode):
+  model = Transformer(config.transformer, dtype=dtype, cpu_matmul=mode)
+  fn = jax.jit(lambda p, i: model.apply({"params": p}, i))
+  return np.asarray(fn(params, ids)), fn.lower(params, ids).as_text()
+
+
+def test_transformer_auto_without_extension_is_xla(tmp_path, monkeypatch):
+  monkeypatch.setenv("LR_JAX_CPU_MATMUL_DIR", str(tmp_path))
+  config, params, ids = _tiny_transformer()
+  auto, text = _logits(config, params, ids, jnp.bfloat16, "auto")
+  xla, _ = _logits(config, params, ids, jnp.bfloat16, "xla")
+  np.testing.assert_array_equal(auto, xla)
+  assert matmul.TARGET not in text
+  with pytest.raises(ValueError, match="cpu_matmul must be one of"):
+    editing.EditConfig(dtype="bfloat16", cpu_matmul="fast")
+
+
+@needs_onednn
+def test_transformer_products_on_onednn_in_bfloat16_only():
+  config, params, ids = _tiny_transformer()
+  ours, text = _logits(config, params, ids, jnp.bfloat16, "onednn")
+  xla, _ = _logits(config, params, ids, jnp.bfloat16, "xla")
+  # Every Dense layer (6 per transformer layer, 1 in the head) and the logits.
+  assert text.count(matmul.TARGET) == 6 * config.transformer.num_layers + 2
+  assert ours.dtype == np.float32 and np.isfinite(ours).all()
+  np.testing.assert_allclose(ours, xla, rtol=5e-2, atol=5e-2 * np.abs(xla).max())
+  _, f32_text = _logits(config, params, ids, jnp.float32, "onednn")
+  assert matmul.TARGET not in f32_text

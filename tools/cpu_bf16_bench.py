@@ -8,7 +8,8 @@ r"""bfloat16 on the CPU side by side: oneDNN (lr_common.cpu_matmul) vs XLA float
    imports in this Python (optional; `--torch_python PATH` times it in that Python
    instead, not interleaved).
 2. MaskGIT box editing at the config's full size with random weights, per K: float32,
-   bfloat16 on XLA, and bfloat16 with the transformer's Dense layers on oneDNN, again
+   bfloat16 on XLA (`EditConfig(dtype="bfloat16", cpu_matmul="xla")`), and bfloat16 with
+   the transformer's products on oneDNN (`cpu_matmul="onednn"`), again
    round-robin in one process. Reported: ms per edited image (median), the ratio to
    float32, and agreement with float32 on the same keys (share of identical edited
    tokens).
@@ -17,7 +18,7 @@ The machine this was written on is shared, so only ratios from one run mean much
 """
 from __future__ import annotations
 
-import contextlib
+import functools
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,6 @@ from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,15 +111,6 @@ def matmul_part(m: int, k: int, n: int, rounds: int, onednn: bool) -> None:
       print(f"PyTorch row skipped: {done.stderr.strip().splitlines()[-1:]}")
 
 
-def _dense_on_onednn(next_fun, args, kwargs, context):
-  """Flax interceptor: the Dense layers of the module being traced use oneDNN."""
-  module = context.module
-  if (context.method_name == "__call__" and isinstance(module, (nn.Dense, nn.DenseGeneral))
-      and module.dot_general is None and module.dot_general_cls is None):
-    object.__setattr__(module, "dot_general", cpu_matmul.DotGeneral("onednn"))
-  return next_fun(*args, **kwargs)
-
-
 def editing_part(config_name: str, ks: Sequence[int], rounds: int, onednn: bool) -> None:
   config = configs.get_config(config_name)
   tok, tr = checkpoints.init_params(config, jax.random.PRNGKey(FLAGS.seed))
@@ -127,9 +118,9 @@ def editing_part(config_name: str, ks: Sequence[int], rounds: int, onednn: bool)
   size, side = config.image_size, config.tokens_per_side
   image = jax.random.uniform(jax.random.PRNGKey(FLAGS.seed + 1), (1, size, size, 3))
   labels = jnp.array([1], jnp.int32)
-  variants = {"float32": ("float32", tr, False), "bf16 XLA": ("bfloat16", tr16, False)}
+  variants = {"float32": ("float32", tr, "xla"), "bf16 XLA": ("bfloat16", tr16, "xla")}
   if onednn:
-    variants["bf16 oneDNN"] = ("bfloat16", tr16, True)
+    variants["bf16 oneDNN"] = ("bfloat16", tr16, "onednn")
   print(f"== MaskGIT editing, config {config_name} ({size}px, {side}x{side} tokens), "
         f"random weights, {rounds} rounds, medians")
   print(f"{'K':>2} {'variant':<12} {'ms/image':>9} {'vs f32':>7} {'1st call s':>10} "
@@ -138,19 +129,14 @@ def editing_part(config_name: str, ks: Sequence[int], rounds: int, onednn: bool)
     boxes = bench_boxes(k, side, FLAGS.seed + k)
     keys = editing.box_keys(jax.random.PRNGKey(FLAGS.seed + 2), 1, k)
     calls, firsts, outputs = {}, {}, {}
-    for name, (dtype, params, on_onednn) in variants.items():
-      # A fresh jit per variant: the interceptor changes the traced program, not the key.
-      jitted = jax.jit(lambda t, p, *a, d=dtype: editing.edit_images(
-          t, p, *a, config=config, edit=editing.EditConfig(dtype=d)))
-      scope = (lambda: nn.intercept_methods(_dense_on_onednn)) if on_onednn else (
-          contextlib.nullcontext)
-
-      def call(jitted=jitted, params=params, scope=scope):
-        with scope():
-          return jitted(tok, params, image, boxes, labels, keys)
-      if on_onednn:
-        with scope():
-          text = jitted.lower(tok, params, image, boxes, labels, keys).as_text()
+    for name, (dtype, params, matmul) in variants.items():
+      editor = editing.make_editor(config, editing.EditConfig(dtype=dtype, cpu_matmul=matmul))
+      call = functools.partial(editor, tok, params, image, boxes, labels, keys)
+      if matmul == "onednn":
+        text = jax.jit(functools.partial(
+            editing.edit_images, config=config,
+            edit=editing.EditConfig(dtype=dtype, cpu_matmul=matmul))).lower(
+                tok, params, image, boxes, labels, keys).as_text()
         print(f"{k:>2} {name}: {text.count(cpu_matmul.matmul.TARGET)} oneDNN calls in the "
               "program", flush=True)
       start = time.perf_counter()
