@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -32,7 +33,7 @@ struct Problem {
 
 struct Kernel {
   dnnl::matmul primitive;
-  dnnl::memory::desc x, w, out;
+  dnnl::memory::desc x, w, out, scratch;
 };
 
 dnnl::engine& Engine() {
@@ -51,12 +52,16 @@ std::shared_ptr<Kernel> KernelFor(const Problem& p) {
   kernel->w = dnnl::memory::desc(Dims{p.k, p.n}, Type::bf16, Tag::ab);
   kernel->out = dnnl::memory::desc(Dims{p.m, p.n}, p.f32_out ? Type::f32 : Type::bf16,
                                    Tag::ab);
+  // XLA may run independent products at once: each call brings its own scratch space.
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
 #if DNNL_VERSION_MAJOR >= 3
-  dnnl::matmul::primitive_desc pd(Engine(), kernel->x, kernel->w, kernel->out);
+  dnnl::matmul::primitive_desc pd(Engine(), kernel->x, kernel->w, kernel->out, attr);
 #else
   dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(kernel->x, kernel->w, kernel->out),
-                                  Engine());
+                                  attr, Engine());
 #endif
+  kernel->scratch = pd.scratchpad_desc();
   kernel->primitive = dnnl::matmul(pd);
   cache.emplace(p, kernel);
   return kernel;
@@ -83,9 +88,12 @@ ffi::Error Bf16Matmul(ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
     dnnl::memory xm(kernel->x, engine, const_cast<uint16_t*>(x.typed_data()));
     dnnl::memory wm(kernel->w, engine, const_cast<uint16_t*>(w.typed_data()));
     dnnl::memory om(kernel->out, engine, out->untyped_data());
+    thread_local std::vector<uint8_t> scratch_bytes;
+    scratch_bytes.resize(kernel->scratch.get_size());
+    dnnl::memory sm(kernel->scratch, engine, scratch_bytes.data());
     dnnl::stream stream(engine);
-    kernel->primitive.execute(
-        stream, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, om}});
+    kernel->primitive.execute(stream, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm},
+                                       {DNNL_ARG_DST, om}, {DNNL_ARG_SCRATCHPAD, sm}});
     stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN matmul failed: ") + e.what());
