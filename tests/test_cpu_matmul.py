@@ -58,6 +58,13 @@ def test_auto_falls_back_when_the_extension_is_absent(tmp_path, monkeypatch):
     cpu_matmul.bf16_dot(x, w, mode="onednn")
 
 
+@needs_onednn
+def test_a_second_build_in_another_folder_keeps_the_first_registration(tmp_path, monkeypatch):
+  monkeypatch.setenv("LR_JAX_CPU_MATMUL_DIR", str(tmp_path))
+  build.library_path().write_bytes(b"")   # a library under another name, never loaded
+  assert cpu_matmul.status() == (ONEDNN, WHY)
+
+
 def test_bad_mode_and_shapes_are_refused():
   with pytest.raises(cpu_matmul.CpuMatmulError, match="cpu_matmul must be one of"):
     cpu_matmul.DotGeneral("mkl")

@@ -42,6 +42,8 @@ def _load(path: pathlib.Path) -> tuple[bool, str]:
   """Loads and registers the library at `path` once: (usable, what runs or why not)."""
   if not path.exists():
     return False, f"the oneDNN extension is not built (run {BUILD_COMMAND})"
+  if _libraries:   # one registration per process: a later build (new name) waits for a restart
+    return _load(next(iter(_libraries)))
   try:
     library = ctypes.CDLL(str(path))
   except OSError as e:
