@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import statistics
 import subprocess
-import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -95,7 +94,8 @@ def matmul_part(m: int, k: int, n: int, rounds: int, onednn: bool) -> None:
   flop = 2.0 * m * k * n
   base = medians["XLA float32"]
   print(f"== matmul {m}x{k} @ {k}x{n}, {rounds} rounds, medians")
-  print(f"{'variant':<24} {'ms':>8} {'GFLOP/s':>8} {'vs XLA f32':>10} {'max |err|':>10}  (err: vs the exact product of the bf16-rounded inputs)")
+  print(f"{'variant':<24} {'ms':>8} {'GFLOP/s':>8} {'vs XLA f32':>10} {'max |err|':>10}"
+        "  (err: vs the exact product of the bf16-rounded inputs)")
   for name, sec in medians.items():
     print(f"{name:<24} {1e3 * sec:8.2f} {flop / sec / 1e9:8.0f} {base / sec:9.2f}x "
           f"{errors[name]:10.2e}")
