@@ -13,6 +13,8 @@ r"""bfloat16 on the CPU side by side: oneDNN (lr_common.cpu_matmul) vs XLA float
    round-robin in one process. Reported: ms per edited image (median), the ratio to
    float32, and agreement with float32 on the same keys (share of identical edited
    tokens).
+3. lr_jax's MaskGIT editor in float32 and with `editor.dtype=bfloat16` (oneDNN where
+   built), round-robin, per K of `--lr_jax_ks`.
 
 The machine this was written on is shared, so only ratios from one run mean much.
 """
@@ -38,7 +40,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("matmul", "1028,768,3072", "M,K,N of the matmul.")
 flags.DEFINE_integer("matmul_repeats", 20, "Timed rounds of the matmul.")
 flags.DEFINE_string("ks", "1,4", "Boxes per editing call; empty: skip the editing part.")
-flags.DEFINE_integer("repeats", 3, "Timed rounds per K of the editing part.")
+flags.DEFINE_integer("repeats", 3, "Timed rounds per K of the editing parts.")
+flags.DEFINE_string("lr_jax_ks", "4", "Boxes per call of the lr_jax editor part; empty: skip.")
 flags.DEFINE_string("config", "imagenet256", "MaskGIT config name.")
 flags.DEFINE_integer("seed", 0, "Seed of weights, image, boxes and keys.")
 flags.DEFINE_string("torch_python", None,
@@ -156,6 +159,33 @@ def editing_part(config_name: str, ks: Sequence[int], rounds: int, onednn: bool)
       print(f"{k:>2} bf16 oneDNN vs bf16 XLA: edited tokens equal {same[mask].mean():.4f}")
 
 
+def lr_jax_part(ks: Sequence[int], rounds: int) -> None:
+  """lr_jax's MaskGIT editor (`editor.edit`, jitted) in float32 and in bfloat16, whose
+  products run on oneDNN where it is built (`editor.dtype=bfloat16`, nothing else)."""
+  from lr_jax import editors, notebook  # pylint: disable=import-outside-toplevel
+  built = {}
+  for dtype in ("float32", "bfloat16"):
+    config = notebook.load_config("maskgit_imagenet256")
+    config.editor.dtype = dtype
+    editor, params = editors.get("maskgit").build(config, "random", jax.random.PRNGKey(0))
+    built[dtype] = (editor, jax.block_until_ready(params), jax.jit(editor.edit))
+  editor = built["float32"][0]
+  size = editor.image_size
+  image = jax.random.uniform(jax.random.PRNGKey(1), (1, size, size, 3))
+  cond = jax.tree.map(jnp.asarray, editor.dummy_condition(1))
+  print(f"== lr_jax MaskGIT editor (editor.dtype), {rounds} rounds, medians")
+  for k in ks:
+    boxes = jnp.asarray(bench_boxes(k, editor.box_grid, k))
+    calls = {dtype: functools.partial(edit, params, image, boxes, cond, jax.random.PRNGKey(2))
+             for dtype, (_, params, edit) in built.items()}
+    for call in calls.values():
+      jax.block_until_ready(call())
+    medians = round_robin(calls, rounds)
+    print(" ".join(f"K={k} {dtype}: {1e3 * sec / k:.0f} ms/image "
+                   f"({medians['float32'] / sec:.2f}x)" for dtype, sec in medians.items()),
+          flush=True)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -167,6 +197,8 @@ def main(argv: Sequence[str]) -> None:
   matmul_part(m, k, n, FLAGS.matmul_repeats, onednn)
   if ks:
     editing_part(FLAGS.config, ks, FLAGS.repeats, onednn)
+  if FLAGS.lr_jax_ks:
+    lr_jax_part([int(v) for v in FLAGS.lr_jax_ks.split(",") if v], FLAGS.repeats)
 
 
 if __name__ == "__main__":
