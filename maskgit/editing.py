@@ -26,6 +26,7 @@ import numpy as np
 from lr_common.box_editing import (DTYPES, BoxError, blend, box_keys, box_token_mask,  # pylint: disable=unused-import
                                    cast_params, feather_sigma, feathered_mask, grown_boxes,
                                    per_box_keys, pixel_boxes_to_tokens, validate_boxes)
+from lr_common import cpu_matmul
 from lr_common.errors import UserError
 from maskgit import decoding
 from maskgit.configs import MaskGITConfig
@@ -50,6 +51,10 @@ class EditConfig:
     schedule: mask schedule name (see decoding.mask_ratio).
     attention: `jax.nn.dot_product_attention` implementation (None: XLA,
       "cudnn": fused kernel on recent NVIDIA GPUs, bfloat16 only).
+    cpu_matmul: with dtype "bfloat16" on the CPU, who runs the transformer's
+      products: "auto" (oneDNN where `python -m lr_common.cpu_matmul.build` was run
+      and the CPU has bf16 instructions, else XLA), "onednn" (an error where it
+      cannot), "xla".
   """
   start_iter: int = 2
   num_iter: int = 12
@@ -61,6 +66,7 @@ class EditConfig:
   schedule: str = "cosine"
   attention: str | None = None
   unroll: int | bool = 1
+  cpu_matmul: str = "auto"
 
   def __post_init__(self):
     if self.dtype not in DTYPES:
@@ -73,6 +79,9 @@ class EditConfig:
     if self.feather_radius is not None and self.feather_radius < 0:
       raise ValueError(f"feather_radius must be >= 0, got {self.feather_radius}.")
     decoding.check_schedule(self.schedule)
+    if self.cpu_matmul not in cpu_matmul.MODES:
+      raise ValueError(f"cpu_matmul must be one of {cpu_matmul.MODES}, "
+                       f"got {self.cpu_matmul!r}.")
 
 
 class LabelError(UserError, ValueError):
@@ -125,7 +134,8 @@ def decode_tokens(transformer_params: Params, inputs: jax.Array, keys: jax.Array
   """(N, L) inputs, N keys -> (N, L - 1) image tokens by parallel decoding."""
   dtype = DTYPES[edit.dtype]
   transformer = Transformer(config.transformer, dtype=dtype,
-                            attention_implementation=edit.attention)
+                            attention_implementation=edit.attention,
+                            cpu_matmul=edit.cpu_matmul)
   tr_params = cast_params(transformer_params, dtype)   # no-op if cast beforehand
   logits_fn = lambda seq: transformer.apply({"params": tr_params}, seq, deterministic=True)
   decoded = decoding.decode(

@@ -10,6 +10,10 @@ The mask token id is -1. Like ``jnp.take`` in the official code, it selects the 
 row of the word embedding (``vocab_size - 1``); this module wraps negative ids
 explicitly so the behaviour does not depend on ``jnp.take``'s out-of-bounds mode.
 
+On the CPU, ``cpu_matmul`` ("auto" or "onednn") runs the bfloat16 products of the Dense
+layers and of the logits on oneDNN (``lr_common.cpu_matmul``: the processor's bf16
+instructions, where XLA would compute them in float32); float32 models are unaffected.
+
 On GPUs, float32 matmuls at JAX's default precision run in TF32 (measured on an H200:
 logits 3e-4 from the official CPU outputs); wrap calls in
 ``jax.default_matmul_precision("highest")`` for full float32 (1.5e-7).
@@ -22,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lr_common import cpu_matmul as cpu_matmul_lib
 from maskgit.configs import TransformerConfig
 
 LAYER_NORM_EPSILON = 1e-12
@@ -31,18 +36,27 @@ def _dense_init(config: TransformerConfig):
   return nn.initializers.truncated_normal(stddev=config.initializer_range)
 
 
+def _dot_general(dtype: Any, cpu_matmul: str) -> Optional[cpu_matmul_lib.DotGeneral]:
+  """The Dense layers' product: oneDNN's for bfloat16 unless "xla" (None: lax's)."""
+  if cpu_matmul == "xla" or jnp.dtype(dtype) != jnp.bfloat16:
+    return None
+  return cpu_matmul_lib.DotGeneral(cpu_matmul)
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention with the parameters of ``flax.linen.SelfAttention``."""
   config: TransformerConfig
   dtype: Any = jnp.float32
   implementation: Optional[str] = None
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.config
+    dot = _dot_general(self.dtype, self.cpu_matmul)
     projection = lambda name: nn.DenseGeneral(
         (cfg.num_heads, cfg.head_dim), dtype=self.dtype, kernel_init=_dense_init(cfg),
-        bias_init=nn.initializers.zeros, name=name)
+        bias_init=nn.initializers.zeros, dot_general=dot, name=name)
     query, key, value = (projection(n)(x) for n in ("query", "key", "value"))
     if deterministic or cfg.attention_dropout_prob == 0.0:
       context = jax.nn.dot_product_attention(
@@ -51,7 +65,7 @@ class SelfAttention(nn.Module):
       context = self._attention_with_dropout(query, key, value)
     return nn.DenseGeneral(
         cfg.hidden_size, axis=(-2, -1), dtype=self.dtype, kernel_init=_dense_init(cfg),
-        bias_init=nn.initializers.zeros, name="out")(context)
+        bias_init=nn.initializers.zeros, dot_general=dot, name="out")(context)
 
   def _attention_with_dropout(self, query, key, value):
     """Training path: softmax(q k^T / sqrt(d)) with dropout on the probabilities."""
@@ -67,10 +81,11 @@ class Attention(nn.Module):
   config: TransformerConfig
   dtype: Any = jnp.float32
   implementation: Optional[str] = None
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-    out = SelfAttention(self.config, self.dtype, self.implementation,
+    out = SelfAttention(self.config, self.dtype, self.implementation, self.cpu_matmul,
                         name="self_attention")(x, deterministic)
     out = nn.Dropout(self.config.hidden_dropout_prob)(out, deterministic=deterministic)
     return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype,
@@ -81,15 +96,17 @@ class Mlp(nn.Module):
   """Dense -> gelu -> Dense, dropout, residual, LayerNorm (post-LN)."""
   config: TransformerConfig
   dtype: Any = jnp.float32
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.config
+    dot = _dot_general(self.dtype, self.cpu_matmul)
     h = nn.Dense(cfg.intermediate_size, dtype=self.dtype, kernel_init=_dense_init(cfg),
-                 name="intermediate_output")(x)
+                 dot_general=dot, name="intermediate_output")(x)
     h = jax.nn.gelu(h)
     h = nn.Dense(cfg.hidden_size, dtype=self.dtype, kernel_init=_dense_init(cfg),
-                 name="layer_output")(h)
+                 dot_general=dot, name="layer_output")(h)
     h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
     return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype,
                         name="layer_output_ln")(h + x)
@@ -99,12 +116,13 @@ class TransformerLayer(nn.Module):
   config: TransformerConfig
   dtype: Any = jnp.float32
   implementation: Optional[str] = None
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-    x = Attention(self.config, self.dtype, self.implementation, name="Attention_0")(
-        x, deterministic)
-    return Mlp(self.config, self.dtype, name="Mlp_0")(x, deterministic)
+    x = Attention(self.config, self.dtype, self.implementation, self.cpu_matmul,
+                  name="Attention_0")(x, deterministic)
+    return Mlp(self.config, self.dtype, self.cpu_matmul, name="Mlp_0")(x, deterministic)
 
 
 class Embed(nn.Module):
@@ -137,16 +155,22 @@ class MlmLayer(nn.Module):
   """Dense -> gelu -> LayerNorm -> logits tied to the word embedding, plus a bias."""
   config: TransformerConfig
   dtype: Any = jnp.float32
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, word_table: jax.Array) -> jax.Array:
     cfg = self.config
+    dot = _dot_general(self.dtype, self.cpu_matmul)
     h = nn.Dense(cfg.hidden_size, dtype=self.dtype, kernel_init=_dense_init(cfg),
-                 name="mlm_dense")(x)
+                 dot_general=dot, name="mlm_dense")(x)
     h = jax.nn.gelu(h)
     h = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name="mlm_ln")(h)
-    logits = jnp.matmul(h, word_table.astype(self.dtype).T,
-                        preferred_element_type=jnp.float32)
+    table_t = word_table.astype(self.dtype).T
+    if dot is None:
+      logits = jnp.matmul(h, table_t, preferred_element_type=jnp.float32)
+    else:
+      logits = dot(h, table_t, (((h.ndim - 1,), (0,)), ((), ())),
+                   preferred_element_type=jnp.float32)
     return Bias(name="mlm_bias")(logits.astype(jnp.float32))
 
 
@@ -165,10 +189,12 @@ class Transformer(nn.Module):
   ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``); parameters and returned
   logits are float32. ``attention_implementation`` is passed to
   ``jax.nn.dot_product_attention`` (None: XLA; "cudnn" on recent GPUs in bf16).
+  ``cpu_matmul``: "xla" (the default), "auto" or "onednn" (see the module docstring).
   """
   config: TransformerConfig
   dtype: Any = jnp.float32
   attention_implementation: Optional[str] = None
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -183,6 +209,7 @@ class Transformer(nn.Module):
     embed = Embed(cfg, self.dtype, name="Embed_0")
     x = embed(input_ids, deterministic)
     for i in range(cfg.num_layers):
-      x = TransformerLayer(cfg, self.dtype, self.attention_implementation,
+      x = TransformerLayer(cfg, self.dtype, self.attention_implementation, self.cpu_matmul,
                            name=f"TransformerLayer_{i}")(x, deterministic)
-    return MlmLayer(cfg, self.dtype, name="MlmLayer_0")(x, embed.word_table())
+    return MlmLayer(cfg, self.dtype, self.cpu_matmul, name="MlmLayer_0")(
+        x, embed.word_table())
