@@ -18,17 +18,13 @@ folder all hosts see or one per host both work) and process 0 prints every resul
 """
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from lr_jax.files import config_files
 from lr_jax import editors
 from lr_jax import errors
 from lr_jax.files import manifest as manifest_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", config_files.resolve(f"configs/{editors.DEFAULT_CONFIG}.py")[0],
-    "Config file (configs/*.py; found in the repository checkout from any folder).",
-    lock_config=True)
+_CONFIG = config_files.define_config_flag(editors.DEFAULT_CONFIG)
 _IMAGE = flags.DEFINE_string("image", None, "An image file or a folder of images.")
 _PROMPT = flags.DEFINE_string("prompt", None, "What to turn the image into, e.g. 'a lion'.")
 _SOURCE = flags.DEFINE_string("source_prompt", None, "What the image shows (else CLIP guesses).")

@@ -19,16 +19,12 @@ process 0 merges them into `results.jsonl` and writes the report
 """
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from lr_jax.files import config_files
 from lr_jax import editors
 from lr_jax import errors
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", config_files.resolve(f"configs/{editors.DEFAULT_CONFIG}.py")[0],
-    "Config file (configs/*.py; found in the repository checkout from any folder).",
-    lock_config=True)
+_CONFIG = config_files.define_config_flag(editors.DEFAULT_CONFIG)
 _MANIFEST = flags.DEFINE_string(
     "manifest", None, "JSON / JSON lines / CSV rows of image, prompt[, source_prompt]"
     "[, class_id][, mask], or PIE-Bench's mapping_file.json.")

@@ -12,16 +12,12 @@ import socket
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from lr_jax import editors
 from lr_jax import errors
 from lr_jax.files import config_files
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", config_files.resolve(f"configs/{editors.DEFAULT_CONFIG}.py")[0],
-    "Config file (configs/*.py; found in the repository checkout from any folder).",
-    lock_config=True)
+_CONFIG = config_files.define_config_flag(editors.DEFAULT_CONFIG)
 _EXTRA = flags.DEFINE_multi_string(
     "extra_config", None, "More configs (a name in configs/ or a path) whose editors the "
     "page also offers; each is loaded once.")

@@ -48,3 +48,13 @@ def load_sibling(config_file: str | os.PathLike, name: str, arg: str | None = No
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def define_config_flag(default_name: str):
+  """The commands' locked `--config` flag, defaulting to configs/<default_name>.py
+  (found in the repository checkout from any folder)."""
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  return config_flags.DEFINE_config_file(
+      "config", resolve(f"configs/{default_name}.py")[0],
+      "Config file (configs/*.py; found in the repository checkout from any folder).",
+      lock_config=True)
