@@ -47,6 +47,7 @@ runpy.run_module("lr_jax.evaluate", run_name="__main__", alter_sys=True)
 # Process 1 never writes JAX's compilation cache (process 0 does), so it compiles in every
 # job: cheaper XLA passes make that a third quicker (every run here uses them alike).
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +143,11 @@ def runs(env, data, tmp_path_factory):
   start = time.monotonic()
   one = Job(env, tmp / "one", _eval_args(data, tmp / "one"))
   two = Job(env, tmp / "two", _eval_args(data, tmp / "two"), count=2)
-  one.check(), two.check()
-  print(f"one process and two processes, side by side: {time.monotonic() - start:.1f} s")
+  eight = Job(dict(env, XLA_FLAGS=f"{env['XLA_FLAGS']} {EIGHT_DEVICES}"), tmp / "eight",
+              _eval_args(data, tmp / "eight"))
+  one.check(), two.check(), eight.check()
+  print(f"one process, two processes, eight devices, side by side: "
+        f"{time.monotonic() - start:.1f} s")
   return tmp, one, two
 
 
@@ -161,6 +165,30 @@ def test_two_processes_give_one_process_results(runs):
   assert "2 of 4 pairs (2 images x 2 strategies) are its share; 2 to edit" in two.out(1)
   assert "## " in two.out(0) and "## " not in two.out(1)   # process 0 reports
   assert "process 0 merged every share" in two.out(1)
+
+
+def _close(a, b, path="") -> list[str]:
+  """Where two result lines differ beyond float rounding (rel 1e-4, abs 1e-5)."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    if a.keys() != b.keys():
+      return [f"{path}: keys {sorted(a.keys() ^ b.keys())}"]
+    return [d for k in a for d in _close(a[k], b[k], f"{path}.{k}")]
+  if isinstance(a, list) and isinstance(b, list):
+    if len(a) != len(b):
+      return [f"{path}: lengths {len(a)} != {len(b)}"]
+    return [d for i, (x, y) in enumerate(zip(a, b)) for d in _close(x, y, f"{path}[{i}]")]
+  if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+    return [] if np.isclose(a, b, rtol=1e-4, atol=1e-5) else [f"{path}: {a} != {b}"]
+  return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def test_eight_devices_evaluate_as_one(runs):
+  """The same command on one process with 8 (simulated) devices: every line's boxes,
+  keys and pick equal one device's, its measures equal up to float rounding."""
+  tmp = runs[0]
+  eight, one = _comparable(tmp / "eight"), _comparable(tmp / "one")
+  assert [r["key"] for r in eight] == [r["key"] for r in one]
+  assert not [d for a, b in zip(eight, one) for d in _close(a, b)]
 
 
 def test_a_killed_job_redoes_only_its_lost_pair(env, data, runs, tmp_path):
