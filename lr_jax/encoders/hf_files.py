@@ -370,6 +370,7 @@ class ModelFiles(NamedTuple):
   tensors: dict[str, np.ndarray]
   source: str                 # the weights file, for error messages
   tokenizer: Any = None       # CLIPTokenizerFast, or None (no tokenizer files)
+  tokenizer_hint: str = ""    # without tokenizer files: how to fetch them
 
 
 def read_model_files(repo_id_or_dir: str | os.PathLike, *, revision: str | None = None,
@@ -382,6 +383,11 @@ def read_model_files(repo_id_or_dir: str | os.PathLike, *, revision: str | None 
                               default_repo=default_repo)
   config = read_json(directory / "config.json")
   weights = directory / WEIGHTS_FILE
-  tokenizer = (read_clip_tokenizer(directory)
-               if with_tokenizer and has_clip_tokenizer(directory) else None)
-  return ModelFiles(directory, config, read_safetensors(weights), str(weights), tokenizer)
+  tokenizer, hint = None, ""
+  if with_tokenizer and has_clip_tokenizer(directory):
+    tokenizer = read_clip_tokenizer(directory)
+  elif with_tokenizer:
+    hint = download_hint(default_repo or str(repo_id_or_dir), CLIP_TOKENIZER_FILES,
+                         local_dir=directory)
+  return ModelFiles(directory, config, read_safetensors(weights), str(weights), tokenizer,
+                    hint)

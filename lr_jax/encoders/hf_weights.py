@@ -174,16 +174,17 @@ def load_clip_tokenizer(directory: pathlib.Path, config: Any):
   """
   if has_clip_tokenizer(directory):
     return read_clip_tokenizer(directory)
-  return _tokenizer_without_files(directory, config)
+  return _tokenizer_without_files(directory, config, download_hint(
+      HF_CLIP_REPO, CLIP_TOKENIZER_FILES, local_dir=directory))
 
 
-def _tokenizer_without_files(directory: pathlib.Path, config: Any):
+def _tokenizer_without_files(directory: pathlib.Path, config: Any, hint: str):
   """The tiny tokenizer for a folder without tokenizer files when the vocab fits, else
-  a WeightsError naming the files to fetch."""
+  a WeightsError naming the files to fetch (`hint`)."""
   if config.text.vocab_size == TINY_VOCAB_SIZE:
     return tiny_clip_tokenizer(config.text.max_positions)
-  raise WeightsError(f"no tokenizer files (tokenizer.json or vocab.json + merges.txt) in {directory}. "
-                     + download_hint(HF_CLIP_REPO, CLIP_TOKENIZER_FILES, local_dir=directory))
+  raise WeightsError(f"no tokenizer files (tokenizer.json or vocab.json + merges.txt) in "
+                     f"{directory}. {hint}")
 
 
 # ----------------------------------------------------------------------------
@@ -375,7 +376,8 @@ def clip_from_files(files: ModelFiles, dtype: Any = jnp.float32) -> ClipBundle:
   """CLIP model, params, tokenizer and config from a model folder read by
   `hf_files.read_model_files(..., with_tokenizer=True)`."""
   config = clip_config_from_json(files.config)
-  tokenizer = files.tokenizer or _tokenizer_without_files(files.directory, config)
+  tokenizer = files.tokenizer or _tokenizer_without_files(files.directory, config,
+                                                          files.tokenizer_hint)
   params = convert_clip(files.tensors, config, files.source)
   return ClipBundle(CLIP(config, dtype), params, tokenizer, config)
 
