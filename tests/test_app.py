@@ -203,6 +203,12 @@ def test_handlers_refuse_what_they_cannot_do(photos):
        "--rgn_checkpoint DIR"),
       (lambda: handlers.edit(session, editors, "maskgit", "a lion", "bogus", None, 0),
        "strategy must be one of"),
+      (lambda: handlers.edit(session, editors, "maskgit", "a lion", "box", {
+          "boxes": two["boxes"][:1] * (handlers.MAX_BOXES + 1)}, 0), "at most 32 boxes"),
+      (lambda: handlers.edit(session, editors, "maskgit", "a lion", "box", {"boxes": [
+          {"xmin": 0, "ymin": 0, "xmax": float("inf"), "ymax": 9}]}, 0), "finite numbers"),
   ]:
     with pytest.raises(handlers.PageError, match=needle):
       call()
+  handlers.forget(session)   # what Gradio calls when the tab's state expires
+  assert not session.folder.exists()

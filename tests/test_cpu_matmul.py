@@ -187,3 +187,13 @@ def test_transformer_products_on_onednn_in_bfloat16_only():
   np.testing.assert_allclose(ours, xla, rtol=5e-2, atol=5e-2 * np.abs(xla).max())
   _, f32_text = _logits(config, params, ids, jnp.float32, "onednn")
   assert matmul.TARGET not in f32_text
+
+
+@needs_onednn
+def test_empty_sums_and_other_output_dtypes_stay_on_xla():
+  """oneDNN traps on a product over zero terms and writes bfloat16 or float32 only."""
+  empty = matmul.bf16_dot(jnp.ones((3, 0)), jnp.ones((0, 4)), mode="onednn")
+  np.testing.assert_array_equal(empty, np.zeros((3, 4), np.float32))
+  half = matmul.bf16_dot(jnp.ones((3, 5)), jnp.ones((5, 4)), jnp.float16, mode="onednn")
+  assert half.dtype == jnp.float16
+  np.testing.assert_array_equal(half, np.full((3, 4), 5, np.float16))

@@ -30,6 +30,7 @@ MODES = ("auto", "onednn", "xla")
 TARGET = "lr_onednn_bf16_matmul"
 BUILD_COMMAND = "python -m lr_common.cpu_matmul.build"
 
+_OUT_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))   # what the handler writes
 _libraries: dict[pathlib.Path, ctypes.CDLL] = {}  # kept alive while registered
 
 
@@ -107,7 +108,7 @@ def _onednn_matmul_jvp(out_dtype, primals, tangents):
 
 
 def _matmul_2d(x: jax.Array, w: jax.Array, out_dtype: Any, onednn: bool) -> jax.Array:
-  if onednn and x.shape[0] and w.shape[1]:
+  if onednn and x.shape[0] and x.shape[1] and w.shape[1]:   # oneDNN traps on empty sums
     return _onednn_matmul(x, w, jnp.dtype(out_dtype))
   return lax.dot(x, w, preferred_element_type=out_dtype)
 
@@ -117,8 +118,8 @@ def bf16_dot(x: jax.Array, w: jax.Array, out_dtype: Any = jnp.float32,
   """x [..., K] @ w [K, N] -> [..., N]: both rounded to bfloat16, summed in float32."""
   if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0]:
     raise ValueError(f"bf16_dot needs x [..., K] and w [K, N], got {x.shape} and {w.shape}")
-  onednn = uses_onednn(mode)
-  x2 = x.astype(jnp.bfloat16).reshape(-1, x.shape[-1])
+  onednn = uses_onednn(mode) and jnp.dtype(out_dtype) in _OUT_DTYPES
+  x2 = x.astype(jnp.bfloat16).reshape(math.prod(x.shape[:-1]), x.shape[-1])
   y = _matmul_2d(x2, w.astype(jnp.bfloat16), out_dtype, onednn)
   return y.reshape(x.shape[:-1] + w.shape[1:])
 
@@ -145,6 +146,7 @@ class DotGeneral:
     lhs_axes = tuple(a % lhs.ndim for a in lhs_contract)
     rhs_axes = tuple(a % rhs.ndim for a in rhs_contract)
     fits = (lhs.dtype == jnp.bfloat16 and rhs.dtype == jnp.bfloat16
+            and jnp.dtype(preferred_element_type or jnp.bfloat16) in _OUT_DTYPES
             and not lhs_batch and not rhs_batch and n > 0
             and lhs_axes == tuple(range(lhs.ndim - n, lhs.ndim))
             and rhs_axes == tuple(range(n)))

@@ -27,6 +27,7 @@ from lr_jax.files import sheets
 
 # The photo size limits are `image_files.load_image`'s (pixels per side).
 MIN_SIDE, MAX_SIDE = images_lib.MIN_SIDE, images_lib.MAX_SIDE
+MAX_BOXES = 32                      # boxes of one edit from the page
 STRATEGIES = ("search", "box")      # "rgn" too when the page has a trained RGN
 BASES = ("current result", "original photo")
 _BOX_COLOUR = (255, 196, 0)
@@ -117,15 +118,25 @@ def open_sample(session: Session) -> View:
 
 
 def _boxes(annotator: Mapping[str, Any] | None) -> list[tuple[int, int, int, int]]:
-  """The annotator's boxes as (top, left, height, width) in the photo's pixels."""
+  """The annotator's boxes as (top, left, height, width) in the photo's pixels (at most
+  MAX_BOXES: each is an edit, and the page may be public)."""
+  boxes = (annotator or {}).get("boxes") or []
+  if len(boxes) > MAX_BOXES:
+    raise PageError(f"at most {MAX_BOXES} boxes at once, got {len(boxes)}")
   out = []
-  for box in (annotator or {}).get("boxes") or []:
+  for box in boxes:
     try:
       xmin, ymin, xmax, ymax = (box[k] for k in ("xmin", "ymin", "xmax", "ymax"))
       out.append(tuple(int(round(float(v))) for v in (ymin, xmin, ymax - ymin, xmax - xmin)))
-    except (KeyError, TypeError, ValueError):
-      raise PageError(f"a box needs numbers xmin, ymin, xmax, ymax, got {box!r}") from None
+    except (KeyError, TypeError, ValueError, OverflowError):
+      raise PageError(f"a box needs finite numbers xmin, ymin, xmax, ymax, got {box!r}") from None
   return out
+
+
+def forget(session: "Session | None") -> None:
+  """Removes a session's files (Gradio calls this when the tab's state expires)."""
+  if session is not None:
+    shutil.rmtree(session.folder, ignore_errors=True)
 
 
 def _seed(seed: Any) -> int:

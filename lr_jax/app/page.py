@@ -21,6 +21,8 @@ from lr_jax.app import handlers
 
 MAX_UPLOAD = "200mb"     # Gradio refuses larger uploads before any handler runs
 TITLE = "lr_jax: text-driven image editing via learnable regions"
+QUEUE = "lr_jax"         # the one concurrency group of the page's events
+SESSION_TTL_S = 3600     # a tab's state and Gradio's copies of its files live this long
 _TABLE_HEADERS = ["#", "S", "t2i", "i2i", "box (top, left, height, width)"]
 
 
@@ -58,8 +60,9 @@ def build(editors: Mapping[str, api.Editor], rgn_checkpoint: str | None = None) 
   def selected(event: gr.SelectData) -> int:
     return int(event.index)
 
-  with gr.Blocks(title=TITLE) as page:
-    session = gr.State(None)
+  with gr.Blocks(title=TITLE, delete_cache=(SESSION_TTL_S, SESSION_TTL_S)) as page:
+    # A tab's files go when the tab has been gone for an hour (or the server stops).
+    session = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=handlers.forget)
     gr.Markdown(
         f"## {TITLE}\nUpload a photo ({handlers.limits_text()}) or use the sample, type what "
         "it should show and press **Edit**: DINO picks anchors, boxes around them are edited "
@@ -103,15 +106,19 @@ def build(editors: Mapping[str, api.Editor], rgn_checkpoint: str | None = None) 
                      interactive=False, elem_id="sheet")
 
     shown = [session, annotator, result, sheet, gallery, table, downloads, status]
-    upload.upload(_shown(handlers.open_photo), [session, upload], shown, api_name="open_photo")
-    sample.click(_shown(handlers.open_sample), [session], shown, api_name="sample")
+    # One queue for every event that reads or writes a session or runs the models: one
+    # job at a time over the whole page (Gradio otherwise limits each event on its own).
+    one = dict(concurrency_id=QUEUE, concurrency_limit=1)
+    upload.upload(_shown(handlers.open_photo), [session, upload], shown, api_name="open_photo",
+                  **one)
+    sample.click(_shown(handlers.open_sample), [session], shown, api_name="sample", **one)
     edit_button.click(_shown(edit), [session, editor, prompt, strategy, annotator, seed], shown,
-                      api_name="edit")
-    pick_button.click(_shown(handlers.pick), [session, candidate], shown, api_name="pick")
+                      api_name="edit", **one)
+    pick_button.click(_shown(handlers.pick), [session, candidate], shown, api_name="pick", **one)
     gallery.select(selected, None, candidate, api_name=False).then(
-        _shown(handlers.pick), [session, candidate], shown, api_name=False)
+        _shown(handlers.pick), [session, candidate], shown, api_name=False, **one)
     reedit_button.click(_shown(reedit), [session, editor, prompt, annotator, seed, base], shown,
-                        api_name="reedit")
+                        api_name="reedit", **one)
   return page
 
 
