@@ -316,3 +316,19 @@ def test_the_environment_picks_the_job(monkeypatch):
   monkeypatch.setenv("JAX_PROCESS_ID", "3")
   assert hosts.requested() == {"coordinator_address": "10.0.0.2:1234", "num_processes": 4,
                                "process_id": 3}
+
+
+def test_a_share_line_replaces_the_results_line_of_its_pair(runs, tmp_path):
+  """A pair redone because its line no longer held (its photo moved) comes back in a
+  share with the same key: that newer line is the one kept, so the job can finish."""
+  rows = results_lib.read_results(runs[0] / "one")
+  out = tmp_path / "eval"
+  out.mkdir()
+  stale = [dict(rows[0], image=str(tmp_path / "moved_away.png"))] + rows[1:]
+  results_lib.write_lines(out / results_lib.RESULTS_FILE, stale)
+  share = results_lib.share_path(out, 1, 2)
+  share.parent.mkdir()
+  results_lib.write_lines(share, [rows[0]])
+  stored = results_lib.read_stored(out, STRATEGIES)
+  assert [r["key"] for r in stored.rows] == [r["key"] for r in rows]
+  assert stored.rows[0]["image"] == rows[0]["image"] and rows[0]["key"] in stored.from_shares

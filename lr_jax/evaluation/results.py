@@ -167,21 +167,26 @@ class Stored:
 
 
 def read_stored(out_dir: str | pathlib.Path, strategies: Sequence[str] = ()) -> Stored:
-  """`results.jsonl`'s lines as they are, then each line of the share files whose key
-  is not already there, ordered by manifest row and then by strategy (as in
-  `strategies`; others after them by name)."""
+  """`results.jsonl`'s lines, then each line of the share files whose key is not there,
+  ordered by manifest row and then by strategy (as in `strategies`; others after them
+  by name). A share line whose key `results.jsonl` has too takes that line's place: it
+  is newer (a pair redone because its line no longer held, e.g. its photo moved)."""
   rows = read_results(out_dir)
-  seen = {r["key"] for r in rows}
-  extra = []
+  where = {r["key"]: i for i, r in enumerate(rows)}
+  extra, from_shares = {}, set()
   files = share_files(out_dir)
   for path in files:
     for row in read_lines(path):
-      if row["key"] not in seen:
-        seen.add(row["key"])
-        extra.append(row)
+      key = row["key"]
+      from_shares.add(key)
+      if key in where:
+        rows[where[key]] = row
+      else:
+        extra.setdefault(key, row)
   rank = {s: n for n, s in enumerate(strategies)}
-  extra.sort(key=lambda r: (r["index"], rank.get(r["strategy"], len(rank)), r["strategy"]))
-  return Stored(rows + extra, {r["key"] for r in extra}, files)
+  ordered = sorted(extra.values(),
+                   key=lambda r: (r["index"], rank.get(r["strategy"], len(rank)), r["strategy"]))
+  return Stored(rows + ordered, from_shares, files)
 
 
 def remove_shares(files: Iterable[pathlib.Path]) -> None:

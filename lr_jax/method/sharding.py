@@ -206,6 +206,6 @@ def replicated_once(tree: Any, split: CandidateSplit | None) -> Any:
   key = (id(tree), split.devices)
   held = _REPLICAS.get("entry")
   if held is None or held[0] != key or held[1] is not tree:
-    _REPLICAS["entry"] = (key, tree, jax.device_put(tree, split.replicated()))
-    held = _REPLICAS["entry"]
+    held = (key, tree, jax.device_put(tree, split.replicated()))
+    _REPLICAS["entry"] = held   # another thread's tree may replace it: ours is returned
   return held[2]
