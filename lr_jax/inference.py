@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.metadata
 import json
 import pathlib
@@ -415,6 +416,9 @@ def run_edit(config, examples: list[manifest_lib.Example], *, out_dir=None,
   run, strategy, reason, part, loaded, token_boxes = hosts.on_every_process(
       share, _checked_edit, config, examples, out_dir, rgn_checkpoint, refine_steps, seed,
       overwrite, strategy, boxes, box_unit, share)
+  if share.several:   # the same job everywhere: else the blocks would skip or repeat photos
+    hosts.agree(None, share, same=_job_identity(
+        run, examples, out_dir, rgn_checkpoint, refine_steps, seed, strategy, boxes, box_unit))
   if not part:   # more processes than examples
     return []
   built = build_models(run) if built is None else built
@@ -426,6 +430,17 @@ def run_edit(config, examples: list[manifest_lib.Example], *, out_dir=None,
                        tagged_names=True, start_index=part.start, box_request=None
                        if boxes is None else {"unit": box_unit, "tlhw": [
                            list(b) for b in user_boxes.normalize(boxes)]})
+
+
+def _job_identity(run: run_settings.Run, examples: list[manifest_lib.Example], *args
+                  ) -> dict[str, str]:
+  """Digests of what every process of one edit job must share: the settings and flags,
+  and the examples (photo names, prompts, class ids)."""
+  digest = lambda value: hashlib.sha1(
+      json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+  return {"settings (config and flags)": digest([run.as_dict(), *args]),
+          "examples (manifest)": digest([(pathlib.Path(ex.image_path).name, ex.prompt,
+                                          ex.source_prompt, ex.class_id) for ex in examples])}
 
 
 def _checked_edit(config, examples, out_dir, rgn_checkpoint, refine_steps, seed, overwrite,

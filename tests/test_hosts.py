@@ -273,6 +273,27 @@ def test_processes_started_differently_stop_together(env, data, tmp_path):
   assert not out.exists()   # nothing started: no folder, no lock
 
 
+def test_edit_processes_with_other_photos_stop_together(env, data, tmp_path):
+  """`lr_jax.edit --manifest` on processes that read other manifests would skip or repeat
+  photos: every process stops with the same error before any model loads."""
+  other = tmp_path / "other.json"
+  other.write_text(json.dumps([{"image": str(data / "im1.png"), "prompt": "a lion"},
+                               {"image": str(data / "im0.png"), "prompt": "a dog"}]))
+  out = tmp_path / "edits"
+  args = ["--config", "configs/tiny.py", *SMALL, "--strategy", "random", "--out", str(out)]
+  job = Job(env, tmp_path / "differ", [*args, "--manifest", str(data / "m.json")], count=2,
+            module="lr_jax.edit",
+            scripts={1: "import runpy, sys; sys.argv[0] = 'lr_jax.edit'; "
+                        f"sys.argv += ['--manifest', {str(other)!r}]; "
+                        "runpy.run_module('lr_jax.edit', run_name='__main__')"})
+  assert job.wait(120) == [1, 1]
+  for k in (0, 1):
+    proc = subprocess.CompletedProcess([], 1, job.out(k), job.err(k))
+    cli_helpers.assert_clean_error(proc, "process 1 of 2 was started differently",
+                                   "examples (manifest)")
+  assert not out.exists() or not list(out.glob("*.png"))   # nothing edited
+
+
 # ---------------------------------------------------------------- the pieces
 
 def test_shares_cover_every_item_once():
