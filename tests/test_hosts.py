@@ -3,7 +3,6 @@
 redoing only its lost pair, `lr_jax.edit --manifest` splits its images, and processes
 started differently stop together before any work."""
 import json
-import os
 import pathlib
 import signal
 import socket
@@ -258,18 +257,27 @@ def test_edit_manifest_on_two_processes(env, data, runs, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(same)))
 
 
+def _with_more_flags(module: str, *flags: str) -> str:
+  """A script running `python -m module` with `flags` after the job's own (the last
+  value of a flag wins): one process started differently."""
+  return (f"import runpy, sys; sys.argv[0] = {module!r}; sys.argv += {list(flags)!r}; "
+          f"runpy.run_module({module!r}, run_name='__main__')")
+
+
+def _all_stopped(job: "Job", what: str) -> None:
+  """Both processes ended with the one error naming process 1 and what differs."""
+  assert job.wait(120) == [1, 1]
+  for k in (0, 1):
+    proc = subprocess.CompletedProcess([], 1, job.out(k), job.err(k))
+    cli_helpers.assert_clean_error(proc, "process 1 of 2 was started differently", what)
+
+
 def test_processes_started_differently_stop_together(env, data, tmp_path):
   out = tmp_path / "eval"
   args = _eval_args(data, out)
   job = Job(env, tmp_path / "differ", args, count=2,
-            scripts={1: "import runpy, sys; sys.argv[0] = 'lr_jax.evaluate'; "
-                        "sys.argv += ['--seed', '3']; "
-                        "runpy.run_module('lr_jax.evaluate', run_name='__main__')"})
-  assert job.wait(120) == [1, 1]
-  for k in (0, 1):
-    proc = subprocess.CompletedProcess([], 1, job.out(k), job.err(k))
-    cli_helpers.assert_clean_error(proc, "process 1 of 2 was started differently",
-                                   "settings (config and flags)")
+            scripts={1: _with_more_flags("lr_jax.evaluate", "--seed", "3")})
+  _all_stopped(job, "settings (config and flags)")
   assert not out.exists()   # nothing started: no folder, no lock
 
 
@@ -283,14 +291,8 @@ def test_edit_processes_with_other_photos_stop_together(env, data, tmp_path):
   args = ["--config", "configs/tiny.py", *SMALL, "--strategy", "random", "--out", str(out)]
   job = Job(env, tmp_path / "differ", [*args, "--manifest", str(data / "m.json")], count=2,
             module="lr_jax.edit",
-            scripts={1: "import runpy, sys; sys.argv[0] = 'lr_jax.edit'; "
-                        f"sys.argv += ['--manifest', {str(other)!r}]; "
-                        "runpy.run_module('lr_jax.edit', run_name='__main__')"})
-  assert job.wait(120) == [1, 1]
-  for k in (0, 1):
-    proc = subprocess.CompletedProcess([], 1, job.out(k), job.err(k))
-    cli_helpers.assert_clean_error(proc, "process 1 of 2 was started differently",
-                                   "examples (manifest)")
+            scripts={1: _with_more_flags("lr_jax.edit", "--manifest", str(other))})
+  _all_stopped(job, "examples (manifest)")
   assert not out.exists() or not list(out.glob("*.png"))   # nothing edited
 
 

@@ -410,7 +410,10 @@ def load_dino(repo_or_dir: str | os.PathLike = HF_DINO_REPO, dtype: Any = jnp.fl
                                           default_repo=HF_DINO_REPO), dtype, pos_interpolation)
 
 
-def random_params(abstract_params: Any, rng: jax.Array, std: float = 0.02) -> Any:
+HF_INIT_STD = 0.02   # transformers' initializer_range for ViT and CLIP
+
+
+def random_params(abstract_params: Any, rng: jax.Array, std: float = HF_INIT_STD) -> Any:
   """Random params for the shapes in `abstract_params` (HF-style init: weights N(0, std),
   biases 0, LayerNorm scales 1), drawn with numpy: the same key gives the same params and
   nothing is compiled (eager `model.init` takes tens of seconds on a small CPU)."""
@@ -418,9 +421,8 @@ def random_params(abstract_params: Any, rng: jax.Array, std: float = 0.02) -> An
 
 
 def _hf_std(shape: tuple[int, ...]) -> float:
-  """The std of `random_params`' default: HF's initializer_range."""
   del shape
-  return 0.02
+  return HF_INIT_STD
 
 
 def init_encoders(dino_config: ViTConfig, clip_config: CLIPConfig, rng: jax.Array,
