@@ -124,7 +124,7 @@ def run(names: Sequence[str], ns: Sequence[int], dtypes: Sequence[str], repeats:
     reference = {}
     for dtype in dtypes:
       config = editor_config(name, dtype, resolution, tiny, steps)
-      module = editors.get(name)
+      module = editors.named(name)
       editor, params = module.build(config, "tiny" if tiny else "random", jax.random.PRNGKey(0))
       params = jax.block_until_ready(params)
       edit = jax.jit(editor.edit)

@@ -8,6 +8,7 @@ built offline; `build_random_models` gives the real sizes with random values.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import textwrap
 from typing import Any, NamedTuple
@@ -20,9 +21,7 @@ from lr_common.errors import UserError
 from lr_jax import run_settings
 from lr_jax.encoders import hf_files
 from lr_jax.encoders import hf_weights
-from lr_jax.method import settings as settings_lib
 from lr_jax.method.bundle import Models  # pylint: disable=unused-import (re-exported)
-from lr_jax.editors.base import Editor
 from lr_jax.encoders.text_encoder import TextEncoder
 
 MODEL_KINDS = run_settings.MODEL_KINDS
@@ -40,50 +39,56 @@ def build_models(config: ml_collections.ConfigDict | run_settings.Run) -> Built:
 
 
 def build(run: run_settings.Run) -> Built:
-  """Loads (or, for models "tiny", randomly builds) every frozen model of a run."""
-  if run.models.kind == "official":
-    dino, clip, (editor, editor_params) = _load_official(run)
+  """Loads every frozen model of a run, or makes it with random weights: models "tiny",
+  or "random" (`build_random_models`: the real sizes). A pretrained model that is
+  missing or unusable is reported with every other in one WeightsError."""
+  kind, name = run.models.kind, run.editor.name
+  if kind == "official":
+    loaded, problems = _load_official(run)
   else:
+    dino_config, clip_config = hf_weights.random_encoder_configs(kind, run.models.dino_repo)
     rng = seeds.prng_key(run.seed + 1000)
-    dino, clip = hf_weights.init_encoders(hf_weights.tiny_dino_config(),
-                                          hf_weights.tiny_clip_config(), rng)
-    editor, editor_params = run.editor_module.build(run.config, "tiny",
-                                                    jax.random.fold_in(rng, 2))
-  models = Models(dino=dino.model, clip=clip.model, editor=editor, rgn=run.method.rgn.module())
-  return Built(models, {"dino": dino.params, "clip": clip.params, "editor": editor_params},
-               TextEncoder(clip.model, clip.params, clip.tokenizer) if clip.tokenizer else None)
+    dino, clip = hf_weights.init_encoders(dino_config, clip_config, rng)
+    loaded = {"dino": dino, "clip": clip,
+              name: run.editor_module.build(run.config, kind, jax.random.fold_in(rng, 2))}
+    problems = {}
+  if problems:
+    from lr_jax import weights  # pylint: disable=import-outside-toplevel
+    details = "\n".join(textwrap.fill(f"[{k}] {_first_sentence(e)}", 96, initial_indent="  ",
+                                       subsequent_indent="    ", break_on_hyphens=False,
+                                       break_long_words=False) for k, e in problems.items())
+    raise hf_weights.WeightsError(
+        f"Pretrained weights are missing or unusable ({', '.join(problems)}).\n"
+        + weights.fetch_help(run, keys=tuple(problems))
+        + "\nOr pass a folder per model: --config.dino.repo=DIR, --config.clip.repo=DIR,\n"
+        + "--config.editor.cache_dir=DIR (MaskGIT) or --config.editor.repo=DIR (aMUSEd,\n"
+        + "Stable Diffusion).\n"
+        + f"What failed:\n{details}")
+  dino, clip, (editor, editor_params) = loaded["dino"], loaded["clip"], loaded[name]
+  text = TextEncoder(clip.model, clip.params, clip.tokenizer) if clip.tokenizer else None
+  return Built(Models(dino=dino.model, clip=clip.model, editor=editor),
+               {"dino": dino.params, "clip": clip.params, "editor": editor_params}, text)
 
 
 def build_random_models(config: ml_collections.ConfigDict | run_settings.Run) -> Built:
-  """The config's models at their real sizes with random weights (for benchmarks).
-
-  CLIP ViT-B/16 and DINO ViT-B/16 (B/8 if the DINO repo names a /8 model) as the hub
-  configs define them; no tokenizer, so texts must come as embeddings.
-  """
+  """The config's models at their real sizes with random weights (for benchmarks):
+  `hf_weights.random_encoder_configs` and the editor's "random" build; no tokenizer, so
+  texts must come as embeddings. A tiny config gives its tiny models."""
   run = run_settings.parse(config)
   if run.models.kind == "tiny":
     return build(run)
-  rng = seeds.prng_key(run.seed + 1000)
-  repo = run.models.dino_repo
-  patch = 8 if "vitb8" in repo or "b8" in repo.split("/")[-1] else 16
-  clip_cfg = hf_weights.clip_config_from_json(
-      {"vision_config": {"patch_size": 16}, "text_config": {"eos_token_id": 2},
-       "projection_dim": 512})
-  dino, clip = hf_weights.init_encoders(
-      hf_weights.dino_config_from_json({"patch_size": patch}), clip_cfg, rng)
-  editor, editor_params = run.editor_module.build(run.config, "random",
-                                                  jax.random.fold_in(rng, 2))
-  return _assemble(run.method, dino, clip, editor, editor_params)
+  return build(dataclasses.replace(run, models=dataclasses.replace(run.models, kind="random")))
 
 
-def _load_official(run: run_settings.Run):
-  """Loads the pretrained models, reporting every missing or unusable one in one error."""
+def _load_official(run: run_settings.Run) -> tuple[dict[str, Any], dict[str, Exception]]:
+  """The pretrained models by name ("dino", "clip", the editor's), and what failed: every
+  file is read first (what a missing download breaks), then each model converted."""
   name = run.editor.name
   logging.info("Loading DINO from %s, CLIP from %s, editor %s", run.models.dino_repo,
                run.models.clip_repo, name)
   loaded, problems = {}, {}
   dino_files = clip_files = None
-  try:   # first every file (what a missing download breaks), then every conversion
+  try:
     dino_files = hf_files.read_model_files(run.models.dino_repo,
                                            default_repo=hf_weights.HF_DINO_REPO)
   except UserError as e:
@@ -107,19 +112,7 @@ def _load_official(run: run_settings.Run):
       loaded["clip"] = hf_weights.clip_from_files(clip_files)
   except UserError as e:
     problems["clip"] = e
-  if problems:
-    from lr_jax import weights  # pylint: disable=import-outside-toplevel
-    details = "\n".join(textwrap.fill(f"[{k}] {_first_sentence(e)}", 96, initial_indent="  ",
-                                       subsequent_indent="    ", break_on_hyphens=False,
-                                       break_long_words=False) for k, e in problems.items())
-    raise hf_weights.WeightsError(
-        f"Pretrained weights are missing or unusable ({', '.join(problems)}).\n"
-        + weights.fetch_help(run, keys=tuple(problems))
-        + "\nOr pass a folder per model: --config.dino.repo=DIR, --config.clip.repo=DIR,\n"
-        + "--config.editor.cache_dir=DIR (MaskGIT) or --config.editor.repo=DIR (aMUSEd,\n"
-        + "Stable Diffusion).\n"
-        + f"What failed:\n{details}")
-  return loaded["dino"], loaded["clip"], loaded[name]
+  return loaded, problems
 
 
 def _first_sentence(error: Exception) -> str:
@@ -130,10 +123,3 @@ def _first_sentence(error: Exception) -> str:
     text = text.split(marker)[0]
   text = " ".join(text.split())
   return text if len(text) <= 400 else text[:397] + "..."
-
-
-def _assemble(method: settings_lib.Method, dino, clip, editor: Editor, editor_params) -> Built:
-  models = Models(dino=dino.model, clip=clip.model, editor=editor, rgn=method.rgn.module())
-  frozen = {"dino": dino.params, "clip": clip.params, "editor": editor_params}
-  text = TextEncoder(clip.model, clip.params, clip.tokenizer) if clip.tokenizer else None
-  return Built(models, frozen, text)

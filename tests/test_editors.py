@@ -57,14 +57,14 @@ def examples(tmp_path_factory):
 def test_registry_lists_maskgit_and_refuses_unknown_names():
   assert "maskgit" in editors.available() and "base" not in editors.available()
   with pytest.raises(settings.SettingsError, match="unknown editor 'muse'.*maskgit"):
-    editors.get("muse")
+    editors.named("muse")
   with pytest.raises(settings.SettingsError, match="cannot import"):
-    editors.get("tests.no_such_editor")
+    editors.named("tests.no_such_editor")
 
 
 @pytest.mark.parametrize("name", editors.available() + [FAKE])
 def test_module_declares_its_config(name):
-  module = editors.get(name)
+  module = editors.named(name)
   section = editors.section(name)
   assert section.name == name
   for key in tuple(module.RGN_KEYS) + tuple(module.RESUMABLE_KEYS):
@@ -93,7 +93,7 @@ def test_switching_editors_leaves_nothing_of_the_other(name):
   editors.fit(c)
   assert set(c.editor.keys()) == set(editors.section(name).keys())
   assert all(c.editor[k] == v for k, v in shared.items())
-  editors.get(name).make(c)
+  editors.named(name).make(c)
 
 
 def test_old_layout_maps_onto_the_editor_section():

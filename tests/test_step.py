@@ -69,7 +69,8 @@ def test_expected_estimator_is_the_softmax_weighted_loss_of_every_candidate(buil
                               rng_edit).images.reshape((1, k, m) + (64, 64, 3))
   per = np.asarray(step_lib.edit_losses(models, frozen, batch, edits, rng_views,
                                         method.loss)[0])                 # (1, K, M)
-  logits = np.asarray(models.rgn.apply({"params": state.params}, regions.pooled), np.float64)
+  logits = np.asarray(step_lib.rgn_network(method).apply({"params": state.params},
+                                                        regions.pooled), np.float64)
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   np.testing.assert_allclose(float(loss), float((probs * per).sum(-1).mean()), rtol=1e-5)

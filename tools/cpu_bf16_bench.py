@@ -167,7 +167,7 @@ def lr_jax_part(ks: Sequence[int], rounds: int) -> None:
   for dtype in ("float32", "bfloat16"):
     config = notebook.load_config("maskgit_imagenet256")
     config.editor.dtype = dtype
-    editor, params = editors.get("maskgit").build(config, "random", jax.random.PRNGKey(0))
+    editor, params = editors.named("maskgit").build(config, "random", jax.random.PRNGKey(0))
     built[dtype] = (editor, jax.block_until_ready(params), jax.jit(editor.edit))
   editor = built["float32"][0]
   size = editor.image_size

@@ -2,7 +2,7 @@
 
 A config has ONE editor section: `config.editor` holds `name` and that editor's own
 settings (big_vision's model name + model settings); `use(config, name)` swaps it
-whole, so nothing of another editor stays behind. `get(name)` imports
+whole, so nothing of another editor stays behind. `named(name)` imports
 `lr_jax.editors.<name>` (or, for a dotted name, that module: a generator of your own);
 every module follows the contract in `base.py`, which `tests/test_editors.py` checks
 for each module here.
@@ -32,7 +32,7 @@ def available() -> list[str]:
                 if m.name != "base" and not m.name.startswith("_"))
 
 
-def get(name: str) -> ModuleType:
+def named(name: str) -> ModuleType:
   """The editor module `name` (a module of this package, or a dotted module path)."""
   path = name if "." in name else f"{__name__}.{name}"
   if "." not in name and name not in available():
@@ -51,12 +51,12 @@ def get(name: str) -> ModuleType:
 
 def configs(name: str) -> tuple[str, str]:
   """(paper config, tiny config): the names of editor `name`'s files in configs/."""
-  return tuple(get(name).CONFIGS)
+  return tuple(named(name).CONFIGS)
 
 
 def section(name: str) -> ml_collections.ConfigDict:
   """The `editor` section of editor `name`: its name and its default settings."""
-  values = get(name).default_config()
+  values = named(name).default_config()
   if "name" in values:
     raise SettingsError(f"editor {name}: default_config() must not define 'name'")
   return ml_collections.ConfigDict({"name": name, **values.to_dict()})
@@ -72,7 +72,7 @@ def of(config) -> ModuleType:
   """The editor module a config names (its section must be that editor's: see `fit`)."""
   if "editor" not in config or "name" not in config.editor:
     raise SettingsError("the config has no editor section (config.editor.name)")
-  return get(config.editor.name)
+  return named(config.editor.name)
 
 
 def fit(config: ml_collections.ConfigDict) -> None:
@@ -108,7 +108,7 @@ def upgrade_saved(flat: dict[str, Any]) -> dict[str, Any]:
   become `editor.*` keys (renamed where its `LEGACY_SECTIONS` says), the other
   editors' leftovers are dropped. Today's layout passes unchanged."""
   name = flat.get("editor.name", DEFAULT)
-  legacy = {m: getattr(get(m), "LEGACY_SECTIONS", {}) for m in available()}
+  legacy = {m: getattr(named(m), "LEGACY_SECTIONS", {}) for m in available()}
   if not any(k.split(".", 1)[0] in sections for sections in legacy.values() for k in flat):
     return dict(flat)
   own = legacy.get(name, {})

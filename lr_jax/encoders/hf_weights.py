@@ -146,6 +146,21 @@ def tiny_dino_config() -> ViTConfig:
                    final_norm="tokens", patch_bias=True, pos_interpolation="dino")
 
 
+def random_encoder_configs(kind: str, dino_repo: str = HF_DINO_REPO
+                           ) -> tuple[ViTConfig, CLIPConfig]:
+  """The (DINO, CLIP) configs of random-weight encoders: "tiny" (the tiny configs), or
+  "random", the real sizes as the hub configs define them (CLIP ViT-B/16; DINO ViT-B/16,
+  B/8 where `dino_repo` names a /8 model)."""
+  if kind == "tiny":
+    return tiny_dino_config(), tiny_clip_config()
+  if kind != "random":
+    raise ValueError(f"kind must be 'tiny' or 'random', got {kind!r}")
+  patch = 8 if "vitb8" in dino_repo or "b8" in dino_repo.split("/")[-1] else 16
+  clip = clip_config_from_json({"vision_config": {"patch_size": 16},
+                                "text_config": {"eos_token_id": 2}, "projection_dim": 512})
+  return dino_config_from_json({"patch_size": patch}), clip
+
+
 # ----------------------------------------------------------------------------
 # Tokenizers.
 # ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The static bundle of modules the method's jitted steps take: DINO, CLIP, the editor,
-the RGN (built by `lr_jax.models`; parameters travel apart, in the `frozen` tree)."""
+"""The static bundle of frozen modules the method's jitted steps take: DINO, CLIP and the
+editor (built by `lr_jax.models`; parameters travel apart, in the `frozen` tree). The RGN
+is made from the method's settings (`step.rgn_network`); its parameters are the state."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +8,6 @@ import dataclasses
 from lr_jax.editors.base import Editor
 from lr_jax.encoders.clip import CLIP
 from lr_jax.encoders.vit import ViT
-from lr_jax.method.rgn import RegionGenerationNetwork
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -16,7 +16,6 @@ class Models:
   dino: ViT
   clip: CLIP
   editor: Editor
-  rgn: RegionGenerationNetwork
 
   @property
   def dino_dim(self) -> int:

@@ -158,10 +158,6 @@ class RGNSettings:
             f"a tuple of integers in [1, {MAX_FEATURES}] (layer widths)")
     _int(self.SECTION, "dense_features", self.dense_features, 1, MAX_FEATURES, "a layer width")
 
-  def module(self) -> rgn_lib.RegionGenerationNetwork:
-    return rgn_lib.RegionGenerationNetwork(conv_features=self.conv_features,
-                                           dense_features=self.dense_features)
-
 
 @dataclasses.dataclass(frozen=True)
 class SelectionSettings:

@@ -80,12 +80,18 @@ def new_train_state(params: Any, optim: OptimSettings) -> TrainState:
   return TrainState(np.zeros((), np.int32), params, make_optimizer(optim).init(params))
 
 
+def rgn_network(method: Method) -> rgn_lib.RegionGenerationNetwork:
+  """The RGN of these settings (its parameters are the trained state, not `frozen`)."""
+  return rgn_lib.RegionGenerationNetwork(conv_features=method.rgn.conv_features,
+                                         dense_features=method.rgn.dense_features)
+
+
 @functools.lru_cache(maxsize=16)
 def _init_fn(models: Models, method: Method):
   r = method.region
   shape = (1, 1, r.num_boxes, r.roi_size, r.roi_size, models.dino_dim)
   init = lambda rng: new_train_state(
-      models.rgn.init(rng, jnp.zeros(shape, jnp.float32))["params"], method.optim)
+      rgn_network(method).init(rng, jnp.zeros(shape, jnp.float32))["params"], method.optim)
   return jax.jit(init)
 
 
@@ -207,7 +213,7 @@ def loss_fn(rgn_params, models: Models, frozen: Any, batch: dict[str, Any], rng:
   edits = edit_boxes(models, frozen, images, regions.boxes.reshape(b, k * m, 4),
                      batch["cond"], rng_edit, split).images
   edits = edits.reshape((b, k, m) + edits.shape[2:])                    # (B,K,M,S,S,3)
-  logits = models.rgn.apply({"params": rgn_params}, regions.pooled)    # (B,K,M)
+  logits = rgn_network(method).apply({"params": rgn_params}, regions.pooled)   # (B,K,M)
   def objective(candidates):   # -> (per-edit loss, (the same, its terms)) for the metrics
     total, terms = edit_losses(models, frozen, batch, candidates, rng_views, method.loss)
     return total, (total, terms)
@@ -264,29 +270,28 @@ STRATEGIES = ("rgn", "search", "random", "dino_random")
 _BOX_DRAWS = 0x5EED   # folded into the edit key for the baselines' random boxes
 
 
-def _candidates(rgn_params, regions: Regions, rng: Array, models: Models, strategy: str,
+def _candidates(logits: Array, regions: Regions, rng: Array, models: Models, strategy: str,
                 valid: Array | None = None):
-  """(logits (B,K,M), the candidate boxes (B,N,4) and, per candidate, its anchor
-  (B,N,2), the proposals it was picked from (B,N,P,4) and which one (B,N))."""
+  """From the RGN's `logits` (B,K,M): the candidate boxes (B,N,4) and, per candidate, its
+  anchor (B,N,2), the proposals it was picked from (B,N,P,4) and which one (B,N)."""
   b, k, m = regions.boxes.shape[:3]
-  logits = models.rgn.apply({"params": rgn_params}, regions.pooled)      # (B,K,M)
   if strategy == "rgn":   # the RGN's box per anchor
     chosen = jnp.argmax(logits, axis=-1)                                 # (B,K)
     boxes = jnp.take_along_axis(regions.boxes, chosen[..., None, None], axis=2)[:, :, 0]
-    return logits, boxes, regions.anchors, regions.boxes, chosen
+    return boxes, regions.anchors, regions.boxes, chosen
   if strategy == "search":   # every proposal of every anchor
     boxes = regions.boxes.reshape(b, k * m, 4)
     anchors = jnp.repeat(regions.anchors, m, axis=1)
     proposals = jnp.repeat(regions.boxes, m, axis=1)
     chosen = jnp.tile(jnp.arange(m), (b, k))
-    return logits, boxes, anchors, proposals, chosen
+    return boxes, anchors, proposals, chosen
   if strategy in ("random", "dino_random"):   # the paper's baselines
     centres, _, boxes = anchors_lib.random_boxes(
         jax.random.fold_in(rng, _BOX_DRAWS), (b, k), models.editor.box_grid,
         regions.anchors if strategy == "dino_random" else None,
         None if valid is None else valid[:, None])
     anchors = jnp.floor(centres).astype(regions.anchors.dtype)
-    return logits, boxes, anchors, boxes[:, :, None].astype(jnp.float32), jnp.zeros((b, k), int)
+    return boxes, anchors, boxes[:, :, None].astype(jnp.float32), jnp.zeros((b, k), int)
   raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
 
 
@@ -303,8 +308,8 @@ def infer(rgn_params, frozen: Any, batch: dict[str, Any], rng: Array, *,
   images = batch["images"]
   valid = batch.get("valid")
   regions = find_regions(models, frozen, images, method.region, valid)
-  logits, boxes, anchors, proposals, chosen = _candidates(
-      rgn_params, regions, rng, models, strategy, valid)
+  logits = rgn_network(method).apply({"params": rgn_params}, regions.pooled)   # (B,K,M)
+  boxes, anchors, proposals, chosen = _candidates(logits, regions, rng, models, strategy, valid)
   out, scores, best = edit_and_score(models, frozen, batch, boxes, rng, method.score, split)
   return Inference(regions, Candidates(anchors, proposals), logits, chosen, boxes, out,
                    scores, best)
