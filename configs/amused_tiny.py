@@ -18,4 +18,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_files.load_sibling(__file__, "tiny", arg)   # configs/tiny.py
   editors.use(c, "amused")
   c.editor.num_steps = 4
+  c.editor.dtype = "float32"     # the same numbers on every CPU
   return c

@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.editor.start_iter = 0
   c.editor.num_iter = 4
   c.editor.grow_tokens = 0                  # the 4x4 grid has no room to grow boxes
+  c.editor.dtype = "float32"                # the same numbers on every CPU ("auto": bf16 where fast)
   c.train.epochs = 2
   c.train.batch_size = 1
   c.train.checkpoint_every = 2

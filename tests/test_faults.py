@@ -373,6 +373,9 @@ def test_editor_bench_flags_are_checked_before_timing(tmp_path):
     ("lr_jax.edit", ("--config", "configs/stable_diffusion_tiny.py", "--image", "{cat}",
                      "--prompt", "a lion", "--out", "{tmp}/o", "--config.editor.scheduler=euler"),
      "editor.scheduler"),
+    # A dtype that is none of float32, bfloat16 and auto.
+    ("lr_jax.edit", (*TINY, "--image", "{cat}", "--prompt", "a lion", "--out", "{tmp}/o",
+                     "--config.editor.dtype=float16"), "'float32', 'bfloat16', 'auto'"),
     # Your own box, and the strategies that need what was not given.
     ("lr_jax.edit", (*TINY, "--image", "{cat}", "--prompt", "a lion", "--out", "{tmp}/o",
                      "--box", "0,0,0,5"), "empty"),

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lr_common import auto_dtype
 from lr_common import box_editing
 from lr_common.errors import PromptError  # pylint: disable=unused-import (re-exported)
 from lr_jax.encoders import hf_weights
@@ -40,7 +41,7 @@ from lr_common.errors import SettingsError
 NAME = "amused"
 CONFIGS = ("amused", "amused_tiny")          # configs/<name>.py: the paper setup, the tiny one
 RGN_KEYS = ("editor.resolution",)        # the token grid: 16x16 at 256 px, 32x32 at 512
-RESUMABLE_KEYS = ("editor.cache_dir",)
+RESUMABLE_KEYS = ("editor.cache_dir", "editor.dtype")   # dtype: the numerics, not the run
 LEGACY_SECTIONS = {"amused": {}, "amused_edit": {}}   # before the single editor section
 RESOLUTIONS = {256: hub.AMUSED_256, 512: hub.AMUSED_512}
 TINY_IMAGE_SIZE = 64                     # 8 px per token: an 8x8 grid, as the tiny DINO's
@@ -69,7 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
   edit.crop_coords = defaults.crop_coords          # and the image's width and height
   edit.grow_tokens = 1
   edit.feather_radius = -1.0   # Gaussian sigma in pixels; < 0: image_size // 16 - 1; 0: hard
-  edit.dtype = "float32"       # or "bfloat16"
+  edit.dtype = "auto"          # float32 here (lr_common.auto_dtype); or "float32", "bfloat16"
   return edit
 
 
@@ -99,11 +100,12 @@ def _edit_settings(config) -> EditSettings:
   if not isinstance(e.feather_radius, (int, float)) or not np.isfinite(e.feather_radius):
     raise SettingsError(f"config editor.feather_radius must be a finite number, "
                         f"got {e.feather_radius!r}")
-  if e.dtype not in DTYPES:
-    raise SettingsError(f"config editor.dtype must be one of {tuple(DTYPES)}, "
+  if e.dtype not in auto_dtype.CHOICES:
+    raise SettingsError(f"config editor.dtype must be one of {auto_dtype.CHOICES}, "
                         f"got {e.dtype!r}")
   radius = None if e.feather_radius < 0 else float(e.feather_radius)
-  return EditSettings(decode, e.grow_tokens, radius, e.dtype)
+  dtype = auto_dtype.resolve(e.dtype, "aMUSEd editor", fast_path=False)
+  return EditSettings(decode, e.grow_tokens, radius, dtype)
 
 
 def _resolution(config) -> int:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lr_common import auto_dtype
 from lr_common import box_editing
 from lr_common.errors import SettingsError
 from lr_jax.editors import base
@@ -33,7 +34,9 @@ from maskgit import editing
 NAME = "maskgit"
 CONFIGS = ("maskgit_imagenet256", "tiny")          # configs/<name>.py: the paper setup, the tiny one
 RGN_KEYS = ("editor.model",)            # the token grid: 16x16 at 256 px, 32x32 at 512
-RESUMABLE_KEYS = ("editor.cache_dir",)
+# The dtype changes the numerics, not the experiment: a run may resume in the other one
+# (on another machine "auto" may choose differently, and runs before "auto" saved float32).
+RESUMABLE_KEYS = ("editor.cache_dir", "editor.dtype")
 # The layout before the single editor section: `maskgit.name` is now `editor.model`.
 LEGACY_SECTIONS = {"maskgit": {"name": "model"}, "edit": {}}
 _HINT = ("--config.editor.cache_dir=DIR, or --config.editor.tokenizer=PATH and "
@@ -51,7 +54,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_iter = 12
   c.choice_temperature = 4.5
   c.grow_tokens = 1
-  c.dtype = "float32"       # or "bfloat16"
+  c.dtype = "auto"          # bfloat16 where oneDNN runs its products (lr_common.auto_dtype),
+                            # else float32; or "float32", "bfloat16"
   return c
 
 
@@ -64,10 +68,13 @@ def _model_config(config) -> maskgit_configs.MaskGITConfig:
 
 def _edit_config(config) -> editing.EditConfig:
   e = config.editor
+  if e.dtype not in auto_dtype.CHOICES:
+    raise SettingsError(f"config editor.dtype must be one of {auto_dtype.CHOICES}, "
+                        f"got {e.dtype!r}")
   try:
     return editing.EditConfig(start_iter=e.start_iter, num_iter=e.num_iter,
                               choice_temperature=e.choice_temperature,
-                              grow_tokens=e.grow_tokens, dtype=e.dtype)
+                              grow_tokens=e.grow_tokens, dtype=auto_dtype.resolve(e.dtype))
   except (TypeError, ValueError) as err:
     raise SettingsError(f"config editor: {err}") from None
 

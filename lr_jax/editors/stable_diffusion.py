@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lr_common import auto_dtype
 from lr_common import box_editing
 from lr_common.errors import PromptError, SettingsError  # pylint: disable=unused-import (re-exported)
 from lr_jax.editors import base
@@ -48,7 +49,7 @@ from lr_jax.generators.stable_diffusion import schedulers
 NAME = "stable_diffusion"
 CONFIGS = ("stable_diffusion", "stable_diffusion_tiny")   # configs/<name>.py
 RGN_KEYS = ("editor.resolution",)      # the box grid: resolution / 16 cells per side
-RESUMABLE_KEYS = ("editor.cache_dir",)
+RESUMABLE_KEYS = ("editor.cache_dir", "editor.dtype")   # dtype: the numerics, not the run
 DTYPES = box_editing.DTYPES
 LATENTS_PER_BOX_CELL = 2               # a box cell is 2 x 2 latent cells
 TINY_IMAGE_SIZE = hub.TINY_IMAGE_SIZE  # 16 x 16 latents, an 8 x 8 box grid (the tiny DINO's)
@@ -99,7 +100,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.prompt_template = OFFICIAL_TEMPLATE   # "{prompt}": the prompt as it is
   c.grow_tokens = 1           # box cells added on each side of the box
   c.feather_radius = -1.0     # Gaussian sigma in pixels; < 0: image_size // 16 - 1; 0: hard
-  c.dtype = "float32"         # or "bfloat16"
+  c.dtype = "auto"            # float32 here (lr_common.auto_dtype); or "float32", "bfloat16"
   c.chunk_size = 0            # > 0: edits per chunk through the pipeline (memory); 0: all
   c.resolution = 512          # pixels per side (a multiple of 16): the box grid is /16
   return c
@@ -146,7 +147,7 @@ def _problems(e) -> list[str]:
        f"a string with {PROMPT_FIELD} exactly once (e.g. {OFFICIAL_TEMPLATE!r})"),
       ("grow_tokens", _is_int(e.grow_tokens) and e.grow_tokens >= 0, "an integer >= 0"),
       ("feather_radius", _is_number(e.feather_radius), "a finite number (< 0: the default)"),
-      ("dtype", e.dtype in DTYPES, f"one of {tuple(DTYPES)}"),
+      ("dtype", e.dtype in auto_dtype.CHOICES, f"one of {auto_dtype.CHOICES}"),
       ("chunk_size", _is_int(e.chunk_size) and e.chunk_size >= 0, "an integer >= 0"),
       ("resolution", _is_int(e.resolution) and e.resolution >= 64 and e.resolution % 16 == 0,
        "a multiple of 16, at least 64 (pixels; the box grid is resolution / 16)"),
@@ -173,7 +174,8 @@ def _edit_settings(config, scheduler: schedulers.SchedulerConfig) -> EditSetting
   e = config.editor
   sampling = inpaint_lib.InpaintSettings(
       scheduler=scheduler, num_steps=e.num_steps, guidance_scale=float(e.guidance_scale),
-      dtype=e.dtype, chunk_size=e.chunk_size)
+      dtype=auto_dtype.resolve(e.dtype, "Stable Diffusion editor", fast_path=False),
+      chunk_size=e.chunk_size)
   radius = None if e.feather_radius < 0 else float(e.feather_radius)
   return EditSettings(sampling, e.prompt_template, e.negative_prompt, e.grow_tokens, radius)
 
