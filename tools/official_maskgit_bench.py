@@ -170,9 +170,11 @@ def import_official(root: pathlib.Path) -> types.SimpleNamespace:
     jnp.DeviceArray = jax.Array   # fix 2
   with _own_maskgit_set_aside(root):
     try:
-      import maskgit.inference as inference  # pylint: disable=import-outside-toplevel
-      import maskgit.libml.parallel_decode as parallel_decode  # pylint: disable=import-outside-toplevel
-      import maskgit.utils as utils  # pylint: disable=import-outside-toplevel
+      # pylint: disable=import-outside-toplevel
+      import maskgit.inference as inference
+      import maskgit.libml.parallel_decode as parallel_decode
+      import maskgit.utils as utils
+      # pylint: enable=import-outside-toplevel
     except ImportError as e:
       raise OfficialRepoError(f"importing the official code from {root} failed: {e}") from e
   inference.ImageNet_class_conditional_generator._load_checkpoints = _random_variables
