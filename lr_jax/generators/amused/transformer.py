@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -166,7 +166,7 @@ def _dense(features: int, use_bias: bool, dtype: Any, name: str,
                   dot_general=_dot_general(dtype, cpu_matmul), name=name)
 
 
-def _config_dense(module: nn.Module):
+def _config_dense(module: nn.Module) -> Callable[[int, str], nn.Dense]:
   """`_dense` with the use_bias, dtype and cpu_matmul of a module holding a config."""
   return lambda features, name: _dense(features, module.config.use_bias, module.dtype, name,
                                        module.cpu_matmul)
