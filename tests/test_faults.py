@@ -373,6 +373,9 @@ def test_editor_bench_flags_are_checked_before_timing(tmp_path):
     ("lr_jax.edit", ("--config", "configs/stable_diffusion_tiny.py", "--image", "{cat}",
                      "--prompt", "a lion", "--out", "{tmp}/o", "--config.editor.scheduler=euler"),
      "editor.scheduler"),
+    # aMUSEd's choice of who computes its bfloat16 products.
+    ("lr_jax.train", ("--config", "configs/amused_tiny.py", "--workdir", "{tmp}/wd",
+                      "--config.editor.cpu_matmul=mkl"), "editor.cpu_matmul must be one of"),
     # Your own box, and the strategies that need what was not given.
     ("lr_jax.edit", (*TINY, "--image", "{cat}", "--prompt", "a lion", "--out", "{tmp}/o",
                      "--box", "0,0,0,5"), "empty"),

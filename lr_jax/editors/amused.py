@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from lr_common import box_editing
+from lr_common import cpu_matmul
 from lr_common.errors import PromptError  # pylint: disable=unused-import (re-exported)
 from lr_jax.encoders import hf_weights
 from lr_jax.generators.amused import decoding
@@ -40,7 +41,9 @@ from lr_common.errors import SettingsError
 NAME = "amused"
 CONFIGS = ("amused", "amused_tiny")          # configs/<name>.py: the paper setup, the tiny one
 RGN_KEYS = ("editor.resolution",)        # the token grid: 16x16 at 256 px, 32x32 at 512
-RESUMABLE_KEYS = ("editor.cache_dir",)
+# cpu_matmul picks who computes the bfloat16 products (float32 runs never see it): a
+# run may resume on another machine, or with the other choice.
+RESUMABLE_KEYS = ("editor.cache_dir", "editor.cpu_matmul")
 LEGACY_SECTIONS = {"amused": {}, "amused_edit": {}}   # before the single editor section
 RESOLUTIONS = {256: hub.AMUSED_256, 512: hub.AMUSED_512}
 TINY_IMAGE_SIZE = 64                     # 8 px per token: an 8x8 grid, as the tiny DINO's
@@ -70,6 +73,10 @@ def default_config() -> ml_collections.ConfigDict:
   edit.grow_tokens = 1
   edit.feather_radius = -1.0   # Gaussian sigma in pixels; < 0: image_size // 16 - 1; 0: hard
   edit.dtype = "float32"       # or "bfloat16"
+  # With bfloat16 on the CPU, who computes the transformer's products: "auto" (oneDNN
+  # where `python -m lr_common.cpu_matmul.build` was run and the CPU has bf16
+  # instructions, else XLA), "onednn" (an error where it cannot run), "xla".
+  edit.cpu_matmul = "auto"
   return edit
 
 
@@ -80,11 +87,13 @@ class _Decode(decoding.DecodeSettings):
 
 @dataclasses.dataclass(frozen=True)
 class EditSettings:
-  """Decoding, box growth, feathering and compute dtype of the aMUSEd editor."""
+  """Decoding, box growth, feathering, compute dtype and who computes the bfloat16
+  products (`cpu_matmul`, one of `lr_common.cpu_matmul.MODES`) of the aMUSEd editor."""
   decode: decoding.DecodeSettings
   grow_tokens: int = 1
   feather_radius: float | None = None
   dtype: str = "float32"
+  cpu_matmul: str = "auto"
 
 
 def _edit_settings(config) -> EditSettings:
@@ -102,8 +111,11 @@ def _edit_settings(config) -> EditSettings:
   if e.dtype not in DTYPES:
     raise SettingsError(f"config editor.dtype must be one of {tuple(DTYPES)}, "
                         f"got {e.dtype!r}")
+  if e.cpu_matmul not in cpu_matmul.MODES:
+    raise SettingsError(f"config editor.cpu_matmul must be one of {cpu_matmul.MODES}, "
+                        f"got {e.cpu_matmul!r}")
   radius = None if e.feather_radius < 0 else float(e.feather_radius)
-  return EditSettings(decode, e.grow_tokens, radius, e.dtype)
+  return EditSettings(decode, e.grow_tokens, radius, e.dtype, e.cpu_matmul)
 
 
 def _resolution(config) -> int:
@@ -241,7 +253,8 @@ class AmusedEditor(base.Editor):
                            method=vq_lib.VQModel.encode_ids)
     token_mask = box_editing.box_token_mask(boxes, side, self.settings.grow_tokens)
 
-    model = transformer_lib.UVit2D(self.transformer, DTYPES[self.dtype])
+    model = transformer_lib.UVit2D(self.transformer, DTYPES[self.dtype],
+                                   self.settings.cpu_matmul)
     logits_fn = lambda x: model.apply({"params": params["transformer"]}, x, text_hidden,
                                       pooled_text, micro_conds)
     keys = box_editing.per_box_keys(rng, batch, num_boxes)   # one key, or (B, N) keys
