@@ -3,6 +3,10 @@
 The fallback is always tested; the oneDNN tests are skipped (with the reason) where
 the extension is not built (`python -m lr_common.cpu_matmul.build`) or cannot run.
 """
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -63,6 +67,20 @@ def test_a_second_build_in_another_folder_keeps_the_first_registration(tmp_path,
   monkeypatch.setenv("LR_JAX_CPU_MATMUL_DIR", str(tmp_path))
   build.library_path().write_bytes(b"")   # a library under another name, never loaded
   assert cpu_matmul.status() == (ONEDNN, WHY)
+
+
+@needs_onednn
+@pytest.mark.parametrize("ceiling, usable", [
+    ("AVX2_VNNI", False), ("AVX512_CORE_VNNI", False), ("AVX512_CORE_BF16", True),
+    ("AVX512_CORE_AMX", True), ("ALL", True)])
+def test_bf16_check_is_at_least_avx512_core_bf16(ceiling, usable):
+  """oneDNN's ISA capped by DNNL_MAX_CPU_ISA: below avx512_core_bf16 nothing, at it or
+  above (AMX; capped to what this CPU has) yes."""
+  probe = "import ctypes, sys; print(ctypes.CDLL(sys.argv[1]).lr_onednn_cpu_has_bf16())"
+  done = subprocess.run([sys.executable, "-c", probe, str(build.library_path())],
+                        env={**os.environ, "DNNL_MAX_CPU_ISA": ceiling},
+                        capture_output=True, text=True, check=True)
+  assert done.stdout.strip() == str(int(usable))
 
 
 def test_bad_mode_and_shapes_are_refused():

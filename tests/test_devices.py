@@ -196,6 +196,9 @@ def test_layout_pads_to_whole_chunks():
   assert layout(2, 28, cap=6) == ((2, 4), 32, 2, 4)   # 7 boxes a device: 2 chunks of 4
   assert layout(16, 3, cap=4) == ((8, 1), 4, 2, 2)    # 2 images a device: 2 boxes each
   assert layout(16, 3, cap=1) == ((8, 1), 3, 3, 1)    # under one box per image: one
+  for empty in ((0, 21), (1, 0)):   # nothing to lay out is a clear error, not a division
+    with pytest.raises(ValueError, match="at least one image, box and device"):
+      layout(*empty)
 
 
 def test_bad_cap_is_a_settings_error():

@@ -2,6 +2,7 @@ r"""bfloat16 on the CPU side by side: oneDNN (lr_common.cpu_matmul) vs XLA float
 
   python -m lr_common.cpu_matmul.build      # once (needs g++ and oneDNN: libdnnl-dev)
   python tools/cpu_bf16_bench.py [--ks 1,4] [--repeats 3] [--config imagenet256]
+  python tools/cpu_bf16_bench.py --matmul= --ks= --lr_jax_ks= --amused_ks=1,4   # aMUSEd only
 
 1. One matmul (default 1028x768 @ 768x3072: a MaskGIT MLP layer at K=4), timed
    round-robin: oneDNN bf16, XLA float32, XLA bfloat16, and PyTorch bf16 when torch
@@ -15,6 +16,13 @@ r"""bfloat16 on the CPU side by side: oneDNN (lr_common.cpu_matmul) vs XLA float
    tokens).
 3. lr_jax's MaskGIT editor in float32 and with `editor.dtype=bfloat16` (oneDNN where
    built), round-robin, per K of `--lr_jax_ks`.
+4. lr_jax's aMUSEd editor (aMUSEd-256 at full size, random weights), per K of
+   `--amused_ks`: float32, bfloat16 with `editor.cpu_matmul=xla` and with
+   `editor.cpu_matmul=onednn`, round-robin. Timed: `editor.decode_boxes` (text encoder,
+   VQ encoding, the guided decoding steps: every transformer product; not the VQ
+   decoding to pixels). Reported as in part 2.
+
+An empty `--matmul`, `--ks`, `--lr_jax_ks` or `--amused_ks` skips that part.
 
 The machine this was written on is shared, so only ratios from one run mean much.
 """
@@ -37,11 +45,14 @@ from lr_common.benchmarking import bench_boxes
 from maskgit import checkpoints, configs, editing
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("matmul", "1028,768,3072", "M,K,N of the matmul.")
+flags.DEFINE_string("matmul", "1028,768,3072", "M,K,N of the matmul; empty: skip it.")
 flags.DEFINE_integer("matmul_repeats", 20, "Timed rounds of the matmul.")
 flags.DEFINE_string("ks", "1,4", "Boxes per editing call; empty: skip the editing part.")
 flags.DEFINE_integer("repeats", 3, "Timed rounds per K of the editing parts.")
 flags.DEFINE_string("lr_jax_ks", "4", "Boxes per call of the lr_jax editor part; empty: skip.")
+flags.DEFINE_string("amused_ks", "1,4", "Boxes per call of the aMUSEd part; empty: skip.")
+flags.DEFINE_integer("amused_steps", None,
+                     "Decoding steps of the aMUSEd part (default: configs/amused.py's).")
 flags.DEFINE_string("config", "imagenet256", "MaskGIT config name.")
 flags.DEFINE_integer("seed", 0, "Seed of weights, image, boxes and keys.")
 flags.DEFINE_string("torch_python", None,
@@ -167,7 +178,7 @@ def lr_jax_part(ks: Sequence[int], rounds: int) -> None:
   for dtype in ("float32", "bfloat16"):
     config = notebook.load_config("maskgit_imagenet256")
     config.editor.dtype = dtype
-    editor, params = editors.named("maskgit").build(config, "random", jax.random.PRNGKey(0))
+    editor, params = editors.of(config).build(config, "random", jax.random.PRNGKey(0))
     built[dtype] = (editor, jax.block_until_ready(params), jax.jit(editor.edit))
   editor = built["float32"][0]
   size = editor.image_size
@@ -186,19 +197,84 @@ def lr_jax_part(ks: Sequence[int], rounds: int) -> None:
           flush=True)
 
 
+def _amused_variants(onednn: bool):
+  """{name: (static editor, params)}: float32 and bfloat16 aMUSEd-256 with random weights
+  (the bfloat16 params cast from the float32 ones, as the editor's `build` casts them)."""
+  from lr_common import box_editing  # pylint: disable=import-outside-toplevel
+  from lr_jax import editors, notebook  # pylint: disable=import-outside-toplevel
+  config = notebook.load_config("amused")
+  if FLAGS.amused_steps is not None:
+    config.editor.num_steps = FLAGS.amused_steps
+  module = editors.of(config)
+  editor, params = module.build(config, "random", jax.random.PRNGKey(FLAGS.seed))
+  params16 = dict(params)
+  for part in ("transformer", "text_encoder"):
+    params16[part] = box_editing.cast_params(params[part], jnp.bfloat16)
+  modes = {"bf16 XLA": "xla", **({"bf16 oneDNN": "onednn"} if onednn else {})}
+  variants = {"float32": (editor, params)}
+  for name, mode in modes.items():
+    config.editor.dtype, config.editor.cpu_matmul = "bfloat16", mode
+    variants[name] = (module.make(config), params16)
+  return jax.block_until_ready(variants)
+
+
+def amused_part(ks: Sequence[int], rounds: int, onednn: bool) -> None:
+  """aMUSEd box editing (`decode_boxes`) in float32, bf16 on XLA, bf16 on oneDNN."""
+  variants = _amused_variants(onednn)
+  editor = variants["float32"][0]
+  size, side = editor.image_size, editor.box_grid
+  image = jax.random.uniform(jax.random.PRNGKey(FLAGS.seed + 1), (1, size, size, 3))
+  cond = jax.tree.map(jnp.asarray, editor.dummy_condition(1, FLAGS.seed))
+  key = jax.random.PRNGKey(FLAGS.seed + 2)
+  print(f"== aMUSEd editing ({editor.model_name} sizes, {size}px, {side}x{side} tokens, "
+        f"{editor.settings.decode.num_steps} steps, guidance "
+        f"{editor.settings.decode.guidance_scale}), random weights, decode_boxes timed, "
+        f"{rounds} rounds, medians", flush=True)
+  print(f"{'K':>2} {'variant':<12} {'ms/image':>9} {'vs f32':>7} {'1st call s':>10} "
+        f"{'edited tokens = f32':>19} {'all tokens = f32':>16}")
+  for k in ks:
+    boxes = jnp.asarray(bench_boxes(k, side, FLAGS.seed + k))
+    calls, firsts, outputs = {}, {}, {}
+    for name, (variant, params) in variants.items():
+      start = time.perf_counter()
+      lowered = jax.jit(variant.decode_boxes).lower(params, image, boxes, cond, key)
+      if name == "bf16 oneDNN":
+        print(f"{k:>2} {name}: {lowered.as_text().count(cpu_matmul.matmul.TARGET)} oneDNN "
+              "calls in the program", flush=True)
+      call = functools.partial(lowered.compile(), params, image, boxes, cond, key)
+      outputs[name] = jax.block_until_ready(call())
+      firsts[name] = time.perf_counter() - start
+      calls[name] = call
+    medians = round_robin(calls, rounds)
+    ref = np.asarray(outputs["float32"]["tokens"])
+    mask = np.asarray(outputs["float32"]["token_mask"])
+    for name, sec in medians.items():
+      same = np.asarray(outputs[name]["tokens"]) == ref
+      print(f"{k:>2} {name:<12} {1e3 * sec / k:9.0f} {medians['float32'] / sec:6.2f}x "
+            f"{firsts[name]:10.1f} {same[mask].mean():19.4f} {same.mean():16.4f}", flush=True)
+    if onednn:
+      same = (np.asarray(outputs["bf16 oneDNN"]["tokens"])
+              == np.asarray(outputs["bf16 XLA"]["tokens"]))
+      print(f"{k:>2} bf16 oneDNN vs bf16 XLA: edited tokens equal {same[mask].mean():.4f}",
+            flush=True)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  m, k, n = (int(v) for v in FLAGS.matmul.split(","))
   ks = [int(v) for v in FLAGS.ks.split(",") if v]
   onednn, why = cpu_matmul.status()
   print(f"jax {jax.__version__}; backend {jax.default_backend()}; oneDNN path: "
         f"{why if onednn else 'unavailable: ' + why}", flush=True)
-  matmul_part(m, k, n, FLAGS.matmul_repeats, onednn)
+  if FLAGS.matmul:
+    m, k, n = (int(v) for v in FLAGS.matmul.split(","))
+    matmul_part(m, k, n, FLAGS.matmul_repeats, onednn)
   if ks:
     editing_part(FLAGS.config, ks, FLAGS.repeats, onednn)
   if FLAGS.lr_jax_ks:
     lr_jax_part([int(v) for v in FLAGS.lr_jax_ks.split(",") if v], FLAGS.repeats)
+  if FLAGS.amused_ks:
+    amused_part([int(v) for v in FLAGS.amused_ks.split(",") if v], FLAGS.repeats, onednn)
 
 
 if __name__ == "__main__":

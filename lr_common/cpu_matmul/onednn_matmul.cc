@@ -116,11 +116,17 @@ extern "C" int lr_onednn_version() {
 }
 
 // Whether oneDNN finds bf16 matrix instructions (avx512_bf16 or AMX) on this CPU.
+//
+// oneDNN's cpu_isa values are bit masks: each ISA holds the bits of every ISA it
+// extends (2.6: avx512_core_bf16 = 0xe7, avx512_core_amx = 0x3e7 = 0xe7 | 0x300,
+// avx2_vnni = 0x407), so "at least avx512_core_bf16" is "has all of its bits", which
+// also holds for the ISAs newer oneDNN versions add above it (AMX with fp16, ...).
 extern "C" int lr_onednn_cpu_has_bf16() {
-  auto isa = dnnl::get_effective_cpu_isa();
-  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx
-#if DNNL_VERSION_MAJOR >= 3
-         || isa == dnnl::cpu_isa::avx10_1_512_amx_fp16
-#endif
-      ;
+  const unsigned found = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  auto at_least = [found](dnnl::cpu_isa isa) {
+    const unsigned needed = static_cast<unsigned>(isa);
+    return (found & needed) == needed;
+  };
+  return at_least(dnnl::cpu_isa::avx512_core_bf16) ||
+         at_least(dnnl::cpu_isa::avx512_core_amx);
 }

@@ -26,6 +26,7 @@ import numpy as np
 
 from lr_common import auto_dtype
 from lr_common import box_editing
+from lr_common import cpu_matmul
 from lr_common.errors import PromptError  # pylint: disable=unused-import (re-exported)
 from lr_jax.encoders import hf_weights
 from lr_jax.generators.amused import decoding
@@ -41,8 +42,14 @@ from lr_common.errors import SettingsError
 NAME = "amused"
 CONFIGS = ("amused", "amused_tiny")          # configs/<name>.py: the paper setup, the tiny one
 RGN_KEYS = ("editor.resolution",)        # the token grid: 16x16 at 256 px, 32x32 at 512
-RESUMABLE_KEYS = ("editor.cache_dir", "editor.dtype")   # dtype: the numerics, not the run
+# The dtype and who computes the bfloat16 products change the numerics, not the run: a
+# run may resume on another machine ("auto" may choose otherwise), or with the other choice.
+RESUMABLE_KEYS = ("editor.cache_dir", "editor.dtype", "editor.cpu_matmul")
 LEGACY_SECTIONS = {"amused": {}, "amused_edit": {}}   # before the single editor section
+# The share of float32's edited tokens that bfloat16 edits keep on the same keys (random
+# weights, K = 4: `python tools/cpu_bf16_bench.py --matmul= --ks= --lr_jax_ks=
+# --amused_ks=1,4`; 74% at K = 1): editor.dtype "auto" stays float32 (lr_common.auto_dtype).
+BF16_AGREEMENT = 0.89
 RESOLUTIONS = {256: hub.AMUSED_256, 512: hub.AMUSED_512}
 TINY_IMAGE_SIZE = 64                     # 8 px per token: an 8x8 grid, as the tiny DINO's
 TINY_VQ_CHANNELS = (8, 12, 16, 16)       # VQConfig.tiny with one more block (4 -> 8 px per token)
@@ -70,7 +77,11 @@ def default_config() -> ml_collections.ConfigDict:
   edit.crop_coords = defaults.crop_coords          # and the image's width and height
   edit.grow_tokens = 1
   edit.feather_radius = -1.0   # Gaussian sigma in pixels; < 0: image_size // 16 - 1; 0: hard
-  edit.dtype = "auto"          # float32 here (lr_common.auto_dtype); or "float32", "bfloat16"
+  edit.dtype = "auto"          # float32 (lr_common.auto_dtype says why); or "bfloat16"
+  # With bfloat16 on the CPU, who computes the transformer's products: "auto" (oneDNN
+  # where `python -m lr_common.cpu_matmul.build` was run and the CPU has bf16
+  # instructions, else XLA), "onednn" (an error where it cannot run), "xla".
+  edit.cpu_matmul = "auto"
   return edit
 
 
@@ -81,11 +92,13 @@ class _Decode(decoding.DecodeSettings):
 
 @dataclasses.dataclass(frozen=True)
 class EditSettings:
-  """Decoding, box growth, feathering and compute dtype of the aMUSEd editor."""
+  """Decoding, box growth, feathering, compute dtype and who computes the bfloat16
+  products (`cpu_matmul`, one of `lr_common.cpu_matmul.MODES`) of the aMUSEd editor."""
   decode: decoding.DecodeSettings
   grow_tokens: int = 1
   feather_radius: float | None = None
   dtype: str = "float32"
+  cpu_matmul: str = "auto"
 
 
 def _edit_settings(config) -> EditSettings:
@@ -103,9 +116,12 @@ def _edit_settings(config) -> EditSettings:
   if e.dtype not in auto_dtype.CHOICES:
     raise SettingsError(f"config editor.dtype must be one of {auto_dtype.CHOICES}, "
                         f"got {e.dtype!r}")
+  if e.cpu_matmul not in cpu_matmul.MODES:
+    raise SettingsError(f"config editor.cpu_matmul must be one of {cpu_matmul.MODES}, "
+                        f"got {e.cpu_matmul!r}")
   radius = None if e.feather_radius < 0 else float(e.feather_radius)
-  dtype = auto_dtype.resolve(e.dtype, "aMUSEd editor", fast_path=False)
-  return EditSettings(decode, e.grow_tokens, radius, dtype)
+  dtype = auto_dtype.resolve(e.dtype, "aMUSEd editor", BF16_AGREEMENT)
+  return EditSettings(decode, e.grow_tokens, radius, dtype, e.cpu_matmul)
 
 
 def _resolution(config) -> int:
@@ -243,7 +259,8 @@ class AmusedEditor(base.Editor):
                            method=vq_lib.VQModel.encode_ids)
     token_mask = box_editing.box_token_mask(boxes, side, self.settings.grow_tokens)
 
-    model = transformer_lib.UVit2D(self.transformer, DTYPES[self.dtype])
+    model = transformer_lib.UVit2D(self.transformer, DTYPES[self.dtype],
+                                   self.settings.cpu_matmul)
     logits_fn = lambda x: model.apply({"params": params["transformer"]}, x, text_hidden,
                                       pooled_text, micro_conds)
     keys = box_editing.per_box_keys(rng, batch, num_boxes)   # one key, or (B, N) keys

@@ -100,7 +100,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.prompt_template = OFFICIAL_TEMPLATE   # "{prompt}": the prompt as it is
   c.grow_tokens = 1           # box cells added on each side of the box
   c.feather_radius = -1.0     # Gaussian sigma in pixels; < 0: image_size // 16 - 1; 0: hard
-  c.dtype = "auto"            # float32 here (lr_common.auto_dtype); or "float32", "bfloat16"
+  c.dtype = "auto"            # float32 (lr_common.auto_dtype says why); or "bfloat16"
   c.chunk_size = 0            # > 0: edits per chunk through the pipeline (memory); 0: all
   c.resolution = 512          # pixels per side (a multiple of 16): the box grid is /16
   return c
@@ -174,7 +174,7 @@ def _edit_settings(config, scheduler: schedulers.SchedulerConfig) -> EditSetting
   e = config.editor
   sampling = inpaint_lib.InpaintSettings(
       scheduler=scheduler, num_steps=e.num_steps, guidance_scale=float(e.guidance_scale),
-      dtype=auto_dtype.resolve(e.dtype, "Stable Diffusion editor", fast_path=False),
+      dtype=auto_dtype.resolve(e.dtype, "Stable Diffusion editor", None),   # no oneDNN path
       chunk_size=e.chunk_size)
   radius = None if e.feather_radius < 0 else float(e.feather_radius)
   return EditSettings(sampling, e.prompt_template, e.negative_prompt, e.grow_tokens, radius)

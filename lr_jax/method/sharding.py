@@ -134,6 +134,9 @@ def candidate_layout(batch: int, num_boxes: int, device_count: int,
   count), then each image's boxes over the rest; each device's boxes in as few chunks
   as keep it at `max_per_device` edits at once (at least one box per image), padded as
   little as that many chunks allow."""
+  if batch < 1 or num_boxes < 1 or device_count < 1:
+    raise ValueError(f"a candidate layout needs at least one image, box and device; got "
+                     f"{batch} images, {num_boxes} boxes, {device_count} devices")
   image_shards = math.gcd(batch, device_count)
   box_shards = device_count // image_shards
   local_boxes = -(-num_boxes // box_shards)

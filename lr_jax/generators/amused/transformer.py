@@ -11,19 +11,26 @@ Module names follow the diffusers state dict, so `hf_name` maps a Flax param pat
 its tensor name mechanically; `convert_transformer` loads a hub
 `transformer/diffusion_pytorch_model.safetensors` strictly. Params are float32; `dtype`
 sets the compute dtype (norm statistics, softmax and the logits stay float32).
+
+With a bfloat16 `dtype`, `cpu_matmul` ("auto" or "onednn"; the default "xla" never)
+runs the products of every Dense layer and of the 1x1 convolutions (the embedding's
+and the codebook head's) on oneDNN (`lr_common.cpu_matmul`: the processor's bf16
+instructions, where XLA:CPU would compute them in float32). The attention scores,
+the 3x3 and 2x2 convolutions and float32 models stay XLA's.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lr_common import cpu_matmul as cpu_matmul_lib
 from lr_jax.encoders.hf_files import WeightsError
 from lr_jax.encoders.hf_weights import convert_state, hf_shapes
 
@@ -146,12 +153,51 @@ class RMSNorm(nn.Module):
     return y.astype(self.dtype)
 
 
-def _dense(features: int, use_bias: bool, dtype: Any, name: str) -> nn.Dense:
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name)
+def _dot_general(dtype: Any, cpu_matmul: str) -> cpu_matmul_lib.DotGeneral | None:
+  """The product of a bfloat16 layer on oneDNN unless "xla" (None: lax's, unchanged)."""
+  if cpu_matmul == "xla" or jnp.dtype(dtype) != jnp.bfloat16:
+    return None
+  return cpu_matmul_lib.DotGeneral(cpu_matmul)
 
 
-def _conv1x1(features: int, use_bias: bool, dtype: Any, name: str) -> nn.Conv:
-  return nn.Conv(features, (1, 1), use_bias=use_bias, dtype=dtype, name=name)
+def _dense(features: int, use_bias: bool, dtype: Any, name: str,
+           cpu_matmul: str = "xla") -> nn.Dense:
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype,
+                  dot_general=_dot_general(dtype, cpu_matmul), name=name)
+
+
+def _config_dense(module: nn.Module) -> Callable[[int, str], nn.Dense]:
+  """`_dense` with the use_bias, dtype and cpu_matmul of a module holding a config."""
+  return lambda features, name: _dense(features, module.config.use_bias, module.dtype, name,
+                                       module.cpu_matmul)
+
+
+def _conv1x1(features: int, use_bias: bool, dtype: Any, name: str,
+             cpu_matmul: str = "xla") -> nn.Module:
+  dot = _dot_general(dtype, cpu_matmul)
+  if dot is None:
+    return nn.Conv(features, (1, 1), use_bias=use_bias, dtype=dtype, name=name)
+  return PointwiseProduct(features, use_bias, dtype, dot, name=name)
+
+
+class PointwiseProduct(nn.Module):
+  """A 1x1 convolution as one matrix product through `dot_general`; its params are
+  nn.Conv's (kernel (1, 1, in, out), bias), so either module reads the same weights."""
+  features: int
+  use_bias: bool
+  dtype: Any
+  dot_general: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (1, 1, x.shape[-1], self.features))
+    kernel = kernel.reshape(kernel.shape[2:]).astype(self.dtype)
+    x = x.astype(self.dtype)
+    y = self.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return y
 
 
 class Attention(nn.Module):
@@ -159,20 +205,22 @@ class Attention(nn.Module):
   num_heads: int
   use_bias: bool
   dtype: Any = jnp.float32
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
     context = x if context is None else context
     width = x.shape[-1]
     head_dim = width // self.num_heads
+    dense = lambda name: _dense(width, self.use_bias, self.dtype, name, self.cpu_matmul)
     split = lambda y: y.reshape(y.shape[:-1] + (self.num_heads, head_dim))
-    q = split(_dense(width, self.use_bias, self.dtype, "to_q")(x))
-    k = split(_dense(width, self.use_bias, self.dtype, "to_k")(context))
-    v = split(_dense(width, self.use_bias, self.dtype, "to_v")(context))
+    q = split(dense("to_q")(x))
+    k = split(dense("to_k")(context))
+    v = split(dense("to_v")(context))
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (head_dim ** -0.5)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(x.shape)
-    return _dense(width, self.use_bias, self.dtype, "to_out")(out)
+    return dense("to_out")(out)
 
 
 class ConvNextBlock(nn.Module):
@@ -180,6 +228,7 @@ class ConvNextBlock(nn.Module):
   then a scale-shift from the conditioning embedding. NHWC."""
   config: UVit2DConfig
   dtype: Any = jnp.float32
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
@@ -188,11 +237,12 @@ class ConvNextBlock(nn.Module):
     y = nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=channels,
                 use_bias=cfg.use_bias, dtype=self.dtype, name="depthwise")(x)
     y = RMSNorm(cfg.layer_norm_eps, cfg.ln_elementwise_affine, self.dtype, name="norm")(y)
-    y = _dense(4 * channels, cfg.use_bias, self.dtype, "channelwise_linear_1")(y)
+    dense = _config_dense(self)
+    y = dense(4 * channels, "channelwise_linear_1")(y)
     y = GlobalResponseNorm(self.dtype, name="channelwise_norm")(jax.nn.gelu(y, approximate=False))
-    y = _dense(channels, cfg.use_bias, self.dtype, "channelwise_linear_2")(y)
+    y = dense(channels, "channelwise_linear_2")(y)
     x = x + y
-    mod = _dense(2 * channels, cfg.use_bias, self.dtype, "cond_embeds_mapper")(nn.silu(cond))
+    mod = dense(2 * channels, "cond_embeds_mapper")(nn.silu(cond))
     scale, shift = jnp.split(mod, 2, axis=-1)
     return x * (1 + scale[:, None, None, :]) + shift[:, None, None, :]
 
@@ -216,16 +266,19 @@ class SkipFFBlock(nn.Module):
   """Two pre-RMSNorm cross-attentions on the (silu + linear mapped) text states; no MLP."""
   config: UVit2DConfig
   dtype: Any = jnp.float32
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
     cfg = self.config
     channels = x.shape[-1]
     if context.shape[-1] != channels:
-      context = _dense(channels, cfg.use_bias, self.dtype, "kv_mapper")(nn.silu(context))
+      context = _config_dense(self)(channels, "kv_mapper")(nn.silu(context))
     for i in (1, 2):  # the norms' eps is a constant 1e-6 in diffusers, not layer_norm_eps
       y = RMSNorm(1e-6, True, self.dtype, name=f"norm{i}")(x)
-      x = x + Attention(cfg.block_num_heads, cfg.use_bias, self.dtype, name=f"attn{i}")(y, context)
+      attention = Attention(cfg.block_num_heads, cfg.use_bias, self.dtype, self.cpu_matmul,
+                            name=f"attn{i}")
+      x = x + attention(y, context)
     return x
 
 
@@ -236,6 +289,7 @@ class UVitBlock(nn.Module):
   downsample: bool
   upsample: bool
   dtype: Any = jnp.float32
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, cond: jax.Array, context: jax.Array) -> jax.Array:
@@ -244,10 +298,11 @@ class UVitBlock(nn.Module):
     if self.downsample:
       x = Downsample(cfg, self.dtype, name="downsample")(x)
     for i in range(cfg.num_res_blocks):
-      x = ConvNextBlock(cfg, self.dtype, name=f"res_blocks_{i}")(x, cond)
+      x = ConvNextBlock(cfg, self.dtype, self.cpu_matmul, name=f"res_blocks_{i}")(x, cond)
       batch, height, width, _ = x.shape
       tokens = x.reshape(batch, height * width, channels)
-      tokens = SkipFFBlock(cfg, self.dtype, name=f"attention_blocks_{i}")(tokens, context)
+      tokens = SkipFFBlock(cfg, self.dtype, self.cpu_matmul,
+                           name=f"attention_blocks_{i}")(tokens, context)
       x = tokens.reshape(x.shape)
     if self.upsample:
       x = Upsample(cfg, self.dtype, name="upsample")(x)
@@ -304,11 +359,12 @@ class AdaNorm(nn.Module):
   config: UVit2DConfig
   kind: str  # "rms" or "layer"
   dtype: Any = jnp.float32
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
     cfg = self.config
-    mod = _dense(2 * x.shape[-1], cfg.use_bias, self.dtype, "linear")(nn.silu(cond))
+    mod = _config_dense(self)(2 * x.shape[-1], "linear")(nn.silu(cond))
     scale, shift = jnp.split(mod, 2, axis=-1)
     if self.kind == "rms":
       y = RMSNorm(cfg.layer_norm_eps, cfg.ln_elementwise_affine, self.dtype, name="norm")(x)
@@ -323,28 +379,32 @@ class TransformerLayer(nn.Module):
   """Self-attention, cross-attention on the text, GEGLU feed-forward; each pre-AdaNorm."""
   config: UVit2DConfig
   dtype: Any = jnp.float32
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, cond: jax.Array, context: jax.Array) -> jax.Array:
     cfg = self.config
-    attention = lambda name: Attention(cfg.num_attention_heads, cfg.use_bias, self.dtype, name=name)
-    x = x + attention("attn1")(AdaNorm(cfg, "rms", self.dtype, name="norm1")(x, cond))
-    x = x + attention("attn2")(AdaNorm(cfg, "rms", self.dtype, name="norm2")(x, cond), context)
-    y = AdaNorm(cfg, "layer", self.dtype, name="norm3")(x, cond)
-    return x + GegluFeedForward(cfg, self.dtype, name="ff")(y)
+    attention = lambda name: Attention(cfg.num_attention_heads, cfg.use_bias, self.dtype,
+                                       self.cpu_matmul, name=name)
+    norm = lambda kind, name: AdaNorm(cfg, kind, self.dtype, self.cpu_matmul, name=name)
+    x = x + attention("attn1")(norm("rms", "norm1")(x, cond))
+    x = x + attention("attn2")(norm("rms", "norm2")(x, cond), context)
+    y = norm("layer", "norm3")(x, cond)
+    return x + GegluFeedForward(cfg, self.dtype, self.cpu_matmul, name="ff")(y)
 
 
 class GegluFeedForward(nn.Module):
   """Linear to 2 x intermediate, value * gelu(gate) (value first), linear back."""
   config: UVit2DConfig
   dtype: Any = jnp.float32
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
-    value, gate = jnp.split(_dense(2 * cfg.intermediate_size, cfg.use_bias, self.dtype, "geglu")(x),
-                            2, axis=-1)
-    return _dense(x.shape[-1], cfg.use_bias, self.dtype, "ff_out")(
+    dense = _config_dense(self)
+    value, gate = jnp.split(dense(2 * cfg.intermediate_size, "geglu")(x), 2, axis=-1)
+    return dense(x.shape[-1], "ff_out")(
         value * jax.nn.gelu(gate, approximate=False))
 
 
@@ -374,9 +434,13 @@ class UVit2D(nn.Module):
 
   Returns:
     (B, h, w, codebook_size) float32 logits.
+
+  `cpu_matmul` ("xla", "auto", "onednn") matters for a bfloat16 `dtype` only (see the
+  module docstring).
   """
   config: UVit2DConfig
   dtype: Any = jnp.float32
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, ids: jax.Array, text_hidden: jax.Array, pooled_text: jax.Array,
@@ -385,27 +449,28 @@ class UVit2D(nn.Module):
     self._check_inputs(ids, text_hidden, pooled_text, micro_conds)
     batch, height, width = ids.shape
     rms = lambda name: RMSNorm(cfg.layer_norm_eps, cfg.ln_elementwise_affine, self.dtype, name=name)
-    context = _dense(cfg.hidden_size, cfg.use_bias, self.dtype, "encoder_proj")(
-        text_hidden.astype(self.dtype))
+    dense = _config_dense(self)
+    context = dense(cfg.hidden_size, "encoder_proj")(text_hidden.astype(self.dtype))
     context = rms("encoder_proj_layer_norm")(context)
 
     micro = sinusoidal_embedding(micro_conds.reshape(-1), cfg.micro_cond_encode_dim)
     cond = jnp.concatenate([pooled_text.astype(jnp.float32), micro.reshape(batch, -1)], axis=-1)
-    cond = CondEmbed(cfg, self.dtype, name="cond_embed")(cond.astype(self.dtype))
+    cond = CondEmbed(cfg, self.dtype, self.cpu_matmul, name="cond_embed")(cond.astype(self.dtype))
 
-    x = ConvEmbed(cfg, self.dtype, name="embed")(ids)
-    x = UVitBlock(cfg, cfg.downsample, False, self.dtype, name="down_block")(x, cond, context)
+    x = ConvEmbed(cfg, self.dtype, self.cpu_matmul, name="embed")(ids)
+    x = UVitBlock(cfg, cfg.downsample, False, self.dtype, self.cpu_matmul,
+                  name="down_block")(x, cond, context)
     grid = x.shape
     tokens = x.reshape(batch, grid[1] * grid[2], grid[3])
-    tokens = _dense(cfg.hidden_size, cfg.use_bias, self.dtype, "project_to_hidden")(
-        rms("project_to_hidden_norm")(tokens))
+    tokens = dense(cfg.hidden_size, "project_to_hidden")(rms("project_to_hidden_norm")(tokens))
     for i in range(cfg.num_hidden_layers):
-      tokens = TransformerLayer(cfg, self.dtype, name=f"transformer_layers_{i}")(tokens, cond, context)
-    tokens = _dense(cfg.block_out_channels, cfg.use_bias, self.dtype, "project_from_hidden")(
+      layer = TransformerLayer(cfg, self.dtype, self.cpu_matmul, name=f"transformer_layers_{i}")
+      tokens = layer(tokens, cond, context)
+    tokens = dense(cfg.block_out_channels, "project_from_hidden")(
         rms("project_from_hidden_norm")(tokens))
-    x = UVitBlock(cfg, False, cfg.upsample, self.dtype, name="up_block")(
+    x = UVitBlock(cfg, False, cfg.upsample, self.dtype, self.cpu_matmul, name="up_block")(
         tokens.reshape(grid), cond, context)
-    logits = MlmHead(cfg, self.dtype, name="mlm_layer")(x)
+    logits = MlmHead(cfg, self.dtype, self.cpu_matmul, name="mlm_layer")(x)
     return logits.astype(jnp.float32)
 
   def _check_inputs(self, ids, text_hidden, pooled_text, micro_conds) -> None:
@@ -427,38 +492,43 @@ class ConvEmbed(nn.Module):
   """Token embedding, RMSNorm, 1x1 conv to the block width."""
   config: UVit2DConfig
   dtype: Any = jnp.float32
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, ids: jax.Array) -> jax.Array:
     cfg = self.config
     x = nn.Embed(cfg.vocab_size, cfg.in_channels, dtype=self.dtype, name="embeddings")(ids)
     x = RMSNorm(cfg.layer_norm_eps, cfg.ln_elementwise_affine, self.dtype, name="layer_norm")(x)
-    return _conv1x1(cfg.block_out_channels, cfg.use_bias, self.dtype, "conv")(x)
+    return _conv1x1(cfg.block_out_channels, cfg.use_bias, self.dtype, "conv",
+                    self.cpu_matmul)(x)
 
 
 class CondEmbed(nn.Module):
   """[pooled text, micro-cond features] -> linear, silu, linear (diffusers TimestepEmbedding)."""
   config: UVit2DConfig
   dtype: Any = jnp.float32
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
-    x = nn.silu(_dense(cfg.hidden_size, cfg.use_bias, self.dtype, "linear_1")(x))
-    return _dense(cfg.hidden_size, cfg.use_bias, self.dtype, "linear_2")(x)
+    dense = _config_dense(self)
+    return dense(cfg.hidden_size, "linear_2")(nn.silu(dense(cfg.hidden_size, "linear_1")(x)))
 
 
 class MlmHead(nn.Module):
   """1x1 conv, RMSNorm, 1x1 conv to the codebook logits."""
   config: UVit2DConfig
   dtype: Any = jnp.float32
+  cpu_matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
-    x = _conv1x1(cfg.in_channels, cfg.use_bias, self.dtype, "conv1")(x)
+    x = _conv1x1(cfg.in_channels, cfg.use_bias, self.dtype, "conv1", self.cpu_matmul)(x)
     x = RMSNorm(cfg.layer_norm_eps, cfg.ln_elementwise_affine, self.dtype, name="layer_norm")(x)
-    return _conv1x1(cfg.codebook_size, cfg.use_bias, self.dtype, "conv2")(x)
+    return _conv1x1(cfg.codebook_size, cfg.use_bias, self.dtype, "conv2",
+                    self.cpu_matmul)(x)
 
 
 # ----------------------------------------------------------------------------
