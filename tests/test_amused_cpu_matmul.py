@@ -138,5 +138,7 @@ def test_old_workdirs_without_the_setting_resume(tmp_path):
   (tmp_path / "checkpoints" / "1").mkdir(parents=True)
   for mode in cpu_matmul.MODES:
     checkpointing.check_workdir(tmp_path, run_settings.parse(_config(cpu_matmul=mode)))
-  with pytest.raises(checkpointing.WorkdirError, match="editor.dtype"):
-    checkpointing.check_workdir(tmp_path, run_settings.parse(_config(dtype="bfloat16")))
+  # The dtype changes the numerics, not the run ("auto" may choose otherwise elsewhere).
+  checkpointing.check_workdir(tmp_path, run_settings.parse(_config(dtype="bfloat16")))
+  with pytest.raises(checkpointing.WorkdirError, match="editor.num_steps"):
+    checkpointing.check_workdir(tmp_path, run_settings.parse(_config(num_steps=3)))

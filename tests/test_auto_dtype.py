@@ -83,3 +83,13 @@ def test_every_editor_defaults_to_auto_and_states_its_agreement(name, monkeypatc
 def test_tiny_configs_pin_float32():
   for module in (tiny, amused_tiny, stable_diffusion_tiny):
     assert module.get_config().editor.dtype == "float32", module.__name__
+
+
+def test_a_float32_run_resumes_under_auto(tmp_path):
+  """Runs made before "auto" saved float32; the paper configs now ask for "auto"."""
+  from lr_jax import checkpointing
+  checkpointing.check_workdir(tmp_path, run_settings.parse(tiny_config()))   # float32
+  (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+  checkpointing.check_workdir(tmp_path, run_settings.parse(tiny_config(**{"editor.dtype": "auto"})))
+  with pytest.raises(checkpointing.WorkdirError, match="editor.num_iter"):
+    checkpointing.check_workdir(tmp_path, run_settings.parse(tiny_config(**{"editor.num_iter": 5})))
