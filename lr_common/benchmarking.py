@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import resource
+import statistics
 import time
 from typing import Any, Callable
 
@@ -28,6 +29,17 @@ def compiled_flops(compiled: Any) -> float | None:
     cost = cost[0] if cost else None
   flops = (cost or {}).get("flops")
   return float(flops) if flops and flops > 0 else None
+
+
+def round_robin(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+  """Median seconds of each call, the calls taking turns so that load hits all alike."""
+  times = {name: [] for name in calls}
+  for _ in range(rounds):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def timed(fn: Callable[[], object], repeats: int) -> list[float]:

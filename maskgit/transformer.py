@@ -36,13 +36,6 @@ def _dense_init(config: TransformerConfig):
   return nn.initializers.truncated_normal(stddev=config.initializer_range)
 
 
-def _dot_general(dtype: Any, cpu_matmul: str) -> Optional[cpu_matmul_lib.DotGeneral]:
-  """The Dense layers' product: oneDNN's for bfloat16 unless "xla" (None: lax's)."""
-  if cpu_matmul == "xla" or jnp.dtype(dtype) != jnp.bfloat16:
-    return None
-  return cpu_matmul_lib.DotGeneral(cpu_matmul)
-
-
 class SelfAttention(nn.Module):
   """Multi-head self-attention with the parameters of ``flax.linen.SelfAttention``."""
   config: TransformerConfig
@@ -53,7 +46,7 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.config
-    dot = _dot_general(self.dtype, self.cpu_matmul)
+    dot = cpu_matmul_lib.dot_general_for(self.dtype, self.cpu_matmul)
     projection = lambda name: nn.DenseGeneral(
         (cfg.num_heads, cfg.head_dim), dtype=self.dtype, kernel_init=_dense_init(cfg),
         bias_init=nn.initializers.zeros, dot_general=dot, name=name)
@@ -101,7 +94,7 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.config
-    dot = _dot_general(self.dtype, self.cpu_matmul)
+    dot = cpu_matmul_lib.dot_general_for(self.dtype, self.cpu_matmul)
     h = nn.Dense(cfg.intermediate_size, dtype=self.dtype, kernel_init=_dense_init(cfg),
                  dot_general=dot, name="intermediate_output")(x)
     h = jax.nn.gelu(h)
@@ -160,7 +153,7 @@ class MlmLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, word_table: jax.Array) -> jax.Array:
     cfg = self.config
-    dot = _dot_general(self.dtype, self.cpu_matmul)
+    dot = cpu_matmul_lib.dot_general_for(self.dtype, self.cpu_matmul)
     h = nn.Dense(cfg.hidden_size, dtype=self.dtype, kernel_init=_dense_init(cfg),
                  dot_general=dot, name="mlm_dense")(x)
     h = jax.nn.gelu(h)

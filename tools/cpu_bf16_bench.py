@@ -29,10 +29,9 @@ The machine this was written on is shared, so only ratios from one run mean much
 from __future__ import annotations
 
 import functools
-import statistics
 import subprocess
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from absl import app
 from absl import flags
@@ -41,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lr_common import cpu_matmul
-from lr_common.benchmarking import bench_boxes
+from lr_common.benchmarking import bench_boxes, round_robin
 from maskgit import checkpoints, configs, editing
 
 FLAGS = flags.FLAGS
@@ -68,17 +67,6 @@ for _ in range(reps):
   t = time.perf_counter(); a @ b; times.append(time.perf_counter() - t)
 print(statistics.median(times), torch.__version__, torch.get_num_threads())
 """
-
-
-def round_robin(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-  """Median seconds of each call, the calls taking turns so that load hits all alike."""
-  times = {name: [] for name in calls}
-  for _ in range(rounds):
-    for name, call in calls.items():
-      start = time.perf_counter()
-      jax.block_until_ready(call())
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def matmul_part(m: int, k: int, n: int, rounds: int, onednn: bool) -> None:
@@ -125,6 +113,23 @@ def matmul_part(m: int, k: int, n: int, rounds: int, onednn: bool) -> None:
       print(f"PyTorch row skipped: {done.stderr.strip().splitlines()[-1:]}")
 
 
+def report(k: int, medians: dict[str, float], firsts: dict[str, float],
+           outputs: dict[str, dict[str, Any]], onednn: bool) -> None:
+  """One row per variant: ms per edited image, the ratio to float32, the first call's
+  seconds, and the shares of edited and of all tokens equal to float32's."""
+  ref = np.asarray(outputs["float32"]["tokens"])
+  mask = np.asarray(outputs["float32"]["token_mask"]).reshape(ref.shape)
+  for name, sec in medians.items():
+    same = np.asarray(outputs[name]["tokens"]) == ref
+    print(f"{k:>2} {name:<12} {1e3 * sec / k:9.0f} {medians['float32'] / sec:6.2f}x "
+          f"{firsts[name]:10.1f} {same[mask].mean():19.4f} {same.mean():16.4f}", flush=True)
+  if onednn:
+    same = (np.asarray(outputs["bf16 oneDNN"]["tokens"])
+            == np.asarray(outputs["bf16 XLA"]["tokens"]))
+    print(f"{k:>2} bf16 oneDNN vs bf16 XLA: edited tokens equal {same[mask].mean():.4f}",
+          flush=True)
+
+
 def editing_part(config_name: str, ks: Sequence[int], rounds: int, onednn: bool) -> None:
   config = configs.get_config(config_name)
   tok, tr = checkpoints.init_params(config, jax.random.PRNGKey(FLAGS.seed))
@@ -157,17 +162,7 @@ def editing_part(config_name: str, ks: Sequence[int], rounds: int, onednn: bool)
       outputs[name] = jax.block_until_ready(call())
       firsts[name] = time.perf_counter() - start
       calls[name] = call
-    medians = round_robin(calls, rounds)
-    ref = np.asarray(outputs["float32"]["tokens"])
-    mask = np.asarray(outputs["float32"]["token_mask"]).reshape(ref.shape)
-    for name, sec in medians.items():
-      same = np.asarray(outputs[name]["tokens"]) == ref
-      print(f"{k:>2} {name:<12} {1e3 * sec / k:9.0f} {medians['float32'] / sec:6.2f}x "
-            f"{firsts[name]:10.1f} {same[mask].mean():19.4f} {same.mean():16.4f}", flush=True)
-    if onednn:
-      same = (np.asarray(outputs["bf16 oneDNN"]["tokens"])
-              == np.asarray(outputs["bf16 XLA"]["tokens"]))
-      print(f"{k:>2} bf16 oneDNN vs bf16 XLA: edited tokens equal {same[mask].mean():.4f}")
+    report(k, round_robin(calls, rounds), firsts, outputs, onednn)
 
 
 def lr_jax_part(ks: Sequence[int], rounds: int) -> None:
@@ -245,18 +240,7 @@ def amused_part(ks: Sequence[int], rounds: int, onednn: bool) -> None:
       outputs[name] = jax.block_until_ready(call())
       firsts[name] = time.perf_counter() - start
       calls[name] = call
-    medians = round_robin(calls, rounds)
-    ref = np.asarray(outputs["float32"]["tokens"])
-    mask = np.asarray(outputs["float32"]["token_mask"])
-    for name, sec in medians.items():
-      same = np.asarray(outputs[name]["tokens"]) == ref
-      print(f"{k:>2} {name:<12} {1e3 * sec / k:9.0f} {medians['float32'] / sec:6.2f}x "
-            f"{firsts[name]:10.1f} {same[mask].mean():19.4f} {same.mean():16.4f}", flush=True)
-    if onednn:
-      same = (np.asarray(outputs["bf16 oneDNN"]["tokens"])
-              == np.asarray(outputs["bf16 XLA"]["tokens"]))
-      print(f"{k:>2} bf16 oneDNN vs bf16 XLA: edited tokens equal {same[mask].mean():.4f}",
-            flush=True)
+    report(k, round_robin(calls, rounds), firsts, outputs, onednn)
 
 
 def main(argv: Sequence[str]) -> None:

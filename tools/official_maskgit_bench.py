@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 import types
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lr_common import cpu_matmul
-from lr_common.benchmarking import bench_boxes
+from lr_common.benchmarking import bench_boxes, round_robin
 from lr_common.errors import UserError
 from lr_jax import errors
 from maskgit import checkpoints, configs, editing
@@ -210,17 +210,6 @@ def official_tokens_fn(official, generator) -> Callable:
     return seqs[:, -1, 1:]
 
   return jax.jit(tokens)
-
-
-def round_robin(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-  """Median seconds of each call, the calls taking turns so that load hits all alike."""
-  times = {name: [] for name in calls}
-  for _ in range(rounds):
-    for name, call in calls.items():
-      start = time.perf_counter()
-      jax.block_until_ready(call())
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv: Sequence[str]) -> None:

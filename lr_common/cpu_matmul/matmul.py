@@ -124,6 +124,14 @@ def bf16_dot(x: jax.Array, w: jax.Array, out_dtype: Any = jnp.float32,
   return y.reshape(x.shape[:-1] + w.shape[1:])
 
 
+def dot_general_for(dtype: Any, mode: str) -> "DotGeneral | None":
+  """What a layer computing in `dtype` passes as `dot_general`: oneDNN's product for
+  bfloat16 unless `mode` is "xla"; None (lax's own) otherwise."""
+  if mode == "xla" or jnp.dtype(dtype) != jnp.bfloat16:
+    return None
+  return DotGeneral(mode)
+
+
 @dataclasses.dataclass(frozen=True)
 class DotGeneral:
   """`lax.dot_general` with the bfloat16 products on oneDNN: for

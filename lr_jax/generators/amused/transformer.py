@@ -153,17 +153,10 @@ class RMSNorm(nn.Module):
     return y.astype(self.dtype)
 
 
-def _dot_general(dtype: Any, cpu_matmul: str) -> cpu_matmul_lib.DotGeneral | None:
-  """The product of a bfloat16 layer on oneDNN unless "xla" (None: lax's, unchanged)."""
-  if cpu_matmul == "xla" or jnp.dtype(dtype) != jnp.bfloat16:
-    return None
-  return cpu_matmul_lib.DotGeneral(cpu_matmul)
-
-
 def _dense(features: int, use_bias: bool, dtype: Any, name: str,
            cpu_matmul: str = "xla") -> nn.Dense:
   return nn.Dense(features, use_bias=use_bias, dtype=dtype,
-                  dot_general=_dot_general(dtype, cpu_matmul), name=name)
+                  dot_general=cpu_matmul_lib.dot_general_for(dtype, cpu_matmul), name=name)
 
 
 def _config_dense(module: nn.Module) -> Callable[[int, str], nn.Dense]:
@@ -174,7 +167,7 @@ def _config_dense(module: nn.Module) -> Callable[[int, str], nn.Dense]:
 
 def _conv1x1(features: int, use_bias: bool, dtype: Any, name: str,
              cpu_matmul: str = "xla") -> nn.Module:
-  dot = _dot_general(dtype, cpu_matmul)
+  dot = cpu_matmul_lib.dot_general_for(dtype, cpu_matmul)
   if dot is None:
     return nn.Conv(features, (1, 1), use_bias=use_bias, dtype=dtype, name=name)
   return PointwiseProduct(features, use_bias, dtype, dot, name=name)
