@@ -355,3 +355,44 @@ def test_a_share_line_replaces_the_results_line_of_its_pair(runs, tmp_path):
   stored = results_lib.read_stored(out, STRATEGIES)
   assert [r["key"] for r in stored.rows] == [r["key"] for r in rows]
   assert stored.rows[0]["image"] == rows[0]["image"] and rows[0]["key"] in stored.from_shares
+
+
+def test_a_stale_nfs_read_is_tried_again(runs, tmp_path, monkeypatch):
+  """Another host replacing a share while this one opens it gives ESTALE on NFS: read
+  again; any other error, or ESTALE that lasts, is the clear ResultsError."""
+  import errno
+  rows = results_lib.read_results(runs[0] / "one")
+  share = tmp_path / "results.p1-of-2.jsonl"
+  results_lib.write_lines(share, rows)
+  read, failures = pathlib.Path.read_text, {"left": 2}
+  def flaky(self, *args, **kwargs):
+    if self == share and failures["left"]:
+      failures["left"] -= 1
+      raise OSError(errno.ESTALE, "Stale file handle")
+    return read(self, *args, **kwargs)
+  monkeypatch.setattr(pathlib.Path, "read_text", flaky)
+  monkeypatch.setattr(results_lib.time, "sleep", lambda s: None)
+  assert results_lib.read_lines(share) == rows and failures["left"] == 0
+  failures["left"] = 99
+  with pytest.raises(results_lib.ResultsError, match="Stale file handle"):
+    results_lib.read_lines(share)
+  assert failures["left"] == 99 - 4   # tried 4 times
+
+
+def test_every_todo_list_is_made_before_any_process_goes_on(tmp_path, monkeypatch):
+  """Process 0 merges (and removes) the shares once every pair is stored: a process
+  still reading the folder then would find its pairs nowhere and redo them. So each
+  process reads the folder, then all meet, then they edit."""
+  from types import SimpleNamespace
+  from lr_jax.evaluation import multihost
+  order = []
+  plan = SimpleNamespace(out_dir=tmp_path, strategies=list(STRATEGIES),
+                         wanted={(i, s): {} for i in range(2) for s in STRATEGIES})
+  monkeypatch.setattr(results_lib, "read_stored", lambda *a: order.append("read") or None)
+  monkeypatch.setattr(evaluation, "stored_pairs",
+                      lambda p, stored, quiet: ([], list(p.wanted), []))
+  monkeypatch.setattr(hosts, "agree", lambda problem, share, *a, **k: order.append("meet"))
+  monkeypatch.setattr(evaluation, "edit_and_measure",
+                      lambda *a, **k: order.append("edit"))
+  multihost._own_share(plan, hosts.Share(1, 2), None, False)   # pylint: disable=protected-access
+  assert order == ["read", "meet", "edit"]

@@ -144,13 +144,20 @@ def _sees(p: runner.Plan, holder: str) -> Exception | None:
 def _own_share(p: runner.Plan, share: hosts.Share, built: Built | None,
                progress: bool) -> list[dict[str, Any]]:
   """Edits this process's pairs the folder does not hold; returns its share file's lines."""
-  stored = results_lib.read_stored(p.out_dir, p.strategies)
-  _, todo, _ = runner.stored_pairs(p, stored, quiet=not share.main)
-  share_pairs = [pair for pair in p.wanted if owner(p, pair, share.count) == share.index]
-  todo = [pair for pair in todo if owner(p, pair, share.count) == share.index]
-  done = len(share_pairs) - len(todo)
   path = results_lib.share_path(p.out_dir, share.index, share.count)
-  rows = results_lib.read_lines(path)   # this process's lines of a killed job stay
+  share_pairs = [pair for pair in p.wanted if owner(p, pair, share.count) == share.index]
+  problem, todo, rows = None, [], []
+  try:
+    stored = results_lib.read_stored(p.out_dir, p.strategies)
+    _, todo, _ = runner.stored_pairs(p, stored, quiet=not share.main)
+    todo = [pair for pair in todo if owner(p, pair, share.count) == share.index]
+    rows = results_lib.read_lines(path)   # this process's lines of a killed job stay
+  except UserError as e:
+    problem = e
+  # Every to-do list is made before process 0 may merge the shares and remove them (a
+  # process reading the folder in between would see its pairs nowhere and redo them).
+  hosts.agree(problem, share)
+  done = len(share_pairs) - len(todo)
   print(f"evaluate: {share}: {len(share_pairs)} of {len(p.wanted)} pairs ("
         f"{len({i for i, _ in p.wanted})} images x {len(p.strategies)} strategies) are its "
         "share; " + (f"{done} already done, skipped, " if done else "")

@@ -18,9 +18,11 @@ killed job as finished pairs.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import pathlib
+import time
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -119,12 +121,26 @@ def read_results(out_dir: str | pathlib.Path) -> list[dict[str, Any]]:
   return read_lines(pathlib.Path(out_dir) / RESULTS_FILE)
 
 
+def _read_text(path: pathlib.Path, tries: int = 4, pause_s: float = 0.25) -> str:
+  """The file's text; a stale NFS handle (another host replaced the file while it was
+  opened here) is read again, up to `tries` times."""
+  attempt = 1
+  while True:
+    try:
+      return path.read_text(encoding="utf-8")
+    except OSError as e:
+      if e.errno != errno.ESTALE or attempt >= tries:
+        raise
+    attempt += 1
+    time.sleep(pause_s)
+
+
 def read_lines(path: pathlib.Path) -> list[dict[str, Any]]:
   """The result lines of one results file (`read_results`), or of one process's share."""
   if not path.is_file():
     return []
   try:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
   except (OSError, UnicodeDecodeError) as e:
     raise ResultsError(f"{path}: cannot be read ({e}); move it away to start afresh") from None
   rows = []
