@@ -376,7 +376,9 @@ def test_editor_bench_flags_are_checked_before_timing(tmp_path):
     # A dtype that is none of float32, bfloat16 and auto.
     ("lr_jax.edit", (*TINY, "--image", "{cat}", "--prompt", "a lion", "--out", "{tmp}/o",
                      "--config.editor.dtype=float16"), "'float32', 'bfloat16', 'auto'"),
-    # aMUSEd's choice of who computes its bfloat16 products.
+    # Who computes the bfloat16 products: MaskGIT's and aMUSEd's choice.
+    ("lr_jax.edit", (*TINY, "--image", "{cat}", "--prompt", "a lion", "--out", "{tmp}/o",
+                     "--config.editor.cpu_matmul=mkl"), "cpu_matmul must be one of"),
     ("lr_jax.train", ("--config", "configs/amused_tiny.py", "--workdir", "{tmp}/wd",
                       "--config.editor.cpu_matmul=mkl"), "editor.cpu_matmul must be one of"),
     # Your own box, and the strategies that need what was not given.

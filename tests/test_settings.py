@@ -84,7 +84,8 @@ def test_guard_keys_are_derived():
       "region.canvas", "rgn.conv_features", "rgn.dense_features", "editor.model")
   assert checkpointing.resumable_keys(run_settings.parse(c)) == (
       "region.window", "region.window_scale", "train.max_steps", "train.log_every", "train.checkpoint_every", "train.max_to_keep",
-      "infer.refine_steps", "infer.max_edits_per_device", "editor.cache_dir", "editor.dtype")
+      "infer.refine_steps", "infer.max_edits_per_device", "editor.cache_dir", "editor.dtype",
+      "editor.cpu_matmul")
 
 
 def test_score_weights_keep_s_finite_in_float32():

@@ -34,9 +34,10 @@ from maskgit import editing
 NAME = "maskgit"
 CONFIGS = ("maskgit_imagenet256", "tiny")          # configs/<name>.py: the paper setup, the tiny one
 RGN_KEYS = ("editor.model",)            # the token grid: 16x16 at 256 px, 32x32 at 512
-# The dtype changes the numerics, not the experiment: a run may resume in the other one
-# (on another machine "auto" may choose differently, and runs before "auto" saved float32).
-RESUMABLE_KEYS = ("editor.cache_dir", "editor.dtype")
+# The dtype and who computes bf16 products change the numerics, not the experiment: a run
+# may resume with other ones (elsewhere "auto" may choose otherwise; runs before it saved
+# float32, and none saved cpu_matmul).
+RESUMABLE_KEYS = ("editor.cache_dir", "editor.dtype", "editor.cpu_matmul")
 # The share of float32's edited tokens that bfloat16 edits keep on the same keys (random
 # weights, 4 seeds x 8 boxes, 1626 tokens: `python tools/bf16_agreement.py`):
 # editor.dtype "auto" stays float32 (lr_common.auto_dtype).
@@ -59,6 +60,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.choice_temperature = 4.5
   c.grow_tokens = 1
   c.dtype = "auto"          # float32 (lr_common.auto_dtype says why); or "bfloat16"
+  c.cpu_matmul = "auto"     # who computes bfloat16 products on a CPU: "auto" (oneDNN where
+                            # built and the CPU has bf16 instructions), "onednn", "xla"
   return c
 
 
@@ -77,7 +80,7 @@ def _edit_config(config) -> editing.EditConfig:
   try:
     return editing.EditConfig(start_iter=e.start_iter, num_iter=e.num_iter,
                               choice_temperature=e.choice_temperature,
-                              grow_tokens=e.grow_tokens,
+                              grow_tokens=e.grow_tokens, cpu_matmul=e.cpu_matmul,
                               dtype=auto_dtype.resolve(e.dtype, "MaskGIT editor", BF16_AGREEMENT))
   except (TypeError, ValueError) as err:
     raise SettingsError(f"config editor: {err}") from None
