@@ -18,6 +18,7 @@ from absl import logging
 import jax
 
 from lr_common import cpu_matmul
+from lr_common.errors import SettingsError
 
 AUTO = "auto"
 CONCRETE = ("float32", "bfloat16")
@@ -39,6 +40,8 @@ def resolve(dtype: str, who: str, agreement: float | None,
   (default `cpu_matmul.status`): whether oneDNN runs the bf16 products, and what runs or
   why not.
   """
+  if dtype not in CHOICES:
+    raise SettingsError(f"config editor.dtype must be one of {CHOICES}, got {dtype!r}")
   if dtype != AUTO:
     return dtype
   if agreement is None:

@@ -132,8 +132,8 @@ def run(config, what=("train", "edit"), batch: int = 1, repeats: int = 5,
         if split is not None:
           lay = split.layout(batch, edits // batch)
           at_once = lay.per_chunk * batch // lay.image_shards
-        if count == 1:
-          first = jax.device_get(out)
+        if count == 1:   # the one-device result, fetched only to compare with more
+          first = jax.device_get(out) if devices > 1 else None
         else:
           stats.update(_differences(first, jax.device_get(out)))
       stats.update(

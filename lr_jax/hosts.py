@@ -170,12 +170,13 @@ def agree(problem: Exception | None, share: Share, same: dict[str, Any] | None =
 
 
 def on_every_process(share: Share, function: Callable[..., T], *args, **kwargs) -> T:
-  """`function(*args, **kwargs)` on every process; a UserError it raises on any process
-  stops all of them (`agree`) instead of leaving the others waiting for it."""
+  """`function(*args, **kwargs)` on every process; an error it raises on any process (a
+  UserError, or another such as an OSError of a shared file system) stops all of them
+  (`agree`) instead of leaving the others waiting for it."""
   problem, value = None, None
   try:
     value = function(*args, **kwargs)
-  except UserError as e:
+  except Exception as e:  # pylint: disable=broad-except  (re-raised here by `agree`)
     if not share.several:
       raise
     problem = e

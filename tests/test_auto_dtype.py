@@ -93,3 +93,9 @@ def test_a_float32_run_resumes_under_auto(tmp_path):
   checkpointing.check_workdir(tmp_path, run_settings.parse(tiny_config(**{"editor.dtype": "auto"})))
   with pytest.raises(checkpointing.WorkdirError, match="editor.num_iter"):
     checkpointing.check_workdir(tmp_path, run_settings.parse(tiny_config(**{"editor.num_iter": 5})))
+
+
+def test_a_dtype_of_none_of_the_choices_is_a_settings_error():
+  from lr_common.errors import SettingsError
+  with pytest.raises(SettingsError, match="'float32', 'bfloat16', 'auto'"):
+    auto_dtype.resolve("float16", "MaskGIT", 0.5, probe=_probe_never_called)

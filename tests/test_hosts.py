@@ -396,3 +396,23 @@ def test_every_todo_list_is_made_before_any_process_goes_on(tmp_path, monkeypatc
                       lambda *a, **k: order.append("edit"))
   multihost._own_share(plan, hosts.Share(1, 2), None, False)   # pylint: disable=protected-access
   assert order == ["read", "meet", "edit"]
+
+
+def test_an_error_of_any_kind_on_one_process_stops_every_process(monkeypatch):
+  """A process whose step fails with an OSError (an NFS error, say), not only with a
+  UserError, still joins the exchange: it raises its own error, the others a HostsError
+  naming it, instead of waiting for it forever."""
+  said = {}
+  def exchange(text, share):
+    said[share.index] = text
+    mine = json.loads(text)
+    failed = {"problem": "OSError: [Errno 116] Stale file handle", "same": {}, "facts": {}}
+    return [json.dumps(failed), text] if share.index == 1 else [text, json.dumps(mine)]
+  monkeypatch.setattr(hosts, "all_texts", exchange)
+  def stale():
+    raise OSError(116, "Stale file handle")
+  with pytest.raises(OSError, match="Stale file handle"):
+    hosts.on_every_process(hosts.Share(0, 2), stale)
+  assert "Stale file handle" in json.loads(said[0])["problem"]
+  with pytest.raises(hosts.HostsError, match="process 0 of 2 stopped: OSError"):
+    hosts.on_every_process(hosts.Share(1, 2), lambda: 3)

@@ -11,6 +11,7 @@ so a rebuilt jaxlib or an edited source never loads a stale build.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pathlib
@@ -39,11 +40,17 @@ def cache_dir() -> pathlib.Path:
   return pathlib.Path.home() / ".cache" / "lr_jax" / "cpu_matmul"
 
 
-def library_path() -> pathlib.Path:
-  """The path the library for this source and this jaxlib has (built or not)."""
+@functools.cache
+def _source_digest() -> str:
+  """Of the source and this jaxlib: read once a process (tracing asks per Dense layer)."""
   digest = hashlib.sha256(SOURCE.read_bytes())
   digest.update(jaxlib.__version__.encode())
-  return cache_dir() / f"lr_onednn_matmul_{digest.hexdigest()[:12]}.so"
+  return digest.hexdigest()[:12]
+
+
+def library_path() -> pathlib.Path:
+  """The path the library for this source and this jaxlib has (built or not)."""
+  return cache_dir() / f"lr_onednn_matmul_{_source_digest()}.so"
 
 
 def _onednn_flags() -> list[str]:

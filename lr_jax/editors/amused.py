@@ -113,9 +113,6 @@ def _edit_settings(config) -> EditSettings:
   if not isinstance(e.feather_radius, (int, float)) or not np.isfinite(e.feather_radius):
     raise SettingsError(f"config editor.feather_radius must be a finite number, "
                         f"got {e.feather_radius!r}")
-  if e.dtype not in auto_dtype.CHOICES:
-    raise SettingsError(f"config editor.dtype must be one of {auto_dtype.CHOICES}, "
-                        f"got {e.dtype!r}")
   if e.cpu_matmul not in cpu_matmul.MODES:
     raise SettingsError(f"config editor.cpu_matmul must be one of {cpu_matmul.MODES}, "
                         f"got {e.cpu_matmul!r}")

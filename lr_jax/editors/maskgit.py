@@ -74,14 +74,11 @@ def _model_config(config) -> maskgit_configs.MaskGITConfig:
 
 def _edit_config(config) -> editing.EditConfig:
   e = config.editor
-  if e.dtype not in auto_dtype.CHOICES:
-    raise SettingsError(f"config editor.dtype must be one of {auto_dtype.CHOICES}, "
-                        f"got {e.dtype!r}")
+  dtype = auto_dtype.resolve(e.dtype, "MaskGIT editor", BF16_AGREEMENT)
   try:
     return editing.EditConfig(start_iter=e.start_iter, num_iter=e.num_iter,
                               choice_temperature=e.choice_temperature,
-                              grow_tokens=e.grow_tokens, cpu_matmul=e.cpu_matmul,
-                              dtype=auto_dtype.resolve(e.dtype, "MaskGIT editor", BF16_AGREEMENT))
+                              grow_tokens=e.grow_tokens, cpu_matmul=e.cpu_matmul, dtype=dtype)
   except (TypeError, ValueError) as err:
     raise SettingsError(f"config editor: {err}") from None
 

@@ -29,7 +29,6 @@ from typing import Any, Callable, Sequence
 
 from lr_common import folder_lock
 from lr_common import output_files
-from lr_common.errors import UserError
 from lr_jax import hosts
 from lr_jax.evaluation import results as results_lib
 from lr_jax.evaluation import runner
@@ -83,7 +82,7 @@ def evaluate(config, examples: list[manifest_lib.Example], strategies: Sequence[
     mine = results_lib.share_path(checked.out_dir, share.index, share.count)
     output_files.check_folder(mine.parent)
     output_files.check_outputs([mine], overwrite=True)
-  except UserError as e:
+  except Exception as e:  # pylint: disable=broad-except  (any error: all stop, `agree`)
     problem = e
   hosts.agree(problem, share, checked and _identity(checked))
   lock, holder = _hold(checked, share)   # 2. process 0 takes the folder, the others see it
@@ -110,13 +109,14 @@ def _hold(p: runner.Plan, share: hosts.Share) -> tuple[pathlib.Path | None, str]
       p.out_dir.mkdir(parents=True, exist_ok=True)
       lock = folder_lock.acquire(p.out_dir, runner.LOCK_FILE, doing="evaluated",
                                  flag="--out", error=runner.EvaluationError)
+      runner.check_folder(p.out_dir, p.settings)   # again: another run may have started it
       runner.write_settings(p)
-    except UserError as e:
+    except Exception as e:  # pylint: disable=broad-except  (any error: all stop, `agree`)
       problem = e
   try:
     holder = hosts.agree(problem, share, facts={"lock": lock and lock.read_text()})[0]["lock"]
     hosts.agree(None if share.main else _sees(p, holder), share)
-  except UserError:
+  except Exception:
     if lock is not None:
       folder_lock.release(lock)
     if made is not None:   # a job that did not start leaves no folder behind
@@ -152,7 +152,7 @@ def _own_share(p: runner.Plan, share: hosts.Share, built: Built | None,
     _, todo, _ = runner.stored_pairs(p, stored, quiet=not share.main)
     todo = [pair for pair in todo if owner(p, pair, share.count) == share.index]
     rows = results_lib.read_lines(path)   # this process's lines of a killed job stay
-  except UserError as e:
+  except Exception as e:  # pylint: disable=broad-except  (any error: all stop, `agree`)
     problem = e
   # Every to-do list is made before process 0 may merge the shares and remove them (a
   # process reading the folder in between would see its pairs nowhere and redo them).
