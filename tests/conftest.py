@@ -1,9 +1,13 @@
 """Shared pytest setup: CPU only, no network, paths to the fixtures."""
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One Gradio upload folder per test process: a page server that closes deletes the files
+# it made, and the same photo uploaded in another process has the same path there.
+os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="lr_jax_test_gradio_"))
 
 import pytest
 

@@ -8,7 +8,9 @@ The models load once (`api.load`) and every request reuses them and their compil
 functions; one edit runs at a time. `--extra_config amused` offers a second editor on
 the page (loaded once too); `--rgn_checkpoint DIR` adds the "rgn" strategy.
 """
+import os
 import socket
+import tempfile
 
 from absl import app
 from absl import flags
@@ -49,6 +51,10 @@ def main(argv):
     port = free_port(_HOST.value, _PORT.value)
     if _CKPT.value:   # a missing checkpoint fails before any model loads
       checkpointing.resolve_rgn_checkpoint(_CKPT.value)
+    # Gradio keeps uploads under one folder per machine by default, and a server that
+    # stops deletes the files it made there, those another server shares by content
+    # included: this server gets a folder of its own (unless one is set).
+    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="lr_jax_app_"))
     from lr_jax import api  # pylint: disable=g-import-not-at-top
     from lr_jax.app import page  # pylint: disable=g-import-not-at-top
     loaded = {}
